@@ -1,0 +1,86 @@
+// percpu/cpu.hpp - which CPU am I on, which CPUs exist, which backend runs.
+//
+// Problem: per-CPU data is only as good as the CPU number that indexes it.
+// sched_getcpu() answers "where was I a moment ago", which is fine for a hint
+// but not for a commit; the kernel's restartable sequences (rseq) answer
+// "where am I, and tell me if that changes before I commit".  Arrays indexed
+// by that number must be sized by the CPUs that could ever exist (the
+// *possible* set, which may be sparse), not by the CPUs online now or the
+// ones this process may use.
+//
+// Mechanism: at start-up the library picks one of two backends.
+//  - rseq: the thread's rseq area gives the current CPU; glibc's registration
+//    is used when glibc made one (glibc >= 2.35), otherwise the library
+//    registers an area of its own per thread.  Remote access uses membarrier
+//    rseq fences (see stop.hpp).
+//  - portable: sched_getcpu() picks a slot and a per-slot lock guards it.
+//    Always correct, slower; used under valgrind, TSan, and wherever rseq or
+//    membarrier-rseq is missing.
+// PERCPU_BACKEND=rseq|portable forces one; PERCPU_SLOTS=N makes the portable
+// backend simulate N CPUs, so that wide machines can be exercised anywhere.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "percpu/detail/sequences.hpp"
+
+namespace percpu {
+
+// Thrown when the environment asks for something this machine cannot give
+// (PERCPU_BACKEND=rseq without rseq, a malformed PERCPU_SLOTS, ...).
+class config_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class backend_kind : std::uint8_t { rseq, portable };
+
+// Where the rseq area the library reads comes from.
+enum class rseq_source : std::uint8_t { none, glibc, own };
+
+// What start-up found and decided; printed by `percpu info`.
+struct backend_info {
+  backend_kind kind = backend_kind::portable;
+  std::string reason;          // why this backend was chosen
+  rseq_source source = rseq_source::none;
+  unsigned feature_size = 0;   // AT_RSEQ_FEATURE_SIZE (0: not reported)
+  unsigned alignment = 0;      // AT_RSEQ_ALIGN (0: not reported)
+  bool node_id = false;        // rseq area carries node_id
+  bool mm_cid = false;         // rseq area carries mm_cid (Linux 6.3+)
+  bool membarrier_rseq = false;  // MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ usable
+  bool sysfs_possible = false;   // possible CPUs read from sysfs (not a fallback)
+  bool under_valgrind = false;
+  bool under_sanitizer = false;  // built with ThreadSanitizer
+  unsigned slots = 0;            // per-CPU slots every structure has
+};
+
+// Starts the library if needed and describes the active backend.
+// Throws config_error on an impossible configuration.
+const backend_info& backend();
+
+// Number of per-CPU slots: every CPU number current_cpu() can return is
+// below it.  With rseq it is the highest possible CPU + 1; with the portable
+// backend, PERCPU_SLOTS when set.  Starts the library if needed.
+unsigned cpu_count();
+
+// The CPU (slot) the calling thread runs on.  A hint: the thread may move
+// right after.  Async-signal-safe once the library has started.
+inline unsigned current_cpu() noexcept { return detail::seq::current_cpu(); }
+
+// CPU sets, as sorted lists of CPU numbers.
+std::vector<unsigned> possible_cpus();  // may be sparse; falls back to sysconf
+std::vector<unsigned> online_cpus();
+std::vector<unsigned> allowed_cpus();   // this thread's affinity mask
+std::vector<unsigned> numa_nodes();     // online NUMA nodes ({0} if unknown)
+
+// NUMA node of `cpu`, or -1 when the system does not say.
+int numa_node_of(unsigned cpu);
+
+// Parses a kernel CPU list ("0-3,8,10-11"); throws std::invalid_argument on
+// malformed input.  Exposed because every sysfs CPU file uses this format.
+std::vector<unsigned> parse_cpu_list(const std::string& text);
+
+}  // namespace percpu

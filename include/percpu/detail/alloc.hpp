@@ -1,0 +1,26 @@
+// percpu/detail/alloc.hpp - the per-CPU chunk allocator's entry points.
+//
+// Declared here, below storage.hpp, because every facility (stop words
+// included) allocates per-CPU memory, while storage.hpp is the public face.
+// See src/allocator.cpp for the mechanism.
+#pragma once
+
+#include <cstddef>
+
+namespace percpu::detail {
+
+// Allocates `size` bytes aligned to `alignment` in every CPU's unit and
+// returns CPU 0's copy; every copy reads as zero.  Throws std::invalid_argument
+// (size 0, alignment not a power of two), std::length_error (larger than a
+// unit) or std::system_error (no address space left for a new chunk); on a
+// throw nothing is allocated.
+void* allocate_percpu(std::size_t size, std::size_t alignment);
+
+// Releases an allocation made by allocate_percpu (CPU 0's copy).  Throws
+// std::invalid_argument for a pointer that is not a live allocation's start.
+void free_percpu(void* p0);
+
+// Size of the live allocation whose CPU-0 copy is p0, or 0 if there is none.
+std::size_t allocation_size(const void* p0) noexcept;
+
+}  // namespace percpu::detail

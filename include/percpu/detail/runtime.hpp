@@ -1,0 +1,54 @@
+// percpu/detail/runtime.hpp - the few process-wide values every fast path reads.
+//
+// Problem: each per-CPU operation must know, in a handful of instructions,
+// which backend is active, where this thread's rseq area lives and how far
+// apart two CPUs' copies of a per-CPU object are.  These values are fixed once
+// the library has started, so they live in plain globals that stay hot in the
+// cache; nothing on a fast path takes a lock or calls a function to get them.
+//
+// Start-up is lazy (the first allocation, or any call that asks): before it,
+// `backend` reads `backend_code::uninitialized`, which every fast path treats
+// like the portable backend, whose out-of-line code performs the start-up.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace percpu::detail {
+
+// Which implementation of the per-CPU sequences is active.
+enum class backend_code : std::uint8_t { uninitialized = 0, rseq = 1, portable = 2 };
+
+// Per-CPU copies of one allocation are `unit_size` bytes apart: CPU c's copy
+// of an object whose CPU-0 copy is at p lives at p + (c << unit_shift).  A
+// compile-time stride makes the address computation a single shift.
+inline constexpr unsigned unit_shift = 20;
+inline constexpr std::size_t unit_size = std::size_t{1} << unit_shift;
+
+struct runtime_state {
+  backend_code backend = backend_code::uninitialized;
+  // Offset of the calling thread's rseq area from the thread pointer (%fs
+  // base on x86-64); the same for every thread (static TLS).
+  std::ptrdiff_t rseq_offset = 0;
+  // Number of per-CPU slots: highest possible CPU + 1 (rseq), or the
+  // simulated CPU count (portable backend, PERCPU_SLOTS).
+  unsigned slots = 0;
+};
+
+// Written once under the start-up lock, before any allocation exists; read
+// without synchronisation afterwards (a fast path can only run on memory
+// obtained after start-up completed, so it is ordered by that allocation).
+extern runtime_state runtime;
+
+// Performs start-up if it has not happened; throws percpu::config_error when
+// the environment asks for something this machine cannot give.
+void ensure_started();
+
+// Address of CPU `cpu`'s copy of the object whose CPU-0 copy is `p0`.
+template <class T>
+inline T* copy_on(T* p0, unsigned cpu) noexcept {
+  return reinterpret_cast<T*>(reinterpret_cast<std::uintptr_t>(p0) +
+                              (static_cast<std::uintptr_t>(cpu) << unit_shift));
+}
+
+}  // namespace percpu::detail

@@ -1,0 +1,204 @@
+// percpu/detail/sequences.hpp - the per-CPU operations every facility uses.
+//
+// Problem: counters, locks, object caches and queues all need the same few
+// operations on "this CPU's" data: add, compare-and-store, push, pop and a
+// bounded batch move.  Writing them once per facility would multiply the
+// subtle part (the restartable sequences and their slow paths) and every bug
+// in it.  So this header is the only place that decides how a per-CPU
+// operation is done; facilities call it and never touch a sequence directly.
+//
+// Mechanism: with the rseq backend the operation is an inline restartable
+// sequence (rseq_x86_64.hpp) plus a retry loop for aborts, stopped CPUs and
+// unregistered threads.  With the portable backend, or before start-up, the
+// operation is an out-of-line function that takes the slot's stop word as a
+// spinlock and does the same thing with plain code (src/portable.cpp).
+//
+// Every operation names the structure's stop words (`stop0`, CPU 0's copy of
+// a stop_state word, see stop.hpp): that word is what lets another thread
+// stop a CPU's part of the structure and work on it.  All operations are
+// async-signal-safe once the library has started.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "percpu/detail/rseq_x86_64.hpp"
+#include "percpu/detail/runtime.hpp"
+
+namespace percpu::detail {
+
+// A per-CPU bounded stack of pointers (a magazine slot, a buffer of queued
+// operations).  `items` points at `capacity` pointers owned by the structure;
+// `count` is the commit word of push/pop.  Changed remotely only while the
+// CPU is stopped.
+struct cpu_array {
+  void** items = nullptr;
+  std::uint32_t count = 0;
+  std::uint32_t capacity = 0;
+};
+static_assert(offsetof(cpu_array, items) == 0 && offsetof(cpu_array, count) == 8 &&
+                  offsetof(cpu_array, capacity) == 12,
+              "the rseq sequences hard-code this layout");
+
+// Out-of-line parts: slow paths of the rseq backend and the portable twin.
+namespace slow {
+// Waits until the calling thread's current CPU is no longer stopped in the
+// structure whose stop words start at stop0.
+void wait_while_stopped(const std::uint32_t* stop0) noexcept;
+// Registers the calling thread's private rseq area (own-registration mode).
+void register_thread() noexcept;
+}  // namespace slow
+
+namespace portable {
+unsigned current_cpu() noexcept;
+void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept;
+bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
+                       std::int64_t expected, std::int64_t desired) noexcept;
+bool push(cpu_array* arr0, std::uint32_t* stop0, void* item) noexcept;
+void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept;
+std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in,
+                       std::size_t n) noexcept;
+std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out,
+                      std::size_t n) noexcept;
+}  // namespace portable
+
+namespace seq {
+
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+// Result of running a sequence.  `portable`: the portable backend is active;
+// do the operation there.
+enum class outcome : std::uint8_t { committed, failed, portable };
+
+// Retries `Sequence(args...)` after a first try returned `st` until it
+// commits or fails, or finds that the portable backend is active.  Out of
+// line and cold, and given its arguments by value: the hot path keeps them in
+// registers and carries no loop of its own.
+//
+// There is no backend test on the fast path: with the portable backend,
+// runtime.rseq_offset names the library's own rseq area, which is never
+// registered, so every sequence leaves through `unregistered` and arrives
+// here, where the backend is checked.
+template <auto Sequence, class... Args>
+[[gnu::noinline, gnu::cold]] outcome retry(rseq_x86_64::status st, const std::uint32_t* stop0,
+                                           Args... args) noexcept {
+  for (;; st = Sequence(args...)) {
+    switch (st) {
+      case rseq_x86_64::status::committed:
+        return outcome::committed;
+      case rseq_x86_64::status::failed:
+        return outcome::failed;
+      case rseq_x86_64::status::stopped:
+        slow::wait_while_stopped(stop0);
+        break;
+      case rseq_x86_64::status::unregistered:
+        if (runtime.backend != backend_code::rseq) return outcome::portable;
+        slow::register_thread();
+        break;
+      case rseq_x86_64::status::aborted:
+        break;
+    }
+  }
+}
+
+// Runs the sequence: the first try inline, anything else in retry().
+template <auto Sequence, class... Args>
+inline outcome run(const std::uint32_t* stop0, Args... args) noexcept {
+  rseq_x86_64::status st = Sequence(args...);
+  if (st == rseq_x86_64::status::committed) [[likely]] return outcome::committed;
+  if (st == rseq_x86_64::status::failed) return outcome::failed;
+  return retry<Sequence>(st, stop0, args...);
+}
+#endif
+
+// The CPU (slot) the calling thread runs on now.  A hint.
+inline unsigned current_cpu() noexcept {
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+  if (runtime.backend == backend_code::rseq) [[likely]] {
+    int cpu = rseq_x86_64::cpu_id();
+    if (cpu >= 0) [[likely]] {
+      return static_cast<unsigned>(cpu);
+    }
+    slow::register_thread();
+    return static_cast<unsigned>(rseq_x86_64::cpu_id());
+  }
+#endif
+  return portable::current_cpu();
+}
+
+// Every operation below runs on memory from the per-CPU allocator, which
+// starts the library first, so runtime.rseq_offset is always set by then.
+
+// *slot += v on the current CPU.
+inline void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+  if (run<rseq_x86_64::add>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v) !=
+      outcome::portable) [[likely]] {
+    return;
+  }
+#endif
+  portable::add(slot0, stop0, v);
+}
+
+// Stores `desired` in CPU `cpu`'s slot if it holds `expected`, and (rseq)
+// only if the thread runs on `cpu`.  Returns whether the store happened.
+inline bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
+                              std::int64_t expected, std::int64_t desired) noexcept {
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+  outcome o = run<rseq_x86_64::compare_and_store>(
+      stop0, slot0, static_cast<const std::uint32_t*>(stop0), cpu, expected, desired);
+  if (o != outcome::portable) [[likely]] return o == outcome::committed;
+#endif
+  return portable::compare_and_store(slot0, stop0, cpu, expected, desired);
+}
+
+// Pushes `item` on the current CPU's array; false when it is full.
+inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item) noexcept {
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+  outcome o = run<rseq_x86_64::push>(stop0, static_cast<void*>(arr0),
+                                     static_cast<const std::uint32_t*>(stop0), item);
+  if (o != outcome::portable) [[likely]] return o == outcome::committed;
+#endif
+  return portable::push(arr0, stop0, item);
+}
+
+// Pops the current CPU's top item; nullptr when the array is empty.
+inline void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept {
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+  void* item = nullptr;
+  outcome o = run<rseq_x86_64::pop>(stop0, static_cast<void*>(arr0),
+                                    static_cast<const std::uint32_t*>(stop0), &item);
+  if (o != outcome::portable) [[likely]] return o == outcome::committed ? item : nullptr;
+#endif
+  return portable::pop(arr0, stop0);
+}
+
+// Appends up to n items from `in` to the current CPU's array; returns how
+// many were moved (the first ones of `in`).
+inline std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in,
+                              std::size_t n) noexcept {
+  if (n == 0) return 0;
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+  std::size_t moved = 0;
+  outcome o = run<rseq_x86_64::push_batch>(stop0, static_cast<void*>(arr0),
+                                           static_cast<const std::uint32_t*>(stop0), in, n, &moved);
+  if (o != outcome::portable) [[likely]] return o == outcome::committed ? moved : 0;
+#endif
+  return portable::push_batch(arr0, stop0, in, n);
+}
+
+// Moves up to n items off the top of the current CPU's array into out[0..k),
+// keeping their array order; returns k.
+inline std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out,
+                             std::size_t n) noexcept {
+  if (n == 0) return 0;
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+  std::size_t moved = 0;
+  outcome o = run<rseq_x86_64::pop_batch>(stop0, static_cast<void*>(arr0),
+                                          static_cast<const std::uint32_t*>(stop0), out, n, &moved);
+  if (o != outcome::portable) [[likely]] return moved;
+#endif
+  return portable::pop_batch(arr0, stop0, out, n);
+}
+
+}  // namespace seq
+}  // namespace percpu::detail

@@ -1,0 +1,93 @@
+// percpu/stop.hpp - stop, fence, visit: the only way to touch another CPU's data.
+//
+// Problem: per-CPU data is fast because only its CPU changes it, without
+// atomics.  Yet someone must sometimes drain, reset or resize it from outside:
+// an invalidate that must cover every CPU, a counter reset, moving value
+// between CPUs.  Asking the owning CPU to do it needs that CPU's cooperation
+// (it may be idle, or outside this process's affinity mask); taking a lock
+// on every fast path would cost what per-CPU data was meant to save.
+//
+// Mechanism: every structure keeps one stop word per CPU, which each of its
+// restartable sequences reads before committing.  To work on CPU c's part:
+//   1. set c's stop word (a compare-and-swap, so stoppers exclude each other);
+//   2. fence CPU c with membarrier(PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, c): any
+//      sequence running on c is aborted and restarts, reads the word and
+//      steps aside; no sequence on c can commit from now on;
+//   3. read and change c's part with plain code (the visit);
+//   4. clear the word with release order.
+// For every CPU: stop all words, one broadcast fence, visit, start all.  The
+// caller waits on a syscall, never on another thread.
+//
+// Portable backend: the stop word is the slot's lock, so stopping is taking
+// the lock and no fence is needed.
+//
+// Rules: a thread holds at most one stop at a time, or uses stop_all (which
+// takes every word in ascending order); do not stop a CPU from a signal
+// handler that may have interrupted a visit of the same structure.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+
+#include "percpu/detail/runtime.hpp"
+
+namespace percpu {
+
+class stop_state {
+ public:
+  // Allocates one stop word per CPU slot, all clear.  Starts the library if
+  // needed (may throw config_error, or std::bad_alloc-like errors from the
+  // per-CPU allocator).
+  stop_state();
+  ~stop_state();
+  stop_state(const stop_state&) = delete;
+  stop_state& operator=(const stop_state&) = delete;
+
+  // Stops `cpu`: returns once no fast path of this structure is running on
+  // `cpu` or can commit there until start(cpu).  Waits for another stopper
+  // of the same CPU to finish.  Throws std::out_of_range for cpu >= cpu_count().
+  void stop(unsigned cpu);
+  // Ends a stop(cpu): what the visitor wrote is visible to the CPU's next
+  // fast path (release, paired with the acquire of the next stopper and with
+  // the fast path's read of the word).
+  void start(unsigned cpu) noexcept;
+
+  // stop() for every CPU with one broadcast fence instead of one per CPU.
+  void stop_all();
+  void start_all() noexcept;
+
+  // stop(cpu); f(); start(cpu) - start also when f throws.
+  template <class F>
+  decltype(auto) visit(unsigned cpu, F&& f) {
+    stop(cpu);
+    struct restart {
+      stop_state* self;
+      unsigned cpu;
+      ~restart() { self->start(cpu); }
+    } guard{this, cpu};
+    return std::forward<F>(f)();
+  }
+
+  // stop_all(); f(cpu) for each CPU in ascending order; start_all().
+  template <class F>
+  void visit_all(F&& f) {
+    stop_all();
+    struct restart {
+      stop_state* self;
+      ~restart() { self->start_all(); }
+    } guard{this};
+    for (unsigned cpu = 0; cpu < slots_; ++cpu) f(cpu);
+  }
+
+  // CPU 0's stop word, for the sequences (detail/sequences.hpp).
+  std::uint32_t* words() const noexcept { return words0_; }
+  // Number of CPU slots covered.
+  unsigned size() const noexcept { return slots_; }
+
+ private:
+  void lock_word(unsigned cpu) noexcept;
+  std::uint32_t* words0_;
+  unsigned slots_;
+};
+
+}  // namespace percpu

@@ -1,0 +1,174 @@
+// allocator.cpp - the per-CPU chunk allocator behind storage.hpp.
+//
+// Problem: hand out per-CPU memory whose copies are found with one shift from
+// the CPU number, never move, and cost nothing on CPUs that never touch them,
+// while staying consistent when the system runs out of address space.
+//
+// Mechanism: a chunk is one mmap(MAP_NORESERVE) reservation of
+// slots * unit_size bytes, aligned to unit_size; CPU c's unit starts at
+// base + c * unit_size.  Allocations are offsets in the unit, handed out by
+// first fit from a free list (coalesced on free), or from the never-used
+// space above the chunk's high-water mark.  Never-used space is still the
+// kernel's zero pages; reused space is zeroed on every CPU when handed out
+// again.  Chunks are never unmapped, so no address ever becomes invalid
+// behind a reader's back.  One mutex guards the bookkeeping: allocation is
+// not a fast path.
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "percpu/detail/alloc.hpp"
+#include "percpu/detail/runtime.hpp"
+
+namespace percpu::detail {
+
+namespace {
+
+struct chunk {
+  std::uintptr_t base = 0;             // CPU 0's unit
+  std::size_t high_water = 0;          // above: never handed out, still zero
+  std::map<std::size_t, std::size_t> free_ranges;  // offset -> size, below high_water
+};
+
+struct live_allocation {
+  chunk* owner;
+  std::size_t offset;
+  std::size_t size;
+};
+
+std::mutex alloc_mutex;
+std::vector<std::unique_ptr<chunk>> chunks;
+std::map<std::uintptr_t, live_allocation> live;  // CPU-0 address -> allocation
+
+std::size_t align_up(std::size_t value, std::size_t alignment) {
+  return (value + alignment - 1) & ~(alignment - 1);
+}
+
+// Reserves a new chunk; throws std::system_error when mmap fails.
+chunk* add_chunk() {
+  std::size_t bytes = static_cast<std::size_t>(runtime.slots) * unit_size;
+  // Over-reserve by one unit so the chunk can start on a unit boundary
+  // (allocations may ask for alignments up to unit_size).
+  void* raw = mmap(nullptr, bytes + unit_size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) {
+    throw std::system_error(errno, std::generic_category(),
+                            "percpu: cannot reserve " + std::to_string((bytes + unit_size) >> 20) +
+                                " MiB of address space for a new per-CPU chunk");
+  }
+  auto start = reinterpret_cast<std::uintptr_t>(raw);
+  std::uintptr_t base = align_up(start, unit_size);
+  if (base != start) munmap(raw, base - start);
+  std::uintptr_t end = start + bytes + unit_size;
+  if (end != base + bytes) munmap(reinterpret_cast<void*>(base + bytes), end - (base + bytes));
+  auto c = std::make_unique<chunk>();
+  c->base = base;
+  chunks.push_back(std::move(c));
+  return chunks.back().get();
+}
+
+// Finds room for (size, alignment) in `c`; returns the offset or unit_size.
+std::size_t carve(chunk& c, std::size_t size, std::size_t alignment, bool& reused) {
+  for (auto it = c.free_ranges.begin(); it != c.free_ranges.end(); ++it) {
+    std::size_t start = align_up(it->first, alignment);
+    std::size_t end = it->first + it->second;
+    if (start + size > end) continue;
+    std::size_t range_start = it->first;
+    c.free_ranges.erase(it);
+    if (start > range_start) c.free_ranges.emplace(range_start, start - range_start);
+    if (start + size < end) c.free_ranges.emplace(start + size, end - (start + size));
+    reused = true;
+    return start;
+  }
+  std::size_t start = align_up(c.high_water, alignment);
+  if (start + size > unit_size) return unit_size;
+  if (start > c.high_water) c.free_ranges.emplace(c.high_water, start - c.high_water);
+  c.high_water = start + size;
+  reused = false;
+  return start;
+}
+
+void release_range(chunk& c, std::size_t offset, std::size_t size) {
+  auto next = c.free_ranges.lower_bound(offset);
+  if (next != c.free_ranges.end() && offset + size == next->first) {
+    size += next->second;
+    next = c.free_ranges.erase(next);
+  }
+  if (next != c.free_ranges.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == offset) {
+      prev->second += size;
+      return;
+    }
+  }
+  c.free_ranges.emplace(offset, size);
+}
+
+}  // namespace
+
+void* allocate_percpu(std::size_t size, std::size_t alignment) {
+  if (size == 0) throw std::invalid_argument("percpu: allocation of size 0");
+  if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
+    throw std::invalid_argument("percpu: alignment " + std::to_string(alignment) +
+                                " is not a power of two");
+  }
+  if (size > unit_size || alignment > unit_size) {
+    throw std::length_error("percpu: allocation of " + std::to_string(size) + " bytes aligned to " +
+                            std::to_string(alignment) + " exceeds the per-CPU unit of " +
+                            std::to_string(unit_size) + " bytes");
+  }
+  ensure_started();
+  std::lock_guard<std::mutex> lock(alloc_mutex);
+  chunk* owner = nullptr;
+  std::size_t offset = unit_size;
+  bool reused = false;
+  for (auto& c : chunks) {
+    offset = carve(*c, size, alignment, reused);
+    if (offset != unit_size) {
+      owner = c.get();
+      break;
+    }
+  }
+  if (owner == nullptr) {
+    owner = add_chunk();  // may throw; nothing was changed yet
+    offset = carve(*owner, size, alignment, reused);
+  }
+  std::uintptr_t p0 = owner->base + offset;
+  if (reused) {
+    for (unsigned cpu = 0; cpu < runtime.slots; ++cpu) {
+      std::memset(reinterpret_cast<void*>(p0 + (static_cast<std::uintptr_t>(cpu) << unit_shift)), 0,
+                  size);
+    }
+  }
+  live.emplace(p0, live_allocation{owner, offset, size});
+  return reinterpret_cast<void*>(p0);
+}
+
+void free_percpu(void* p0) {
+  if (p0 == nullptr) return;
+  std::lock_guard<std::mutex> lock(alloc_mutex);
+  auto it = live.find(reinterpret_cast<std::uintptr_t>(p0));
+  if (it == live.end()) {
+    throw std::invalid_argument("percpu: free of a pointer that is not a live per-CPU allocation");
+  }
+  release_range(*it->second.owner, it->second.offset, it->second.size);
+  live.erase(it);
+}
+
+std::size_t allocation_size(const void* p0) noexcept {
+  std::lock_guard<std::mutex> lock(alloc_mutex);
+  auto it = live.find(reinterpret_cast<std::uintptr_t>(p0));
+  return it == live.end() ? 0 : it->second.size;
+}
+
+}  // namespace percpu::detail

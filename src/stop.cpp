@@ -1,0 +1,111 @@
+// stop.cpp - stop words and membarrier rseq fences (see percpu/stop.hpp).
+//
+// Ordering, rseq backend:
+//  - A stopper sets CPU c's word with an acquire compare-and-swap: it pairs
+//    with the release store in start() of the previous stopper, so this
+//    visitor sees everything the previous one wrote.
+//  - The fence (membarrier PRIVATE_EXPEDITED_RSEQ, targeted at c) runs a full
+//    barrier on c and aborts any restartable sequence running there.  It
+//    pairs with the sequence's plain load of the word: a sequence that began
+//    before the fence is aborted and restarts; one that begins after it reads
+//    the word as set.  Fast-path stores that committed before the fence are
+//    visible to the visitor after it.
+//  - start() stores 0 with release: the visitor's writes happen before the
+//    next sequence on c that reads 0 (x86-64 loads are acquire; an aarch64
+//    version reads the word with ldar).
+// Portable backend: the word is the slot's spinlock; the acquire CAS and the
+// release store are the whole protocol, and no fence is needed.
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/membarrier.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "percpu/cpu.hpp"
+#include "percpu/detail/alloc.hpp"
+#include "percpu/stop.hpp"
+#include "runtime_internal.hpp"
+
+namespace percpu {
+
+namespace {
+
+// Issues the rseq fence for one CPU (cpu >= 0) or for all (cpu < 0).
+// Must not fail: a visit relies on it for exclusion.
+void fence(int cpu) noexcept {
+  if (detail::runtime.backend != detail::backend_code::rseq) return;
+  for (int attempt = 0;; ++attempt) {
+    long rc = cpu >= 0 ? syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+                                 MEMBARRIER_CMD_FLAG_CPU, cpu)
+                       : syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+    if (rc == 0) return;
+    int err = errno;
+    // A CPU number inside the slots but not possible (a sparse possible
+    // set): no thread can run there, so there is nothing to fence.
+    if (err == EINVAL && cpu >= 0) return;
+    if (err == EINTR || err == EAGAIN) continue;
+    // A forked child may need to register again before its first fence.
+    if (err == EPERM && attempt == 0 &&
+        syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0) {
+      continue;
+    }
+    std::fprintf(stderr, "percpu: membarrier rseq fence failed (%s); cannot stop a CPU safely\n",
+                 std::strerror(err));
+    std::abort();
+  }
+}
+
+}  // namespace
+
+stop_state::stop_state()
+    : words0_(static_cast<std::uint32_t*>(
+          detail::allocate_percpu(sizeof(std::uint32_t), alignof(std::uint32_t)))),
+      slots_(cpu_count()) {}
+
+stop_state::~stop_state() { detail::free_percpu(words0_); }
+
+void stop_state::lock_word(unsigned cpu) noexcept {
+  std::atomic_ref<std::uint32_t> word(*detail::copy_on(words0_, cpu));
+  for (unsigned spins = 0;; ++spins) {
+    std::uint32_t expected = 0;
+    if (word.load(std::memory_order_relaxed) == 0 &&
+        word.compare_exchange_weak(expected, 1, std::memory_order_acquire,
+                                   std::memory_order_relaxed)) {
+      return;
+    }
+    detail::relax(spins);
+  }
+}
+
+void stop_state::stop(unsigned cpu) {
+  if (cpu >= slots_) {
+    throw std::out_of_range("percpu::stop_state::stop: CPU " + std::to_string(cpu) +
+                            " is out of range (cpu_count() is " + std::to_string(slots_) + ")");
+  }
+  lock_word(cpu);
+  fence(static_cast<int>(cpu));
+}
+
+void stop_state::start(unsigned cpu) noexcept {
+  // Release: pairs with the next stopper's acquire CAS and with the fast
+  // path's read of the word (see the file comment).
+  std::atomic_ref<std::uint32_t>(*detail::copy_on(words0_, cpu)).store(0, std::memory_order_release);
+}
+
+void stop_state::stop_all() {
+  // Ascending order: two stop_all callers cannot deadlock.
+  for (unsigned cpu = 0; cpu < slots_; ++cpu) lock_word(cpu);
+  fence(-1);
+}
+
+void stop_state::start_all() noexcept {
+  for (unsigned cpu = 0; cpu < slots_; ++cpu) start(cpu);
+}
+
+}  // namespace percpu

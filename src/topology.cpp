@@ -1,0 +1,176 @@
+// topology.cpp - which CPUs and NUMA nodes exist, from sysfs and the kernel.
+//
+// Problem: per-CPU arrays must be sized by the CPUs that could ever exist.
+// The possible set (/sys/devices/system/cpu/possible) may be sparse and may
+// exceed what sysconf() or the affinity mask say; when /sys is not mounted
+// (containers, chroots) the library must still work, with a safe fallback
+// rather than a crash.
+#include <dirent.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "percpu/cpu.hpp"
+#include "topology.hpp"
+
+namespace percpu {
+
+namespace {
+
+// Largest CPU number accepted from any source; a guard against garbage.
+constexpr unsigned max_cpu_number = 1u << 16;
+
+bool read_first_line(const std::string& path, std::string& line) {
+  std::ifstream in(path);
+  if (!in) return false;
+  std::getline(in, line);
+  return static_cast<bool>(in) || !line.empty();
+}
+
+unsigned parse_number(const std::string& text, std::size_t& pos, const std::string& all) {
+  if (pos >= text.size() || text[pos] < '0' || text[pos] > '9') {
+    throw std::invalid_argument("percpu: malformed CPU list '" + all + "'");
+  }
+  unsigned long value = 0;
+  while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9') {
+    value = value * 10 + static_cast<unsigned long>(text[pos] - '0');
+    if (value > max_cpu_number) {
+      throw std::invalid_argument("percpu: CPU number too large in '" + all + "'");
+    }
+    ++pos;
+  }
+  return static_cast<unsigned>(value);
+}
+
+std::vector<unsigned> read_list_or_empty(const std::string& path) {
+  std::string line;
+  if (!read_first_line(path, line)) return {};
+  try {
+    return parse_cpu_list(line);
+  } catch (const std::invalid_argument&) {
+    return {};
+  }
+}
+
+}  // namespace
+
+std::vector<unsigned> parse_cpu_list(const std::string& text) {
+  std::string trimmed = text;
+  while (!trimmed.empty() && (trimmed.back() == '\n' || trimmed.back() == ' ')) {
+    trimmed.pop_back();
+  }
+  std::vector<unsigned> cpus;
+  if (trimmed.empty()) return cpus;
+  std::size_t pos = 0;
+  for (;;) {
+    unsigned first = parse_number(trimmed, pos, text);
+    unsigned last = first;
+    if (pos < trimmed.size() && trimmed[pos] == '-') {
+      ++pos;
+      last = parse_number(trimmed, pos, text);
+      if (last < first) throw std::invalid_argument("percpu: reversed range in '" + text + "'");
+    }
+    for (unsigned cpu = first; cpu <= last; ++cpu) cpus.push_back(cpu);
+    if (pos == trimmed.size()) break;
+    if (trimmed[pos] != ',') throw std::invalid_argument("percpu: malformed CPU list '" + text + "'");
+    ++pos;
+  }
+  std::sort(cpus.begin(), cpus.end());
+  cpus.erase(std::unique(cpus.begin(), cpus.end()), cpus.end());
+  return cpus;
+}
+
+namespace detail {
+
+possible_set read_possible_cpus(const std::string& sysfs_cpu_dir) {
+  possible_set result;
+  result.cpus = read_list_or_empty(sysfs_cpu_dir + "/possible");
+  if (!result.cpus.empty()) {
+    result.from_sysfs = true;
+    return result;
+  }
+  // Fallback: the CPUs the system was configured with, widened by any CPU
+  // the affinity mask names (a mask may name CPUs sysconf does not count).
+  long configured = sysconf(_SC_NPROCESSORS_CONF);
+  unsigned count = configured > 0 ? static_cast<unsigned>(configured) : 1;
+  for (unsigned cpu : allowed_cpus()) count = std::max(count, cpu + 1);
+  for (unsigned cpu = 0; cpu < count; ++cpu) result.cpus.push_back(cpu);
+  return result;
+}
+
+const std::string& sysfs_cpu_dir() {
+  static const std::string dir = [] {
+    const char* override_dir = std::getenv("PERCPU_SYSFS_CPU_DIR");
+    return std::string(override_dir != nullptr && *override_dir != '\0'
+                           ? override_dir
+                           : "/sys/devices/system/cpu");
+  }();
+  return dir;
+}
+
+}  // namespace detail
+
+std::vector<unsigned> possible_cpus() { return detail::read_possible_cpus(detail::sysfs_cpu_dir()).cpus; }
+
+std::vector<unsigned> online_cpus() {
+  std::vector<unsigned> cpus = read_list_or_empty(detail::sysfs_cpu_dir() + "/online");
+  if (!cpus.empty()) return cpus;
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  for (long cpu = 0; cpu < std::max(online, 1L); ++cpu) cpus.push_back(static_cast<unsigned>(cpu));
+  return cpus;
+}
+
+std::vector<unsigned> allowed_cpus() {
+  // The kernel's mask may be wider than cpu_set_t: grow until it fits.
+  for (std::size_t ncpus = 1024; ncpus <= max_cpu_number; ncpus *= 2) {
+    cpu_set_t* set = CPU_ALLOC(ncpus);
+    if (set == nullptr) break;
+    std::size_t bytes = CPU_ALLOC_SIZE(ncpus);
+    CPU_ZERO_S(bytes, set);
+    if (sched_getaffinity(0, bytes, set) == 0) {
+      std::vector<unsigned> cpus;
+      for (std::size_t cpu = 0; cpu < ncpus; ++cpu) {
+        if (CPU_ISSET_S(cpu, bytes, set)) cpus.push_back(static_cast<unsigned>(cpu));
+      }
+      CPU_FREE(set);
+      return cpus;
+    }
+    int err = errno;
+    CPU_FREE(set);
+    if (err != EINVAL) break;
+  }
+  return {};
+}
+
+std::vector<unsigned> numa_nodes() {
+  std::vector<unsigned> nodes = read_list_or_empty("/sys/devices/system/node/online");
+  if (nodes.empty()) nodes.push_back(0);
+  return nodes;
+}
+
+int numa_node_of(unsigned cpu) {
+  std::string dir = detail::sysfs_cpu_dir() + "/cpu" + std::to_string(cpu);
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return -1;
+  int node = -1;
+  while (dirent* entry = readdir(d)) {
+    std::string name = entry->d_name;
+    if (name.size() > 4 && name.compare(0, 4, "node") == 0 &&
+        name.find_first_not_of("0123456789", 4) == std::string::npos) {
+      node = std::stoi(name.substr(4));
+      break;
+    }
+  }
+  closedir(d);
+  return node;
+}
+
+}  // namespace percpu

@@ -1,0 +1,229 @@
+// The shared per-CPU sequences: semantics alone, and conservation under load.
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "percpu/detail/sequences.hpp"
+#include "percpu/storage.hpp"
+
+namespace {
+
+namespace seq = percpu::detail::seq;
+using percpu::detail::cpu_array;
+
+// Per-CPU arrays of `capacity` items each, with their backing buffers.
+struct arrays {
+  explicit arrays(std::uint32_t capacity) : buffers(percpu::cpu_count()) {
+    for (unsigned cpu = 0; cpu < per_cpu.cpus(); ++cpu) {
+      buffers[cpu].resize(capacity);
+      per_cpu.on(cpu)->items = buffers[cpu].data();
+      per_cpu.on(cpu)->capacity = capacity;
+    }
+  }
+  cpu_array* arr0() { return per_cpu.on(0); }
+  std::uint32_t* stop0() { return per_cpu.stops().words(); }
+  std::size_t total() {
+    std::size_t n = 0;
+    per_cpu.for_each_cpu([&](unsigned, cpu_array& a) { n += a.count; });
+    return n;
+  }
+  percpu::storage<cpu_array> per_cpu;
+  std::vector<std::vector<void*>> buffers;
+};
+
+void* item(std::uintptr_t i) { return reinterpret_cast<void*>(i << 4); }
+
+TEST(Sequences, PushPopIsLastInFirstOutPerCpu) {
+  arrays a(4);
+  // Pin so every operation sees the same CPU's array.
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(percpu::allowed_cpus().front(), &set);
+  std::thread([&] {
+    ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+    // (The portable backend may use any free slot, but a lone pinned thread
+    // always finds its preferred slot free.)
+    EXPECT_EQ(seq::pop(a.arr0(), a.stop0()), nullptr);
+    for (std::uintptr_t i = 1; i <= 4; ++i) EXPECT_TRUE(seq::push(a.arr0(), a.stop0(), item(i)));
+    EXPECT_FALSE(seq::push(a.arr0(), a.stop0(), item(5)));
+    for (std::uintptr_t i = 4; i >= 1; --i) EXPECT_EQ(seq::pop(a.arr0(), a.stop0()), item(i));
+    EXPECT_EQ(seq::pop(a.arr0(), a.stop0()), nullptr);
+  }).join();
+}
+
+TEST(Sequences, BatchMovesAreBoundedAndOrdered) {
+  arrays a(8);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(percpu::allowed_cpus().front(), &set);
+  std::thread([&] {
+    ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+    void* in[10];
+    for (std::uintptr_t i = 0; i < 10; ++i) in[i] = item(i + 1);
+    EXPECT_EQ(seq::push_batch(a.arr0(), a.stop0(), in, 5), 5u);
+    EXPECT_EQ(seq::push_batch(a.arr0(), a.stop0(), in + 5, 5), 3u);  // only 3 fit
+    EXPECT_EQ(seq::push_batch(a.arr0(), a.stop0(), in, 1), 0u);      // full
+    EXPECT_EQ(seq::push_batch(a.arr0(), a.stop0(), in, 0), 0u);
+    void* out[10] = {};
+    EXPECT_EQ(seq::pop_batch(a.arr0(), a.stop0(), out, 3), 3u);
+    // The top three, in array order: items 6, 7, 8.
+    EXPECT_EQ(out[0], item(6));
+    EXPECT_EQ(out[1], item(7));
+    EXPECT_EQ(out[2], item(8));
+    EXPECT_EQ(seq::pop_batch(a.arr0(), a.stop0(), out, 10), 5u);
+    for (std::uintptr_t i = 0; i < 5; ++i) EXPECT_EQ(out[i], item(i + 1));
+    EXPECT_EQ(seq::pop_batch(a.arr0(), a.stop0(), out, 10), 0u);
+  }).join();
+}
+
+TEST(Sequences, CompareAndStore) {
+  percpu::storage<std::int64_t> s;
+  unsigned cpu = percpu::allowed_cpus().front();
+  std::thread([&] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+    unsigned here = percpu::current_cpu();
+    EXPECT_TRUE(s.compare_and_store(here, 0, 5));
+    EXPECT_EQ(*s.on(here), 5);
+    EXPECT_FALSE(s.compare_and_store(here, 0, 6));
+    EXPECT_EQ(*s.on(here), 5);
+    if (percpu::backend().kind == percpu::backend_kind::rseq && percpu::cpu_count() > 1) {
+      unsigned other = here == 0 ? 1 : 0;
+      EXPECT_FALSE(s.compare_and_store(other, 0, 9));  // not on that CPU
+      EXPECT_EQ(*s.on(other), 0);
+    }
+  }).join();
+}
+
+std::atomic<bool> handler_enabled{false};
+percpu::storage<std::int64_t>* handler_target = nullptr;
+std::atomic<long> handler_adds{0};
+
+void add_from_handler(int) {
+  if (!handler_enabled.load(std::memory_order_relaxed)) return;
+  handler_target->add(1);
+  handler_adds.fetch_add(1, std::memory_order_relaxed);
+}
+
+// No add is lost with threads racing on the same CPUs and signal handlers
+// adding in the middle of the interrupted thread's own sequences.
+TEST(Sequences, AddsAreExactUnderContentionAndSignals) {
+  percpu::storage<std::int64_t> s;
+  handler_target = &s;
+  handler_adds = 0;
+  struct sigaction sa {};
+  sa.sa_handler = add_from_handler;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  struct sigaction old {};
+  sigaction(SIGUSR1, &sa, &old);
+  handler_enabled = true;
+  constexpr int threads = 4;
+  std::atomic<bool> done{false};
+  std::vector<std::thread> workers;
+  std::vector<pthread_t> handles(threads);
+  std::vector<std::int64_t> added(threads, 0);
+  std::atomic<int> ready{0};
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      handles[t] = pthread_self();
+      ready++;
+      std::int64_t step = t % 2 == 0 ? 1 : 3;
+      std::int64_t mine = 0;
+      while (!done.load(std::memory_order_relaxed)) {
+        s.add(step);
+        mine += step;
+      }
+      added[t] = mine;
+    });
+  }
+  while (ready.load() < threads) std::this_thread::yield();
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  while (std::chrono::steady_clock::now() < end) {
+    for (auto h : handles) pthread_kill(h, SIGUSR1);
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+  done = true;
+  for (auto& w : workers) w.join();
+  handler_enabled = false;
+  sigaction(SIGUSR1, &old, nullptr);
+  std::int64_t sum = 0;
+  s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += v; });
+  std::int64_t expected = handler_adds.load();
+  for (auto a : added) expected += a;
+  EXPECT_EQ(sum, expected);
+  EXPECT_GT(handler_adds.load(), 0);
+}
+
+// Objects move between per-CPU arrays and threads; none is lost or doubled.
+TEST(Sequences, PushPopConservesObjects) {
+  constexpr std::uint32_t capacity = 32;
+  arrays a(capacity);
+  constexpr int threads = 4;
+  constexpr int per_thread_items = 64;
+  constexpr int rounds = 200000;
+  std::vector<std::vector<void*>> held(threads);
+  for (int t = 0; t < threads; ++t) {
+    for (int i = 0; i < per_thread_items; ++i) held[t].push_back(item(static_cast<std::uintptr_t>(t * 1000 + i + 1)));
+  }
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      auto& mine = held[t];
+      unsigned rng = static_cast<unsigned>(t) * 2654435761u + 1;
+      void* batch[8];
+      for (int r = 0; r < rounds; ++r) {
+        rng = rng * 1664525u + 1013904223u;
+        switch (rng >> 29) {
+          case 0:
+          case 1:
+          case 2:
+            if (!mine.empty() && seq::push(a.arr0(), a.stop0(), mine.back())) mine.pop_back();
+            break;
+          case 3:
+          case 4:
+          case 5:
+            if (void* p = seq::pop(a.arr0(), a.stop0())) mine.push_back(p);
+            break;
+          case 6: {
+            std::size_t n = std::min<std::size_t>(mine.size(), 8);
+            std::size_t moved = seq::push_batch(a.arr0(), a.stop0(), mine.data() + mine.size() - n, n);
+            // push_batch takes the first `moved` of the n offered.
+            std::vector<void*> rest(mine.end() - static_cast<long>(n) + static_cast<long>(moved), mine.end());
+            mine.resize(mine.size() - n);
+            mine.insert(mine.end(), rest.begin(), rest.end());
+            break;
+          }
+          default: {
+            std::size_t moved = seq::pop_batch(a.arr0(), a.stop0(), batch, 8);
+            mine.insert(mine.end(), batch, batch + moved);
+          }
+        }
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  std::multiset<void*> all;
+  for (auto& h : held) all.insert(h.begin(), h.end());
+  a.per_cpu.for_each_cpu([&](unsigned, cpu_array& arr) {
+    EXPECT_LE(arr.count, arr.capacity);
+    all.insert(arr.items, arr.items + arr.count);
+  });
+  ASSERT_EQ(all.size(), static_cast<std::size_t>(threads * per_thread_items));
+  std::multiset<void*> expected;
+  for (int t = 0; t < threads; ++t) {
+    for (int i = 0; i < per_thread_items; ++i) expected.insert(item(static_cast<std::uintptr_t>(t * 1000 + i + 1)));
+  }
+  EXPECT_EQ(all, expected);
+}
+
+}  // namespace

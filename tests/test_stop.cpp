@@ -1,0 +1,143 @@
+// stop/fence/visit: a stopped CPU commits nothing; visits lose no update.
+#include <gtest/gtest.h>
+#include <sched.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "percpu/storage.hpp"
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+void spin_for(std::chrono::microseconds d) {
+  auto end = clock_type::now() + d;
+  while (clock_type::now() < end) {
+  }
+}
+
+void pin(unsigned cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+}
+
+// Workers add to their CPUs' slots without pause; a visitor stops each CPU
+// in turn, checks that its slot does not change while stopped, and drains it.
+// At the end, everything added was either drained or is still in a slot.
+TEST(Stop, StoppedCpuCommitsNothingAndNothingIsLost) {
+  percpu::storage<std::int64_t> s;
+  auto allowed = percpu::allowed_cpus();
+  std::atomic<bool> done{false};
+  std::vector<long> added(allowed.size(), 0);
+  std::vector<std::thread> workers;
+  for (std::size_t i = 0; i < allowed.size(); ++i) {
+    workers.emplace_back([&, i] {
+      pin(allowed[i]);
+      long n = 0;
+      while (!done.load(std::memory_order_relaxed)) {
+        s.add(1);
+        ++n;
+      }
+      added[i] = n;
+    });
+  }
+  std::int64_t drained = 0;
+  long changed_while_stopped = 0;
+  for (int round = 0; round < 300; ++round) {
+    unsigned cpu = static_cast<unsigned>(round) % s.cpus();
+    auto check_and_drain = [&](std::int64_t& slot) {
+      std::int64_t before = std::atomic_ref<std::int64_t>(slot).load();
+      spin_for(std::chrono::microseconds(30));
+      std::int64_t after = std::atomic_ref<std::int64_t>(slot).load();
+      changed_while_stopped += before != after;
+      drained += slot;
+      slot = 0;
+    };
+    if (round % 10 == 9) {
+      s.visit_all([&](unsigned, std::int64_t& slot) { check_and_drain(slot); });
+    } else {
+      s.visit(cpu, check_and_drain);
+    }
+  }
+  done = true;
+  for (auto& w : workers) w.join();
+  std::int64_t left = 0;
+  s.for_each_cpu([&](unsigned, std::int64_t& v) { left += v; });
+  long total = 0;
+  for (long n : added) total += n;
+  EXPECT_EQ(changed_while_stopped, 0);
+  EXPECT_EQ(drained + left, total);
+  EXPECT_GT(total, 0);
+}
+
+// A visit reaches a CPU with no thread of ours on it (idle, or outside the
+// affinity mask) without waiting for anyone.
+TEST(Stop, IdleCpusAreVisitedWithoutCooperation) {
+  percpu::storage<std::int64_t> s;
+  for (unsigned cpu = 0; cpu < s.cpus(); ++cpu) *s.on(cpu) = cpu + 1;
+  std::int64_t sum = 0;
+  for (unsigned cpu = 0; cpu < s.cpus(); ++cpu) {
+    sum += s.visit(cpu, [](std::int64_t& v) {
+      std::int64_t old = v;
+      v = 0;
+      return old;
+    });
+  }
+  std::int64_t n = s.cpus();
+  EXPECT_EQ(sum, n * (n + 1) / 2);
+}
+
+// Stoppers of the same CPU exclude each other.
+TEST(Stop, StoppersExcludeEachOther) {
+  percpu::storage<std::int64_t> s;
+  std::atomic<int> inside{0};
+  std::atomic<int> overlaps{0};
+  std::vector<std::thread> stoppers;
+  for (int t = 0; t < 3; ++t) {
+    stoppers.emplace_back([&, t] {
+      for (int i = 0; i < 300; ++i) {
+        auto body = [&](auto&&...) {
+          if (inside.fetch_add(1) != 0) overlaps++;
+          spin_for(std::chrono::microseconds(2));
+          inside.fetch_sub(1);
+        };
+        if ((i + t) % 5 == 0) {
+          s.stops().stop_all();
+          body();
+          s.stops().start_all();
+        } else {
+          s.visit(0, body);
+        }
+      }
+    });
+  }
+  for (auto& t : stoppers) t.join();
+  EXPECT_EQ(overlaps.load(), 0);
+}
+
+TEST(Stop, OutOfRangeCpuIsAClearError) {
+  percpu::stop_state stops;
+  EXPECT_THROW(stops.stop(stops.size()), std::out_of_range);
+  EXPECT_THROW(stops.visit(stops.size() + 7, [] {}), std::out_of_range);
+}
+
+TEST(Stop, VisitRestartsTheCpuWhenTheVisitorThrows) {
+  percpu::storage<std::int64_t> s;
+  EXPECT_THROW(s.visit(0, [](std::int64_t&) { throw std::runtime_error("visitor failed"); }),
+               std::runtime_error);
+  s.add(1);  // would wait forever if CPU 0 (or any) stayed stopped
+  std::int64_t sum = 0;
+  s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += v; });
+  EXPECT_EQ(sum, 1);
+  EXPECT_THROW(s.visit_all([](unsigned, std::int64_t&) { throw std::runtime_error("x"); }),
+               std::runtime_error);
+  s.add(1);
+}
+
+}  // namespace

@@ -1,0 +1,177 @@
+// Per-CPU storage: initialisation, destruction, stable addresses, bad input.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <set>
+#include <stdexcept>
+#include <system_error>
+#include <vector>
+
+#include "child_process.hpp"
+#include "percpu/storage.hpp"
+
+namespace {
+
+std::atomic<int> constructed{0};
+std::atomic<int> destroyed{0};
+
+struct tracked {
+  tracked() : value(42) { ++constructed; }
+  tracked(const tracked& other) : value(other.value) { ++constructed; }
+  ~tracked() { ++destroyed; }
+  long value;
+};
+
+TEST(Storage, ConstructsAndDestroysEveryCpusCopyOnce) {
+  constructed = 0;
+  destroyed = 0;
+  unsigned n = percpu::cpu_count();
+  {
+    percpu::storage<tracked> s;
+    EXPECT_EQ(constructed.load(), static_cast<int>(n));
+    for (unsigned cpu = 0; cpu < n; ++cpu) EXPECT_EQ(s.on(cpu)->value, 42);
+    s.on(n - 1)->value = 7;
+  }
+  EXPECT_EQ(destroyed.load(), static_cast<int>(n));
+}
+
+TEST(Storage, CopyConstructsFromInitialValue) {
+  percpu::storage<long> s(17);
+  s.for_each_cpu([](unsigned, long& v) { EXPECT_EQ(v, 17); });
+}
+
+struct throws_on_third {
+  static inline int built = 0;
+  static inline int torn_down = 0;
+  throws_on_third() {
+    if (built == 2) throw std::runtime_error("constructor failed");
+    ++built;
+  }
+  ~throws_on_third() { ++torn_down; }
+};
+
+TEST(Storage, ConstructorFailureUndoesAndPropagates) {
+  if (percpu::cpu_count() < 3) GTEST_SKIP() << "needs three slots";
+  EXPECT_THROW(percpu::storage<throws_on_third>{}, std::runtime_error);
+  EXPECT_EQ(throws_on_third::torn_down, 2);
+}
+
+TEST(Storage, CopiesAreZeroAndDistinct) {
+  percpu::storage<std::int64_t> s;
+  std::set<std::int64_t*> addresses;
+  for (unsigned cpu = 0; cpu < s.cpus(); ++cpu) {
+    EXPECT_EQ(*s.on(cpu), 0);
+    addresses.insert(s.on(cpu));
+  }
+  EXPECT_EQ(addresses.size(), s.cpus());
+  EXPECT_EQ(s.local(), s.on_unchecked(percpu::current_cpu()) ) ;
+}
+
+TEST(Storage, ReusedMemoryIsZeroAgain) {
+  void* first = percpu::allocate_raw(256, 64);
+  for (unsigned cpu = 0; cpu < percpu::cpu_count(); ++cpu) {
+    std::memset(percpu::raw_on(static_cast<char*>(first), cpu), 0xab, 256);
+  }
+  percpu::free_raw(first);
+  void* again = percpu::allocate_raw(256, 64);
+  for (unsigned cpu = 0; cpu < percpu::cpu_count(); ++cpu) {
+    const char* copy = percpu::raw_on(static_cast<char*>(again), cpu);
+    for (int i = 0; i < 256; ++i) ASSERT_EQ(copy[i], 0) << "cpu " << cpu << " byte " << i;
+  }
+  percpu::free_raw(again);
+}
+
+TEST(Storage, AlignmentIsHonoured) {
+  for (std::size_t align : {1u, 8u, 64u, 4096u, 65536u}) {
+    void* p = percpu::allocate_raw(24, align);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(p) % align, 0u) << align;
+    percpu::free_raw(p);
+  }
+}
+
+// Addresses never move: grow through many chunks while old pointers stay valid.
+TEST(Storage, GrowthNeverMovesExistingCopies) {
+  percpu::storage<std::int64_t> anchor;
+  std::vector<std::int64_t*> anchor_copies;
+  for (unsigned cpu = 0; cpu < anchor.cpus(); ++cpu) {
+    *anchor.on(cpu) = 1000 + cpu;
+    anchor_copies.push_back(anchor.on(cpu));
+  }
+  std::vector<void*> big;
+  for (int i = 0; i < 40; ++i) big.push_back(percpu::allocate_raw(percpu::max_allocation() / 4, 64));
+  for (unsigned cpu = 0; cpu < anchor.cpus(); ++cpu) {
+    EXPECT_EQ(anchor.on(cpu), anchor_copies[cpu]);
+    EXPECT_EQ(*anchor_copies[cpu], static_cast<std::int64_t>(1000 + cpu));
+  }
+  for (void* p : big) percpu::free_raw(p);
+}
+
+TEST(Storage, BadInputIsAClearError) {
+  EXPECT_THROW(percpu::allocate_raw(0), std::invalid_argument);
+  EXPECT_THROW(percpu::allocate_raw(8, 3), std::invalid_argument);
+  EXPECT_THROW(percpu::allocate_raw(8, 0), std::invalid_argument);
+  EXPECT_THROW(percpu::allocate_raw(percpu::max_allocation() + 1), std::length_error);
+  EXPECT_THROW(percpu::allocate_raw(8, percpu::max_allocation() * 2), std::length_error);
+  int local = 0;
+  EXPECT_THROW(percpu::free_raw(&local), std::invalid_argument);
+  void* p = percpu::allocate_raw(16);
+  EXPECT_THROW(percpu::free_raw(static_cast<char*>(p) + 8), std::invalid_argument);
+  percpu::free_raw(p);
+  EXPECT_THROW(percpu::free_raw(p), std::invalid_argument);  // double free
+  percpu::storage<long> s;
+  EXPECT_THROW(s.on(s.cpus()), std::out_of_range);
+  EXPECT_THROW(s.visit(s.cpus(), [](long&) {}), std::out_of_range);
+  try {
+    percpu::allocate_raw(8, 6);
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("not a power of two"), std::string::npos);
+  }
+  // The allocator is still consistent after all that.
+  void* q = percpu::allocate_raw(16);
+  EXPECT_EQ(percpu::detail::allocation_size(q), 16u);
+  percpu::free_raw(q);
+}
+
+TEST(StorageChild, ExhaustedAddressSpace) {
+  if (!percpu_test::in_child()) GTEST_SKIP() << "runs in a child process";
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  std::printf("exhausted-ok (skipped: sanitizers need their address space)\n");
+  return;
+#endif
+  percpu::storage<long> before(5);
+  rlimit limit{};
+  getrlimit(RLIMIT_AS, &limit);
+  limit.rlim_cur = 2ull << 30;  // 2 GiB of address space in all
+  ASSERT_EQ(setrlimit(RLIMIT_AS, &limit), 0);
+  std::vector<void*> blocks;
+  bool exhausted = false;
+  try {
+    for (int i = 0; i < 100000; ++i) blocks.push_back(percpu::allocate_raw(percpu::max_allocation()));
+  } catch (const std::system_error& e) {
+    exhausted = true;
+    EXPECT_NE(std::string(e.what()).find("cannot reserve"), std::string::npos) << e.what();
+  }
+  ASSERT_TRUE(exhausted);
+  // Consistent afterwards: old data intact, frees and reuse work.
+  before.for_each_cpu([](unsigned, long& v) { EXPECT_EQ(v, 5); });
+  void* last = blocks.back();
+  percpu::free_raw(last);
+  blocks.pop_back();
+  void* reused = percpu::allocate_raw(percpu::max_allocation());
+  EXPECT_EQ(reused, last);
+  percpu::free_raw(reused);
+  for (void* b : blocks) percpu::free_raw(b);
+  std::printf("exhausted-ok\n");
+}
+
+TEST(Storage, ExhaustedAddressSpaceIsReportedAndRecoverable) {
+  auto r = percpu_test::run_self("StorageChild.*", {});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("exhausted-ok"), std::string::npos) << r.output;
+}
+
+}  // namespace

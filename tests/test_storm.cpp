@@ -1,0 +1,179 @@
+// The foundation's migration storm: threads move themselves between CPUs and
+// take signals every few microseconds while they add to slots (also from the
+// signal handler); a visitor stops CPUs and moves value between their slots;
+// storage grows the whole time while older allocations stay in use.  At the
+// end every total is exact.
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "percpu/storage.hpp"
+
+namespace {
+
+using counter = percpu::storage<std::int64_t>;
+
+std::atomic<counter*> storm_target{nullptr};
+std::atomic<long> storm_handler_adds{0};
+
+void storm_handler(int) {
+  if (counter* c = storm_target.load(std::memory_order_relaxed)) {
+    c->add(1);
+    storm_handler_adds.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+std::int64_t sum(counter& c) {
+  std::int64_t total = 0;
+  c.for_each_cpu([&](unsigned, std::int64_t& v) { total += v; });
+  return total;
+}
+
+TEST(Storm, MigrationSignalsVisitsAndGrowthLoseNothing) {
+  constexpr int workers = 4;
+  constexpr auto duration = std::chrono::seconds(3);
+  auto allowed = percpu::allowed_cpus();
+
+  counter main_counter;
+  storm_target = &main_counter;
+  storm_handler_adds = 0;
+  struct sigaction sa {};
+  sa.sa_handler = storm_handler;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  struct sigaction old {};
+  ASSERT_EQ(sigaction(SIGUSR2, &sa, &old), 0);
+
+  // Allocations made during the storm, with what was added to each.
+  struct grown {
+    std::unique_ptr<counter> c;
+    std::atomic<std::int64_t> expected{0};
+    void* raw = nullptr;  // a large raw block alongside, to force new chunks
+  };
+  std::mutex grown_mutex;
+  std::vector<std::unique_ptr<grown>> allocations;
+
+  std::atomic<bool> done{false};
+  std::atomic<long> migrations{0};
+  std::vector<long> added(workers, 0);
+  std::vector<pthread_t> handles(workers);
+  std::atomic<int> ready{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < workers; ++t) {
+    threads.emplace_back([&, t] {
+      handles[t] = pthread_self();
+      ready++;
+      unsigned rng = 12345u + static_cast<unsigned>(t);
+      long n = 0;
+      for (long i = 0; !done.load(std::memory_order_relaxed); ++i) {
+        main_counter.add(1);
+        ++n;
+        if (i % 512 == 0) {
+          // Migrate: a single CPU or the whole allowed set.
+          rng = rng * 1664525u + 1013904223u;
+          cpu_set_t set;
+          CPU_ZERO(&set);
+          unsigned pick = (rng >> 16) % (allowed.size() + 1);
+          if (pick == allowed.size()) {
+            for (unsigned cpu : allowed) CPU_SET(cpu, &set);
+          } else {
+            CPU_SET(allowed[pick], &set);
+          }
+          if (sched_setaffinity(0, sizeof(set), &set) == 0) migrations++;
+        }
+        if (i % 256 == 0) {
+          // Use an older allocation, and now and then grow.
+          std::lock_guard<std::mutex> lock(grown_mutex);
+          if (!allocations.empty()) {
+            auto& g = allocations[(rng >> 8) % allocations.size()];
+            g->c->add(2);
+            g->expected.fetch_add(2, std::memory_order_relaxed);
+          }
+          if (i % 8192 == 0 && allocations.size() < 400) {
+            auto g = std::make_unique<grown>();
+            g->c = std::make_unique<counter>();
+            g->raw = percpu::allocate_raw(percpu::max_allocation() / 8, 64);
+            allocations.push_back(std::move(g));
+          }
+        }
+      }
+      added[t] = n;
+    });
+  }
+  while (ready.load() < workers) std::this_thread::yield();
+
+  std::atomic<long> signals{0};
+  std::thread signaller([&] {
+    while (!done.load()) {
+      for (auto h : handles) {
+        pthread_kill(h, SIGUSR2);
+        signals++;
+      }
+      auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(5);
+      while (std::chrono::steady_clock::now() < until) {
+      }
+    }
+  });
+
+  // The visitor: move value between CPUs' slots, one CPU at a time (the
+  // value is held outside the slots in between) and all at once.
+  std::int64_t in_flight = 0;
+  long visits = 0;
+  auto end = std::chrono::steady_clock::now() + duration;
+  unsigned cpus = main_counter.cpus();
+  for (unsigned round = 0; std::chrono::steady_clock::now() < end; ++round) {
+    unsigned from = round % cpus;
+    unsigned to = (round * 7 + 3) % cpus;
+    in_flight += main_counter.visit(from, [](std::int64_t& v) {
+      std::int64_t taken = v;
+      v = 0;
+      return taken;
+    });
+    main_counter.visit(to, [&](std::int64_t& v) { v += in_flight; });
+    in_flight = 0;
+    if (round % 16 == 0) {
+      main_counter.visit_all([&](unsigned cpu, std::int64_t& v) {
+        if (cpu == from) {
+          in_flight = v;
+          v = 0;
+        }
+        if (cpu == to) v += in_flight;  // may come before `from`: settled below
+      });
+      if (to < from) main_counter.visit(to, [&](std::int64_t& v) { v += in_flight; });
+      in_flight = 0;
+    }
+    visits++;
+  }
+  done = true;
+  for (auto& t : threads) t.join();
+  signaller.join();
+  storm_target = nullptr;
+  sigaction(SIGUSR2, &old, nullptr);
+
+  long total_added = 0;
+  for (long n : added) total_added += n;
+  EXPECT_EQ(sum(main_counter), total_added + storm_handler_adds.load());
+  for (auto& g : allocations) {
+    EXPECT_EQ(sum(*g->c), g->expected.load());
+    percpu::free_raw(g->raw);
+  }
+  EXPECT_GT(migrations.load(), 100);
+  EXPECT_GT(storm_handler_adds.load(), 100);
+  EXPECT_GT(visits, 100);
+  EXPECT_GT(allocations.size(), 4u);
+  std::printf("storm: %ld adds, %ld handler adds, %ld migrations, %ld signals, %ld visits, "
+              "%zu allocations\n",
+              total_added, storm_handler_adds.load(), migrations.load(), signals.load(), visits,
+              allocations.size());
+}
+
+}  // namespace

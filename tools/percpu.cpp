@@ -1,0 +1,50 @@
+// percpu - the command: what this machine gives (info) and how fast the
+// library is against the alternatives a program would otherwise use (bench).
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "commands.hpp"
+
+namespace {
+
+void usage(std::FILE* out) {
+  std::fprintf(out,
+               "usage: percpu <command> [options]\n"
+               "\n"
+               "commands:\n"
+               "  info                     backend, rseq and membarrier support, CPUs, NUMA nodes\n"
+               "  bench [options]          measure every facility against its peers\n"
+               "      --quick              fewer repetitions, shorter runs (under 2 minutes)\n"
+               "      --json FILE          also write the results as JSON\n"
+               "      --filter REGEX       only rows whose \"name/impl\" matches\n"
+               "      --threads LIST       thread counts to run, e.g. 1,2 (default: each row's own)\n"
+               "      --repetitions N      measurements per row (default 5 quick, 11 full)\n"
+               "\n"
+               "environment:\n"
+               "  PERCPU_BACKEND=rseq|portable   force a backend\n"
+               "  PERCPU_SLOTS=N                 portable backend simulating N CPUs\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  std::string command = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  try {
+    if (command == "info") return percpu_tool::info(args);
+    if (command == "bench") return percpu_tool::bench(args);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "percpu %s: %s\n", command.c_str(), e.what());
+    return 1;
+  }
+  std::fprintf(stderr, "percpu: unknown command '%s'\n\n", command.c_str());
+  usage(stderr);
+  return 2;
+}
