@@ -18,9 +18,10 @@
 
 namespace percpu_bench {
 
-std::vector<row> all_rows() {
+std::vector<row> all_rows(std::vector<missing_peer>& missing) {
   std::vector<row> rows;
   add_foundation_rows(rows);
+  add_counter_rows(rows, missing);
   return rows;
 }
 
@@ -127,7 +128,8 @@ std::uint64_t calibrate(pool& p, body& b, unsigned threads, double target_ns) {
     double ns = p.measure(b, threads, iterations);
     if (ns >= target_ns / 4 || iterations >= (1ull << 34)) {
       double per_op = ns / static_cast<double>(iterations);
-      return std::max<std::uint64_t>(100, static_cast<std::uint64_t>(target_ns / std::max(per_op, 0.01)));
+      return std::max<std::uint64_t>(
+          100, static_cast<std::uint64_t>(target_ns / std::max(per_op, 0.01)));
     }
     iterations *= ns < target_ns / 64 ? 16 : 4;
   }
@@ -141,8 +143,8 @@ class progress_bar {
     if (!enabled_) return;
     int width = 30;
     int filled = static_cast<int>(static_cast<double>(done_) / static_cast<double>(total_) * width);
-    std::fprintf(stderr, "\r[%.*s%*s] %zu/%zu %-40.40s", filled,
-                 "##############################", width - filled, "", done_, total_, label.c_str());
+    std::fprintf(stderr, "\r[%.*s%*s] %zu/%zu %-40.40s", filled, "##############################",
+                 width - filled, "", done_, total_, label.c_str());
     std::fflush(stderr);
   }
   ~progress_bar() {

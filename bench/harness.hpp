@@ -37,8 +37,8 @@ class body {
 };
 
 struct row {
-  std::string name;   // "slot.add"
-  std::string impl;   // "percpu", "thread_local", ...
+  std::string name;               // "slot.add"
+  std::string impl;               // "percpu", "thread_local", ...
   std::vector<unsigned> threads;  // thread counts this row is measured at
   // Makes a fresh body for a measurement at `threads` threads.
   std::function<std::unique_ptr<body>(unsigned threads)> make;
@@ -56,19 +56,26 @@ struct result {
 
 struct options {
   bool quick = false;
-  unsigned repetitions = 0;          // 0: 5 (quick) or 11 (full)
-  std::string filter;                // ECMAScript regex on "name/impl"
-  std::vector<unsigned> threads;     // empty: each row's own list
-  bool progress = true;              // progress bar on a terminal (stderr)
+  unsigned repetitions = 0;       // 0: 5 (quick) or 11 (full)
+  std::string filter;             // ECMAScript regex on "name/impl"
+  std::vector<unsigned> threads;  // empty: each row's own list
+  bool progress = true;           // progress bar on a terminal (stderr)
 };
 
-// Every row the facilities define.
-std::vector<row> all_rows();
+// A peer implementation that was not built because its library is missing.
+struct missing_peer {
+  std::string impl;     // "tbb_combinable"
+  std::string package;  // Debian package that provides it
+};
+
+// Every row the facilities define; peers not built are added to `missing`.
+std::vector<row> all_rows(std::vector<missing_peer>& missing);
 
 // Runs the selected rows; returns one result per (row, thread count).
 std::vector<result> run(const std::vector<row>& rows, const options& opts);
 
 // Rows in bench/rows_*.cpp add themselves here.
 void add_foundation_rows(std::vector<row>& rows);
+void add_counter_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
 
 }  // namespace percpu_bench

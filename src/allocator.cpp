@@ -35,8 +35,8 @@ namespace percpu::detail {
 namespace {
 
 struct chunk {
-  std::uintptr_t base = 0;             // CPU 0's unit
-  std::size_t high_water = 0;          // above: never handed out, still zero
+  std::uintptr_t base = 0;                         // CPU 0's unit
+  std::size_t high_water = 0;                      // above: never handed out, still zero
   std::map<std::size_t, std::size_t> free_ranges;  // offset -> size, below high_water
 };
 
@@ -56,6 +56,10 @@ std::size_t align_up(std::size_t value, std::size_t alignment) {
 
 // Reserves a new chunk; throws std::system_error when mmap fails.
 chunk* add_chunk() {
+  // Everything that can throw besides mmap happens first, so a failure
+  // leaves no mapping behind.
+  auto c = std::make_unique<chunk>();
+  chunks.reserve(chunks.size() + 1);
   std::size_t bytes = static_cast<std::size_t>(runtime.slots) * unit_size;
   // Over-reserve by one unit so the chunk can start on a unit boundary
   // (allocations may ask for alignments up to unit_size).
@@ -71,7 +75,6 @@ chunk* add_chunk() {
   if (base != start) munmap(raw, base - start);
   std::uintptr_t end = start + bytes + unit_size;
   if (end != base + bytes) munmap(reinterpret_cast<void*>(base + bytes), end - (base + bytes));
-  auto c = std::make_unique<chunk>();
   c->base = base;
   chunks.push_back(std::move(c));
   return chunks.back().get();
@@ -150,7 +153,12 @@ void* allocate_percpu(std::size_t size, std::size_t alignment) {
                   size);
     }
   }
-  live.emplace(p0, live_allocation{owner, offset, size});
+  try {
+    live.emplace(p0, live_allocation{owner, offset, size});
+  } catch (...) {
+    release_range(*owner, offset, size);  // give the range back, then report
+    throw;
+  }
   return reinterpret_cast<void*>(p0);
 }
 

@@ -66,6 +66,17 @@ void lock_exact(std::uint32_t* stop0, unsigned slot) noexcept {
   for (unsigned spins = 0; !try_lock(stop0, slot); ++spins) relax(spins);
 }
 
+// Slots are also read without the lock (counter sums, a writer counting
+// readers), so the locked update stores atomically, with release order: what
+// the updating thread did before it happens before a reader that sees the
+// new value.
+std::int64_t add_to_slot(std::int64_t* slot, std::int64_t v) noexcept {
+  std::atomic_ref<std::int64_t> s(*slot);
+  std::int64_t value = s.load(std::memory_order_relaxed) + v;
+  s.store(value, std::memory_order_release);
+  return value;
+}
+
 // Per-thread nesting state (see the file comment).  Written only by the
 // thread itself and its signal handlers; signal fences order the handler's
 // writes with the interrupted code's reads.
@@ -96,16 +107,19 @@ bool try_lock_any(std::uint32_t* stop0, unsigned& slot) noexcept {
 
 void apply_deferred() noexcept;
 
-// Runs op(slot) under the lock of some slot and returns its result; a nested
-// call that finds no free slot returns `busy` instead.
-template <class Op, class Result>
-Result locked(std::uint32_t* stop0, Result busy, Op op) noexcept {
+// Runs op(slot) under a slot lock and returns its result.  `acquire(nested,
+// slot)` takes the lock: it may wait unless `nested`, and returns false when
+// it found none (a nested call then returns `busy`).  The thread counts as
+// inside an operation from before the lock is taken until after it is
+// released, so a handler that interrupts it anywhere in between never waits.
+template <class Acquire, class Op, class Result>
+Result locked_with(std::uint32_t* stop0, Result busy, Acquire acquire, Op op) noexcept {
   unsigned slot = 0;
   bool nested = nest.depth > 0;
   ++nest.depth;
   std::atomic_signal_fence(std::memory_order_seq_cst);
   Result result = busy;
-  if (nested ? try_lock_any(stop0, slot) : (slot = lock_any(stop0), true)) {
+  if (acquire(nested, slot)) {
     result = op(slot);
     unlock(stop0, slot);
   }
@@ -115,19 +129,49 @@ Result locked(std::uint32_t* stop0, Result busy, Op op) noexcept {
   return result;
 }
 
+// locked_with() on the preferred slot or any free one.
+template <class Op, class Result>
+Result locked(std::uint32_t* stop0, Result busy, Op op) noexcept {
+  return locked_with(
+      stop0, busy,
+      [stop0](bool nested, unsigned& slot) {
+        if (nested) return try_lock_any(stop0, slot);
+        slot = lock_any(stop0);
+        return true;
+      },
+      op);
+}
+
+// Applies the adds that handlers deferred while this thread's operations
+// were in progress.  Called by an outermost operation as it ends, with no
+// slot held.
+//
+// The thread counts as inside an operation (depth > 0) while it takes an
+// entry off the queue and applies it, so a handler that interrupts the drain
+// only appends (or applies its add to a free slot) and never drains the
+// queue itself: two drains of the same queue, one interrupting the other,
+// would apply an entry twice and move `head` past `tail`, after which the
+// drain reads entries that were never written.  Waiting for a slot here is
+// safe: the thread holds none.  After leaving, the queue is checked again,
+// for an entry a handler appended between the last check and the leaving;
+// a handler that runs after the leaving drains the queue itself.
 void apply_deferred() noexcept {
-  // Handlers may append while this runs; their entries are complete before
-  // `tail` moves (signal fence), and this loop re-reads `tail`.
   for (;;) {
+    ++nest.depth;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    while (nest.head != nest.tail) {
+      deferred_add entry = nest.queue[nest.head % deferred_capacity];
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      ++nest.head;
+      unsigned slot = lock_any(entry.stop0);
+      add_to_slot(copy_on(entry.slot0, slot), entry.value);
+      unlock(entry.stop0, slot);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    }
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    --nest.depth;
     std::atomic_signal_fence(std::memory_order_seq_cst);
     if (nest.head == nest.tail) return;
-    deferred_add entry = nest.queue[nest.head % deferred_capacity];
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    ++nest.head;
-    locked(entry.stop0, 0, [&](unsigned slot) {
-      *copy_on(entry.slot0, slot) += entry.value;
-      return 0;
-    });
   }
 }
 
@@ -146,36 +190,64 @@ unsigned current_cpu() noexcept {
 
 void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
   bool done = locked(stop0, false, [&](unsigned slot) {
-    *copy_on(slot0, slot) += v;
+    add_to_slot(copy_on(slot0, slot), v);
     return true;
   });
   if (done) return;
   // Nested and every slot busy: defer to the interrupted operation's end.
   // Should the queue be full (handlers nested 256 deep), wait for a slot.
+  //
+  // The entry is reserved before it is written, with one atomic increment:
+  // a second handler interrupting this one (a different signal) then takes
+  // the next entry instead of overwriting this one.  The queue is drained
+  // only by the outermost operation, after every handler frame above it has
+  // returned, so reserved entries are always complete by then.
   if (nest.tail - nest.head < deferred_capacity) {
-    nest.queue[nest.tail % deferred_capacity] = {slot0, stop0, v};
+    unsigned entry = __atomic_fetch_add(&nest.tail, 1u, __ATOMIC_RELAXED);
+    nest.queue[entry % deferred_capacity] = {slot0, stop0, v};
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    ++nest.tail;
     return;
   }
   unsigned slot = lock_any(stop0);
-  *copy_on(slot0, slot) += v;
+  add_to_slot(copy_on(slot0, slot), v);
   unlock(stop0, slot);
+}
+
+std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
+                        unsigned* cpu) noexcept {
+  std::int64_t value = 0;
+  unsigned used = runtime.slots;
+  locked(stop0, false, [&](unsigned slot) {
+    value = add_to_slot(copy_on(slot0, slot), v);
+    used = slot;
+    return true;
+  });
+  if (used == runtime.slots) {
+    // Nested with every slot busy: deferred like add(); no slot to report.
+    add(slot0, stop0, v);
+  }
+  *cpu = used;
+  return value;
 }
 
 bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
                        std::int64_t expected, std::int64_t desired) noexcept {
-  bool nested = nest.depth > 0;
-  if (nested) {
-    if (!try_lock(stop0, cpu)) return false;
-  } else {
-    lock_exact(stop0, cpu);
-  }
-  std::int64_t* slot = copy_on(slot0, cpu);
-  bool stored = *slot == expected;
-  if (stored) *slot = desired;
-  unlock(stop0, cpu);
-  return stored;
+  return locked_with(
+      stop0, false,
+      [stop0, cpu](bool nested, unsigned& slot) {
+        slot = cpu;
+        if (nested) return try_lock(stop0, cpu);
+        lock_exact(stop0, cpu);
+        return true;
+      },
+      [&](unsigned slot) {
+        // Every writer holds the lock, so the read may be plain; the store is
+        // atomic for the readers that do not take it (see add_to_slot).
+        std::int64_t* value = copy_on(slot0, slot);
+        if (*value != expected) return false;
+        std::atomic_ref<std::int64_t>(*value).store(desired, std::memory_order_release);
+        return true;
+      });
 }
 
 bool push(cpu_array* arr0, std::uint32_t* stop0, void* item) noexcept {

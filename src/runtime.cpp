@@ -15,11 +15,11 @@
 // area lives in initial-exec TLS so that, like glibc's, it sits at a fixed
 // offset from the thread pointer and the sequences address both the same way.
 // It never writes a kernel-owned field of either area.
+#include <linux/membarrier.h>
 #include <sched.h>
 #include <sys/auxv.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <linux/membarrier.h>
 
 #include <atomic>
 #include <cerrno>
@@ -96,6 +96,12 @@ static_assert(sizeof(own_rseq_area) == own_area_size);
 // instruction with cpu_id = -1 (not registered).
 thread_local own_rseq_area own_area __attribute__((tls_model("initial-exec")));
 
+// The portable backend points the sequences here: an area that is never
+// registered, so its cpu_id stays -1 and every sequence leaves through its
+// `unregistered` exit to the portable code.  (Not own_area: start-up may
+// have registered that one before deciding against rseq.)
+thread_local own_rseq_area portable_area __attribute__((tls_model("initial-exec")));
+
 std::mutex start_mutex;
 std::atomic<bool> started{false};
 backend_info info;
@@ -110,12 +116,19 @@ char* thread_pointer() noexcept {
   return tp;
 }
 
-bool glibc_registered() noexcept { return &__rseq_size != nullptr && __rseq_size > 0; }
+bool glibc_registered() noexcept {
+  return &__rseq_size != nullptr && __rseq_size > 0;
+}
 
 int register_own_area() noexcept {
   long rc = syscall(__NR_rseq, &own_area, own_registration_length, 0, rseq_signature);
   if (rc == 0 || errno == EBUSY) return 0;  // EBUSY: this thread already registered
   return errno;
+}
+
+void unregister_own_area() noexcept {
+  constexpr int rseq_flag_unregister = 1;
+  syscall(__NR_rseq, &own_area, own_registration_length, rseq_flag_unregister, rseq_signature);
 }
 
 bool under_valgrind() noexcept {
@@ -135,6 +148,28 @@ unsigned parse_slots(const char* text) {
                        "' is not a whole number between 1 and " + std::to_string(max_slots));
   }
   return static_cast<unsigned>(value);
+}
+
+// What the rseq backend needs besides a registered area: the membarrier
+// rseq fence (to stop a CPU) and a known possible-CPU set.  Empty when all
+// is there.
+std::string probe_fences(bool sysfs_ok) {
+  long commands = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  if (commands < 0 || (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) == 0) {
+    return "membarrier has no PRIVATE_EXPEDITED_RSEQ fence (needed to stop a CPU)";
+  }
+  if (syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) {
+    int err = errno;
+    char buf[128];
+    return std::string("membarrier rseq registration failed (") + error_text(err, buf, sizeof buf) +
+           ")";
+  }
+  info.membarrier_rseq = true;
+  if (!sysfs_ok) {
+    return "the possible-CPU set is unknown (/sys/devices/system/cpu/possible unreadable), "
+           "so CPU ids could exceed the slots";
+  }
+  return {};
 }
 
 // Why rseq cannot be used here; empty when it can.  Fills the rseq fields of
@@ -157,32 +192,21 @@ std::string probe_rseq(bool sysfs_ok) {
     if (*cpu_id < 0) return "glibc's rseq registration failed for this thread";
   } else {
     if (info.feature_size > own_area_size || info.alignment > own_area_alignment) {
-      return "the kernel's rseq area (size " + std::to_string(info.feature_size) +
-             ", alignment " + std::to_string(info.alignment) +
-             ") is larger than the library's own area";
+      return "the kernel's rseq area (size " + std::to_string(info.feature_size) + ", alignment " +
+             std::to_string(info.alignment) + ") is larger than the library's own area";
     }
     if (info.feature_size > rseq_original_size) own_registration_length = info.feature_size;
     runtime.rseq_offset = reinterpret_cast<char*>(&own_area) - thread_pointer();
     if (int err = register_own_area(); err != 0) {
       info.source = rseq_source::none;
-      return std::string("the rseq system call failed (") + std::strerror(err) + ")";
+      char buf[128];
+      return std::string("the rseq system call failed (") + error_text(err, buf, sizeof buf) + ")";
     }
     info.source = rseq_source::own;
   }
-
-  long commands = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
-  if (commands < 0 || (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) == 0) {
-    return "membarrier has no PRIVATE_EXPEDITED_RSEQ fence (needed to stop a CPU)";
-  }
-  if (syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) {
-    return std::string("membarrier rseq registration failed (") + std::strerror(errno) + ")";
-  }
-  info.membarrier_rseq = true;
-  if (!sysfs_ok) {
-    return "the possible-CPU set is unknown (/sys/devices/system/cpu/possible unreadable), "
-           "so CPU ids could exceed the slots";
-  }
-  return {};
+  std::string why_not = probe_fences(sysfs_ok);
+  if (!why_not.empty() && info.source == rseq_source::own) unregister_own_area();
+  return why_not;
 #endif
 }
 
@@ -196,8 +220,9 @@ void start_locked() {
   bool slots_forced = slots_text != nullptr && *slots_text != '\0';
   unsigned forced_slots = slots_forced ? parse_slots(slots_text) : 0;
   if (slots_forced && want == "rseq") {
-    throw config_error("PERCPU_SLOTS simulates CPUs with the portable backend; it cannot be "
-                       "combined with PERCPU_BACKEND=rseq");
+    throw config_error(
+        "PERCPU_SLOTS simulates CPUs with the portable backend; it cannot be "
+        "combined with PERCPU_BACKEND=rseq");
   }
 
   possible_set possible = read_possible_cpus(sysfs_cpu_dir());
@@ -221,7 +246,8 @@ void start_locked() {
     std::string why_not = probe_rseq(possible.from_sysfs);
     if (why_not.empty()) {
       info.kind = backend_kind::rseq;
-      info.reason = want == "rseq" ? "PERCPU_BACKEND=rseq" : "rseq and membarrier rseq fences available";
+      info.reason =
+          want == "rseq" ? "PERCPU_BACKEND=rseq" : "rseq and membarrier rseq fences available";
       runtime.slots = real_cpu_slots;
     } else {
       portable_reason = why_not;
@@ -238,7 +264,7 @@ void start_locked() {
   if (info.kind == backend_kind::portable) {
     // The sequences' own test sends every operation to the portable code:
     // this area is never registered, so its cpu_id stays negative.
-    runtime.rseq_offset = reinterpret_cast<char*>(&own_area) - thread_pointer();
+    runtime.rseq_offset = reinterpret_cast<char*>(&portable_area) - thread_pointer();
   }
   info.slots = runtime.slots;
   runtime.backend = info.kind == backend_kind::rseq ? backend_code::rseq : backend_code::portable;
@@ -273,9 +299,16 @@ unsigned portable_slot() noexcept {
 namespace slow {
 
 void register_thread() noexcept {
+  if (info.source == rseq_source::glibc) {
+    // glibc registers every thread it creates; this one's registration
+    // failed (cpu_id -2), and its area is glibc's, not ours to register.
+    std::fprintf(stderr, "percpu: glibc's rseq registration failed for this thread\n");
+    std::abort();
+  }
   if (int err = register_own_area(); err != 0) {
+    char buf[128];
     std::fprintf(stderr, "percpu: rseq registration of a new thread failed (%s)\n",
-                 std::strerror(err));
+                 error_text(err, buf, sizeof buf));
     std::abort();
   }
 }
@@ -289,6 +322,21 @@ void wait_while_stopped(const std::uint32_t* stop0) noexcept {
 }
 
 }  // namespace slow
+
+namespace {
+// strerror_r is the XSI one (returns int) or the GNU one (returns the
+// message, which need not be in the buffer); these pick whichever it is.
+[[maybe_unused]] const char* strerror_r_result(int rc, const char* buf) noexcept {
+  return rc == 0 ? buf : "unknown error";
+}
+[[maybe_unused]] const char* strerror_r_result(const char* message, const char*) noexcept {
+  return message;
+}
+}  // namespace
+
+const char* error_text(int err, char* buf, std::size_t size) noexcept {
+  return strerror_r_result(strerror_r(err, buf, size), buf);
+}
 
 void relax(unsigned spins) noexcept {
   if (spins < 64) {

@@ -1,6 +1,8 @@
 // runtime_internal.hpp - internal helpers shared by the library's sources.
 #pragma once
 
+#include <cstddef>
+
 namespace percpu::detail {
 
 // The portable backend's slot for the calling thread now.
@@ -8,5 +10,9 @@ unsigned portable_slot() noexcept;
 
 // One step of a polite spin: pause at first, then yield the CPU.
 void relax(unsigned spins) noexcept;
+
+// strerror() without its shared buffer: the message for `err`, either in
+// `buf` or in storage that stays valid.  Allocates nothing.
+const char* error_text(int err, char* buf, std::size_t size) noexcept;
 
 }  // namespace percpu::detail

@@ -15,9 +15,9 @@
 //    version reads the word with ldar).
 // Portable backend: the word is the slot's spinlock; the acquire CAS and the
 // release store are the whole protocol, and no fence is needed.
+#include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <linux/membarrier.h>
 
 #include <atomic>
 #include <cerrno>
@@ -29,6 +29,7 @@
 
 #include "percpu/cpu.hpp"
 #include "percpu/detail/alloc.hpp"
+#include "percpu/detail/fence.hpp"
 #include "percpu/stop.hpp"
 #include "runtime_internal.hpp"
 
@@ -46,29 +47,44 @@ void fence(int cpu) noexcept {
                        : syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0);
     if (rc == 0) return;
     int err = errno;
-    // A CPU number inside the slots but not possible (a sparse possible
-    // set): no thread can run there, so there is nothing to fence.
-    if (err == EINVAL && cpu >= 0) return;
+    // (A CPU that is offline or not possible is not an error: the kernel
+    // returns 0, there being nothing to fence.  EINVAL would mean the
+    // fence itself is unsupported, which start-up ruled out.)
     if (err == EINTR || err == EAGAIN) continue;
     // A forked child may need to register again before its first fence.
     if (err == EPERM && attempt == 0 &&
         syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0) {
       continue;
     }
+    char buf[128];
     std::fprintf(stderr, "percpu: membarrier rseq fence failed (%s); cannot stop a CPU safely\n",
-                 std::strerror(err));
+                 detail::error_text(err, buf, sizeof buf));
     std::abort();
   }
 }
 
 }  // namespace
 
+namespace detail {
+
+void fence_all_cpus() noexcept {
+  if (runtime.backend == backend_code::rseq) {
+    fence(-1);
+  } else {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+}
+
+}  // namespace detail
+
 stop_state::stop_state()
     : words0_(static_cast<std::uint32_t*>(
           detail::allocate_percpu(sizeof(std::uint32_t), alignof(std::uint32_t)))),
       slots_(cpu_count()) {}
 
-stop_state::~stop_state() { detail::free_percpu(words0_); }
+stop_state::~stop_state() {
+  detail::free_percpu(words0_);
+}
 
 void stop_state::lock_word(unsigned cpu) noexcept {
   std::atomic_ref<std::uint32_t> word(*detail::copy_on(words0_, cpu));
@@ -95,7 +111,8 @@ void stop_state::stop(unsigned cpu) {
 void stop_state::start(unsigned cpu) noexcept {
   // Release: pairs with the next stopper's acquire CAS and with the fast
   // path's read of the word (see the file comment).
-  std::atomic_ref<std::uint32_t>(*detail::copy_on(words0_, cpu)).store(0, std::memory_order_release);
+  std::atomic_ref<std::uint32_t>(*detail::copy_on(words0_, cpu))
+      .store(0, std::memory_order_release);
 }
 
 void stop_state::stop_all() {

@@ -80,7 +80,8 @@ std::vector<unsigned> parse_cpu_list(const std::string& text) {
     }
     for (unsigned cpu = first; cpu <= last; ++cpu) cpus.push_back(cpu);
     if (pos == trimmed.size()) break;
-    if (trimmed[pos] != ',') throw std::invalid_argument("percpu: malformed CPU list '" + text + "'");
+    if (trimmed[pos] != ',')
+      throw std::invalid_argument("percpu: malformed CPU list '" + text + "'");
     ++pos;
   }
   std::sort(cpus.begin(), cpus.end());
@@ -118,7 +119,9 @@ const std::string& sysfs_cpu_dir() {
 
 }  // namespace detail
 
-std::vector<unsigned> possible_cpus() { return detail::read_possible_cpus(detail::sysfs_cpu_dir()).cpus; }
+std::vector<unsigned> possible_cpus() {
+  return detail::read_possible_cpus(detail::sysfs_cpu_dir()).cpus;
+}
 
 std::vector<unsigned> online_cpus() {
   std::vector<unsigned> cpus = read_list_or_empty(detail::sysfs_cpu_dir() + "/online");

@@ -54,6 +54,8 @@ child_result run_self(const std::string& filter, const std::vector<std::string>&
   return result;
 }
 
-bool in_child() { return std::getenv("PERCPU_TEST_CHILD") != nullptr; }
+bool in_child() {
+  return std::getenv("PERCPU_TEST_CHILD") != nullptr;
+}
 
 }  // namespace percpu_test

@@ -12,8 +12,8 @@
 namespace percpu_test {
 
 struct child_result {
-  int exit_code = -1;   // -1: killed by a signal
-  std::string output;   // stdout and stderr together
+  int exit_code = -1;  // -1: killed by a signal
+  std::string output;  // stdout and stderr together
 };
 
 // Runs this executable with --gtest_filter=<filter> and `env` (NAME=VALUE

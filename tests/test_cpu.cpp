@@ -48,8 +48,10 @@ TEST(Topology, SetsAreConsistent) {
   ASSERT_FALSE(possible.empty());
   ASSERT_FALSE(online.empty());
   ASSERT_FALSE(allowed.empty());
-  for (unsigned cpu : online) EXPECT_TRUE(std::binary_search(possible.begin(), possible.end(), cpu));
-  for (unsigned cpu : allowed) EXPECT_TRUE(std::binary_search(possible.begin(), possible.end(), cpu));
+  for (unsigned cpu : online)
+    EXPECT_TRUE(std::binary_search(possible.begin(), possible.end(), cpu));
+  for (unsigned cpu : allowed)
+    EXPECT_TRUE(std::binary_search(possible.begin(), possible.end(), cpu));
   EXPECT_FALSE(percpu::numa_nodes().empty());
   EXPECT_GE(percpu::numa_node_of(online.front()), -1);
   EXPECT_EQ(percpu::numa_node_of(1u << 20), -1);
@@ -86,7 +88,8 @@ TEST(Backend, FollowsTheEnvironment) {
   }
   if (info.kind == percpu::backend_kind::rseq) {
     EXPECT_TRUE(info.membarrier_rseq);
-    bool glibc_off = env_or_empty("GLIBC_TUNABLES").find("glibc.pthread.rseq=0") != std::string::npos;
+    bool glibc_off =
+        env_or_empty("GLIBC_TUNABLES").find("glibc.pthread.rseq=0") != std::string::npos;
     EXPECT_EQ(info.source, glibc_off ? percpu::rseq_source::own : percpu::rseq_source::glibc);
   }
 }
@@ -127,7 +130,8 @@ TEST(Backend, BadEnvironmentIsAClearError) {
   for (const char* slots : {"PERCPU_SLOTS=0", "PERCPU_SLOTS=abc", "PERCPU_SLOTS=100000"}) {
     auto bad = percpu_test::run_self("BackendChild.*", {slots});
     EXPECT_NE(bad.exit_code, 0) << slots;
-    EXPECT_NE(bad.output.find("is not a whole number between 1 and"), std::string::npos) << bad.output;
+    EXPECT_NE(bad.output.find("is not a whole number between 1 and"), std::string::npos)
+        << bad.output;
   }
   auto both = percpu_test::run_self("BackendChild.*", {"PERCPU_BACKEND=rseq", "PERCPU_SLOTS=8"});
   EXPECT_NE(both.exit_code, 0);
@@ -141,8 +145,8 @@ TEST(Backend, SlotsSimulateWideMachines) {
 }
 
 TEST(Backend, MissingSysfsStillWorks) {
-  auto r = percpu_test::run_self("BackendChild.*",
-                                 {"PERCPU_SYSFS_CPU_DIR=/nonexistent/percpu", "PERCPU_BACKEND=", "PERCPU_SLOTS="});
+  auto r = percpu_test::run_self("BackendChild.*", {"PERCPU_SYSFS_CPU_DIR=/nonexistent/percpu",
+                                                    "PERCPU_BACKEND=", "PERCPU_SLOTS="});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("kind=portable"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("sysfs=0"), std::string::npos) << r.output;

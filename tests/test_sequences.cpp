@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -38,7 +39,9 @@ struct arrays {
   std::vector<std::vector<void*>> buffers;
 };
 
-void* item(std::uintptr_t i) { return reinterpret_cast<void*>(i << 4); }
+void* item(std::uintptr_t i) {
+  return reinterpret_cast<void*>(i << 4);
+}
 
 TEST(Sequences, PushPopIsLastInFirstOutPerCpu) {
   arrays a(4);
@@ -173,7 +176,8 @@ TEST(Sequences, PushPopConservesObjects) {
   constexpr int rounds = 200000;
   std::vector<std::vector<void*>> held(threads);
   for (int t = 0; t < threads; ++t) {
-    for (int i = 0; i < per_thread_items; ++i) held[t].push_back(item(static_cast<std::uintptr_t>(t * 1000 + i + 1)));
+    for (int i = 0; i < per_thread_items; ++i)
+      held[t].push_back(item(static_cast<std::uintptr_t>(t * 1000 + i + 1)));
   }
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
@@ -196,9 +200,11 @@ TEST(Sequences, PushPopConservesObjects) {
             break;
           case 6: {
             std::size_t n = std::min<std::size_t>(mine.size(), 8);
-            std::size_t moved = seq::push_batch(a.arr0(), a.stop0(), mine.data() + mine.size() - n, n);
+            std::size_t moved =
+                seq::push_batch(a.arr0(), a.stop0(), mine.data() + mine.size() - n, n);
             // push_batch takes the first `moved` of the n offered.
-            std::vector<void*> rest(mine.end() - static_cast<long>(n) + static_cast<long>(moved), mine.end());
+            std::vector<void*> rest(mine.end() - static_cast<long>(n) + static_cast<long>(moved),
+                                    mine.end());
             mine.resize(mine.size() - n);
             mine.insert(mine.end(), rest.begin(), rest.end());
             break;
@@ -221,7 +227,8 @@ TEST(Sequences, PushPopConservesObjects) {
   ASSERT_EQ(all.size(), static_cast<std::size_t>(threads * per_thread_items));
   std::multiset<void*> expected;
   for (int t = 0; t < threads; ++t) {
-    for (int i = 0; i < per_thread_items; ++i) expected.insert(item(static_cast<std::uintptr_t>(t * 1000 + i + 1)));
+    for (int i = 0; i < per_thread_items; ++i)
+      expected.insert(item(static_cast<std::uintptr_t>(t * 1000 + i + 1)));
   }
   EXPECT_EQ(all, expected);
 }

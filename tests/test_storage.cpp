@@ -68,7 +68,7 @@ TEST(Storage, CopiesAreZeroAndDistinct) {
     addresses.insert(s.on(cpu));
   }
   EXPECT_EQ(addresses.size(), s.cpus());
-  EXPECT_EQ(s.local(), s.on_unchecked(percpu::current_cpu()) ) ;
+  EXPECT_EQ(s.local(), s.on_unchecked(percpu::current_cpu()));
 }
 
 TEST(Storage, ReusedMemoryIsZeroAgain) {
@@ -102,7 +102,8 @@ TEST(Storage, GrowthNeverMovesExistingCopies) {
     anchor_copies.push_back(anchor.on(cpu));
   }
   std::vector<void*> big;
-  for (int i = 0; i < 40; ++i) big.push_back(percpu::allocate_raw(percpu::max_allocation() / 4, 64));
+  for (int i = 0; i < 40; ++i)
+    big.push_back(percpu::allocate_raw(percpu::max_allocation() / 4, 64));
   for (unsigned cpu = 0; cpu < anchor.cpus(); ++cpu) {
     EXPECT_EQ(anchor.on(cpu), anchor_copies[cpu]);
     EXPECT_EQ(*anchor_copies[cpu], static_cast<std::int64_t>(1000 + cpu));
@@ -150,7 +151,8 @@ TEST(StorageChild, ExhaustedAddressSpace) {
   std::vector<void*> blocks;
   bool exhausted = false;
   try {
-    for (int i = 0; i < 100000; ++i) blocks.push_back(percpu::allocate_raw(percpu::max_allocation()));
+    for (int i = 0; i < 100000; ++i)
+      blocks.push_back(percpu::allocate_raw(percpu::max_allocation()));
   } catch (const std::system_error& e) {
     exhausted = true;
     EXPECT_NE(std::string(e.what()).find("cannot reserve"), std::string::npos) << e.what();

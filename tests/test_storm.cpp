@@ -154,8 +154,10 @@ TEST(Storm, MigrationSignalsVisitsAndGrowthLoseNothing) {
     visits++;
   }
   done = true;
-  for (auto& t : threads) t.join();
+  // The signaller first: pthread_kill() on a thread that was already joined
+  // is undefined (its handle may be freed or reused).
   signaller.join();
+  for (auto& t : threads) t.join();
   storm_target = nullptr;
   sigaction(SIGUSR2, &old, nullptr);
 
@@ -170,10 +172,11 @@ TEST(Storm, MigrationSignalsVisitsAndGrowthLoseNothing) {
   EXPECT_GT(storm_handler_adds.load(), 100);
   EXPECT_GT(visits, 100);
   EXPECT_GT(allocations.size(), 4u);
-  std::printf("storm: %ld adds, %ld handler adds, %ld migrations, %ld signals, %ld visits, "
-              "%zu allocations\n",
-              total_added, storm_handler_adds.load(), migrations.load(), signals.load(), visits,
-              allocations.size());
+  std::printf(
+      "storm: %ld adds, %ld handler adds, %ld migrations, %ld signals, %ld visits, "
+      "%zu allocations\n",
+      total_added, storm_handler_adds.load(), migrations.load(), signals.load(), visits,
+      allocations.size());
 }
 
 }  // namespace

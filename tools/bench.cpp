@@ -27,7 +27,8 @@ unsigned parse_count(const std::string& text, const char* what) {
   errno = 0;
   unsigned long value = std::strtoul(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || errno != 0 || value == 0 || value > 4096) {
-    throw std::invalid_argument(std::string(what) + " '" + text + "' is not a number from 1 to 4096");
+    throw std::invalid_argument(std::string(what) + " '" + text +
+                                "' is not a number from 1 to 4096");
   }
   return static_cast<unsigned>(value);
 }
@@ -49,12 +50,15 @@ std::string json_escape(const std::string& s) {
 
 std::string now_utc() {
   std::time_t t = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&t, &utc);
   char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &utc);
   return buf;
 }
 
-void write_json(const std::string& path, const std::vector<percpu_bench::result>& results, bool quick) {
+void write_json(const std::string& path, const std::vector<percpu_bench::result>& results,
+                bool quick) {
   std::ofstream out(path);
   if (!out) throw std::runtime_error("cannot write " + path);
   const auto& b = percpu::backend();
@@ -71,27 +75,34 @@ void write_json(const std::string& path, const std::vector<percpu_bench::result>
   for (std::size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     char line[512];
-    std::snprintf(line, sizeof line,
-                  "%s\n    {\"name\": \"%s\", \"impl\": \"%s\", \"threads\": %u, \"ns_per_op\": %.4f, "
-                  "\"min_ns\": %.4f, \"max_ns\": %.4f, \"repetitions\": %u}",
-                  i == 0 ? "" : ",", json_escape(r.name).c_str(), json_escape(r.impl).c_str(), r.threads,
-                  r.median_ns, r.min_ns, r.max_ns, r.repetitions);
+    std::snprintf(
+        line, sizeof line,
+        "%s\n    {\"name\": \"%s\", \"impl\": \"%s\", \"threads\": %u, \"ns_per_op\": %.4f, "
+        "\"min_ns\": %.4f, \"max_ns\": %.4f, \"repetitions\": %u}",
+        i == 0 ? "" : ",", json_escape(r.name).c_str(), json_escape(r.impl).c_str(), r.threads,
+        r.median_ns, r.min_ns, r.max_ns, r.repetitions);
     out << line;
   }
   out << "\n  ]\n}\n";
 }
 
-void print_table(const std::vector<percpu_bench::result>& results) {
-  // Baseline of each (name, threads) group: its percpu implementation.
-  std::map<std::pair<std::string, unsigned>, double> baseline;
+// The baseline of each (name, threads) group: its "percpu" implementation,
+// or, where every implementation is percpu's own (counter.read), the first.
+std::map<std::pair<std::string, unsigned>, const percpu_bench::result*> baselines(
+    const std::vector<percpu_bench::result>& results) {
+  std::map<std::pair<std::string, unsigned>, const percpu_bench::result*> base;
   for (const auto& r : results) {
-    if (r.impl.rfind("percpu", 0) == 0 && baseline.count({r.name, r.threads}) == 0) {
-      baseline[{r.name, r.threads}] = r.median_ns;
-    }
+    auto key = std::make_pair(r.name, r.threads);
+    if (base.count(key) == 0 || (r.impl == "percpu" && base[key]->impl != "percpu")) base[key] = &r;
   }
+  return base;
+}
+
+void print_table(const std::vector<percpu_bench::result>& results) {
+  auto base = baselines(results);
   std::string facility;
   std::printf("%-16s %3s  %-16s %10s  %-19s  %s\n", "row", "thr", "impl", "median ns", "min - max",
-              "vs percpu");
+              "verdict");
   for (const auto& r : results) {
     std::string group = r.name.substr(0, r.name.find('.'));
     if (group != facility) {
@@ -100,22 +111,19 @@ void print_table(const std::vector<percpu_bench::result>& results) {
     }
     char range[40];
     std::snprintf(range, sizeof range, "%.2f - %.2f", r.min_ns, r.max_ns);
-    std::string verdict;
-    auto it = baseline.find({r.name, r.threads});
-    if (it != baseline.end() && r.impl != "percpu" && it->second > 0) {
-      double ratio = r.median_ns / it->second;
-      char buf[64];
-      if (ratio >= 1) {
-        std::snprintf(buf, sizeof buf, "percpu %.2fx faster", ratio);
+    const percpu_bench::result* b = base[{r.name, r.threads}];
+    char verdict[96] = "baseline";
+    if (b != &r && b->median_ns > 0 && r.median_ns > 0) {
+      double ratio = r.median_ns / b->median_ns;
+      if (b->impl == "percpu") {
+        std::snprintf(verdict, sizeof verdict, "percpu %.2fx %s", ratio >= 1 ? ratio : 1 / ratio,
+                      ratio >= 1 ? "faster" : "slower");
       } else {
-        std::snprintf(buf, sizeof buf, "percpu %.2fx slower", 1 / ratio);
+        std::snprintf(verdict, sizeof verdict, "%.2fx the time of %s", ratio, b->impl.c_str());
       }
-      verdict = buf;
-    } else if (it != baseline.end()) {
-      verdict = "baseline";
     }
     std::printf("%-16s %3u  %-16s %10.2f  %-19s  %s\n", r.name.c_str(), r.threads, r.impl.c_str(),
-                r.median_ns, range, verdict.c_str());
+                r.median_ns, range, verdict);
   }
 }
 
@@ -139,7 +147,7 @@ int bench(const std::vector<std::string>& args) {
     } else if (a == "--repetitions") {
       opts.repetitions = parse_count(value(), "--repetitions");
     } else if (a == "--threads") {
-      std::string list = value();
+      const std::string& list = value();
       std::size_t pos = 0;
       while (pos <= list.size()) {
         std::size_t comma = list.find(',', pos);
@@ -153,9 +161,10 @@ int bench(const std::vector<std::string>& args) {
   }
   const auto& b = percpu::backend();
   std::printf("percpu bench%s: backend %s, %zu online CPUs, %s\n", opts.quick ? " --quick" : "",
-              b.kind == percpu::backend_kind::rseq ? "rseq" : "portable", percpu::online_cpus().size(),
-              now_utc().c_str());
-  auto rows = percpu_bench::all_rows();
+              b.kind == percpu::backend_kind::rseq ? "rseq" : "portable",
+              percpu::online_cpus().size(), now_utc().c_str());
+  std::vector<percpu_bench::missing_peer> missing;
+  auto rows = percpu_bench::all_rows(missing);
   std::vector<percpu_bench::result> results;
   try {
     results = percpu_bench::run(rows, opts);
@@ -167,6 +176,12 @@ int bench(const std::vector<std::string>& args) {
     return 1;
   }
   print_table(results);
+  if (!missing.empty()) {
+    std::printf("\npeers not measured (not installed):\n");
+    for (const auto& m : missing) {
+      std::printf("  %-16s apt-get install %s\n", m.impl.c_str(), m.package.c_str());
+    }
+  }
   if (!json_path.empty()) {
     write_json(json_path, results, opts.quick);
     std::printf("wrote %s\n", json_path.c_str());

@@ -26,7 +26,9 @@ std::string cpu_list(const std::vector<unsigned>& cpus) {
   return text.empty() ? "(none)" : text + " (" + std::to_string(cpus.size()) + ")";
 }
 
-const char* yes_no(bool value) { return value ? "yes" : "no"; }
+const char* yes_no(bool value) {
+  return value ? "yes" : "no";
+}
 
 }  // namespace
 
@@ -42,7 +44,8 @@ int info(const std::vector<std::string>& args) {
   std::printf("backend           %s\n", b.kind == percpu::backend_kind::rseq ? "rseq" : "portable");
   std::printf("  why             %s\n", b.reason.c_str());
   std::printf("rseq area         %s\n", source);
-  std::printf("  feature size    %u%s\n", b.feature_size, b.feature_size == 0 ? " (not reported: 20)" : "");
+  std::printf("  feature size    %u%s\n", b.feature_size,
+              b.feature_size == 0 ? " (not reported: 20)" : "");
   std::printf("  alignment       %u\n", b.alignment);
   std::printf("  node_id         %s\n", yes_no(b.node_id));
   std::printf("  mm_cid          %s\n", yes_no(b.mm_cid));

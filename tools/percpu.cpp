@@ -11,21 +11,22 @@
 namespace {
 
 void usage(std::FILE* out) {
-  std::fprintf(out,
-               "usage: percpu <command> [options]\n"
-               "\n"
-               "commands:\n"
-               "  info                     backend, rseq and membarrier support, CPUs, NUMA nodes\n"
-               "  bench [options]          measure every facility against its peers\n"
-               "      --quick              fewer repetitions, shorter runs (under 2 minutes)\n"
-               "      --json FILE          also write the results as JSON\n"
-               "      --filter REGEX       only rows whose \"name/impl\" matches\n"
-               "      --threads LIST       thread counts to run, e.g. 1,2 (default: each row's own)\n"
-               "      --repetitions N      measurements per row (default 5 quick, 11 full)\n"
-               "\n"
-               "environment:\n"
-               "  PERCPU_BACKEND=rseq|portable   force a backend\n"
-               "  PERCPU_SLOTS=N                 portable backend simulating N CPUs\n");
+  std::fprintf(
+      out,
+      "usage: percpu <command> [options]\n"
+      "\n"
+      "commands:\n"
+      "  info                     backend, rseq and membarrier support, CPUs, NUMA nodes\n"
+      "  bench [options]          measure every facility against its peers\n"
+      "      --quick              fewer repetitions, shorter runs (under 2 minutes)\n"
+      "      --json FILE          also write the results as JSON\n"
+      "      --filter REGEX       only rows whose \"name/impl\" matches\n"
+      "      --threads LIST       thread counts to run, e.g. 1,2 (default: each row's own)\n"
+      "      --repetitions N      measurements per row (default 5 quick, 11 full)\n"
+      "\n"
+      "environment:\n"
+      "  PERCPU_BACKEND=rseq|portable   force a backend\n"
+      "  PERCPU_SLOTS=N                 portable backend simulating N CPUs\n");
 }
 
 }  // namespace

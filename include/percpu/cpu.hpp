@@ -44,12 +44,12 @@ enum class rseq_source : std::uint8_t { none, glibc, own };
 // What start-up found and decided; printed by `percpu info`.
 struct backend_info {
   backend_kind kind = backend_kind::portable;
-  std::string reason;          // why this backend was chosen
+  std::string reason;  // why this backend was chosen
   rseq_source source = rseq_source::none;
-  unsigned feature_size = 0;   // AT_RSEQ_FEATURE_SIZE (0: not reported)
-  unsigned alignment = 0;      // AT_RSEQ_ALIGN (0: not reported)
-  bool node_id = false;        // rseq area carries node_id
-  bool mm_cid = false;         // rseq area carries mm_cid (Linux 6.3+)
+  unsigned feature_size = 0;     // AT_RSEQ_FEATURE_SIZE (0: not reported)
+  unsigned alignment = 0;        // AT_RSEQ_ALIGN (0: not reported)
+  bool node_id = false;          // rseq area carries node_id
+  bool mm_cid = false;           // rseq area carries mm_cid (Linux 6.3+)
   bool membarrier_rseq = false;  // MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ usable
   bool sysfs_possible = false;   // possible CPUs read from sysfs (not a fallback)
   bool under_valgrind = false;
@@ -68,13 +68,15 @@ unsigned cpu_count();
 
 // The CPU (slot) the calling thread runs on.  A hint: the thread may move
 // right after.  Async-signal-safe once the library has started.
-inline unsigned current_cpu() noexcept { return detail::seq::current_cpu(); }
+inline unsigned current_cpu() noexcept {
+  return detail::seq::current_cpu();
+}
 
 // CPU sets, as sorted lists of CPU numbers.
 std::vector<unsigned> possible_cpus();  // may be sparse; falls back to sysconf
 std::vector<unsigned> online_cpus();
-std::vector<unsigned> allowed_cpus();   // this thread's affinity mask
-std::vector<unsigned> numa_nodes();     // online NUMA nodes ({0} if unknown)
+std::vector<unsigned> allowed_cpus();  // this thread's affinity mask
+std::vector<unsigned> numa_nodes();    // online NUMA nodes ({0} if unknown)
 
 // NUMA node of `cpu`, or -1 when the system does not say.
 int numa_node_of(unsigned cpu);

@@ -44,14 +44,15 @@ namespace percpu {
 // std::invalid_argument for size 0 or an alignment that is not a power of
 // two; std::length_error for a size or alignment beyond max_allocation();
 // std::system_error (ENOMEM) when no address space is left for a new chunk.
-inline void* allocate_raw(std::size_t size,
-                          std::size_t alignment = alignof(std::max_align_t)) {
+inline void* allocate_raw(std::size_t size, std::size_t alignment = alignof(std::max_align_t)) {
   return detail::allocate_percpu(size, alignment);
 }
 
 // Frees what allocate_raw returned.  The caller ensures no one still uses
 // any copy.  Throws std::invalid_argument for any other pointer.
-inline void free_raw(void* p0) { detail::free_percpu(p0); }
+inline void free_raw(void* p0) {
+  detail::free_percpu(p0);
+}
 
 // CPU `cpu`'s copy of the raw allocation whose CPU-0 copy is p0.  No range
 // check (cpu < cpu_count() is the caller's contract).
@@ -61,7 +62,9 @@ inline T* raw_on(T* p0, unsigned cpu) noexcept {
 }
 
 // Largest size (and alignment) one allocation may have.
-constexpr std::size_t max_allocation() noexcept { return detail::unit_size; }
+constexpr std::size_t max_allocation() noexcept {
+  return detail::unit_size;
+}
 
 // ---- Typed storage ----------------------------------------------------------
 
@@ -143,9 +146,7 @@ class storage {
 
   // Adds v to the current CPU's copy.  Never lost under preemption,
   // migration or signals; async-signal-safe; no atomic instruction.
-  void add(T v) noexcept
-    requires slot_value<T>
-  {
+  void add(T v) noexcept requires slot_value<T> {
     detail::seq::add(slot0(), stops_.words(), static_cast<std::int64_t>(v));
   }
 
@@ -153,18 +154,15 @@ class storage {
   // stores `desired` and returns true.  Otherwise returns false and changes
   // nothing (re-read and retry).  The portable backend does not check the
   // CPU the thread runs on: any slot may be used by any thread there.
-  [[nodiscard]] bool compare_and_store(unsigned cpu, T expected, T desired) noexcept
-    requires slot_value<T>
-  {
+  [[nodiscard]] bool compare_and_store(unsigned cpu, T expected,
+                                       T desired) noexcept requires slot_value<T> {
     return detail::seq::compare_and_store(slot0(), stops_.words(), cpu,
                                           static_cast<std::int64_t>(expected),
                                           static_cast<std::int64_t>(desired));
   }
 
   // A torn-free, possibly stale read of CPU `cpu`'s copy (relaxed order).
-  T load(unsigned cpu) const noexcept
-    requires slot_value<T>
-  {
+  T load(unsigned cpu) const noexcept requires slot_value<T> {
     return std::atomic_ref<const T>(*on_unchecked(cpu)).load(std::memory_order_relaxed);
   }
 
@@ -201,8 +199,7 @@ class storage {
 
   [[noreturn]] void throw_out_of_range(unsigned cpu) const {
     throw std::out_of_range("percpu::storage: CPU " + std::to_string(cpu) +
-                            " is out of range (cpu_count() is " + std::to_string(slots_) +
-                            ")");
+                            " is out of range (cpu_count() is " + std::to_string(slots_) + ")");
   }
 
   stop_state stops_;  // first: constructed before, destroyed after the data

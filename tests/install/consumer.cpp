@@ -16,6 +16,7 @@ int main() {
   std::int64_t total = 0;
   hits.for_each_cpu([&](unsigned, std::int64_t& v) { total += v; });
   std::printf("consumer: %lld hits over %u CPU slots (%s backend)\n", static_cast<long long>(total),
-              percpu::cpu_count(), percpu::backend().kind == percpu::backend_kind::rseq ? "rseq" : "portable");
+              percpu::cpu_count(),
+              percpu::backend().kind == percpu::backend_kind::rseq ? "rseq" : "portable");
   return total == 200000 ? 0 : 1;
 }

@@ -68,18 +68,18 @@ enum class status : std::uint8_t {
 // Start of every sequence: the descriptor, its publication in rseq_cs, the
 // start label, and the CPU id in %rax (sign-extended: negative means the
 // area is not registered).  Clobbers %rax.
-#define PERCPU_RSEQ_BEGIN                                 \
-  ".pushsection __rseq_cs, \"aw?\"\n\t"                   \
-  ".balign 32\n\t"                                        \
-  "3:\n\t"                                                \
-  ".long 0x0, 0x0\n\t"                                    \
-  ".quad 1f, (2f - 1f), 4f\n\t"                           \
-  ".popsection\n\t"                                       \
-  "leaq 3b(%%rip), %%rax\n\t"                             \
-  "movq %%rax, %%fs:8(%[rseq_off])\n\t"                   \
-  "1:\n\t"                                                \
-  "movslq %%fs:4(%[rseq_off]), %%rax\n\t"                 \
-  "testq %%rax, %%rax\n\t"                                \
+#define PERCPU_RSEQ_BEGIN                 \
+  ".pushsection __rseq_cs, \"aw?\"\n\t"   \
+  ".balign 32\n\t"                        \
+  "3:\n\t"                                \
+  ".long 0x0, 0x0\n\t"                    \
+  ".quad 1f, (2f - 1f), 4f\n\t"           \
+  ".popsection\n\t"                       \
+  "leaq 3b(%%rip), %%rax\n\t"             \
+  "movq %%rax, %%fs:8(%[rseq_off])\n\t"   \
+  "1:\n\t"                                \
+  "movslq %%fs:4(%[rseq_off]), %%rax\n\t" \
+  "testq %%rax, %%rax\n\t"                \
   "js %l[unregistered]\n\t"
 
 // Turns the CPU id in %rax into the per-CPU byte offset.
@@ -87,8 +87,8 @@ enum class status : std::uint8_t {
 
 // Leaves through `stopped` if the structure's stop word for this CPU (offset
 // in %rax) is set.
-#define PERCPU_RSEQ_STOP_TEST            \
-  "cmpl $0, (%[stop0], %%rax)\n\t"       \
+#define PERCPU_RSEQ_STOP_TEST      \
+  "cmpl $0, (%[stop0], %%rax)\n\t" \
   "jne %l[stopped]\n\t"
 
 #define PERCPU_RSEQ_CHECK_STOP PERCPU_RSEQ_OFFSET PERCPU_RSEQ_STOP_TEST
@@ -103,20 +103,24 @@ enum class status : std::uint8_t {
   "jmp %l[aborted]\n\t"                      \
   ".popsection\n\t"
 
-#define PERCPU_RSEQ_COMMON_INPUTS                                             \
-  [rseq_off] "r"(runtime.rseq_offset), [shift] "i"(unit_shift), \
-      [stop0] "r"(stop0)
+#define PERCPU_RSEQ_COMMON_INPUTS \
+  [rseq_off] "r"(runtime.rseq_offset), [shift] "i"(unit_shift), [stop0] "r"(stop0)
 
 // *slot += v on the current CPU.  The add is the commit.
 //
-// Order matters: the stop test comes before any read of the slot.  Reading
-// the slot first and writing it back from a register is about twice as fast
-// in a tight loop on the development VM's Xeon, but under a storm of signals
-// and migrations together that form lost updates on Linux 6.18 (the storm
-// test caught it; the cause is not understood), so every sequence here
-// reads its data only after the stop test.
-inline status add(std::int64_t* slot0, const std::uint32_t* stop0,
-                  std::int64_t v) noexcept {
+// Protocol rule: every sequence tests the stop word before it reads any data
+// it commits to.  The fence of stop() only aborts sequences running when it
+// arrives; a sequence that starts later is kept off the CPU's data by the
+// stop word alone.  A form of add that read the slot first (about twice as
+// fast in a tight loop on the development VM's Xeon) let such a late
+// sequence read the slot before the visitor wrote it, then read the stop
+// word after the visitor cleared it, and store a stale sum over the visit:
+// lost updates, caught by the storm test when signals and migrations made
+// fresh sequence starts during visits frequent.  Reading the word first
+// orders it: x86-64 keeps loads in program order, so a sequence that sees
+// the word clear also sees what the visitor wrote (an aarch64 version must
+// read the word with ldar for the same reason).
+inline status add(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t v) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "leaq (%[slot0], %%rax), %%rdx\n\t"
            "addq %[v], (%%rdx)\n\t" PERCPU_RSEQ_END
@@ -133,12 +137,39 @@ aborted:
   return status::aborted;
 }
 
+// *slot += v on the current CPU, like add(), and reports where and what:
+// *cpu_out = the CPU, *value_out = the slot's new value.  The commit is one
+// non-locked xadd; the reports are written after the post-commit label, from
+// registers the commit left.
+inline status add_return(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t v,
+                         unsigned* cpu_out, std::int64_t* value_out) noexcept {
+  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
+           "leaq (%[slot0], %%rax), %%rdx\n\t"
+           "movq %[v], %%rcx\n\t"
+           "xaddq %%rcx, (%%rdx)\n\t" PERCPU_RSEQ_END
+           "addq %[v], %%rcx\n\t"
+           "movq %%rcx, (%[value_out])\n\t"
+           "shrq %[shift], %%rax\n\t"
+           "movl %%eax, (%[cpu_out])\n\t"
+           :
+           : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "r"(v), [cpu_out] "r"(cpu_out),
+             [value_out] "r"(value_out)
+           : "memory", "cc", "rax", "rcx", "rdx"
+           : unregistered, stopped, aborted);
+  return status::committed;
+unregistered:
+  return status::unregistered;
+stopped:
+  return status::stopped;
+aborted:
+  return status::aborted;
+}
+
 // If the thread runs on `cpu` and its slot holds `expected`, store `desired`.
 // failed: the slot held another value, or the thread is not on `cpu`
 // (`*on_cpu` tells which: 1 when the thread was on `cpu`).
-inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
-                                unsigned cpu, std::int64_t expected,
-                                std::int64_t desired) noexcept {
+inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0, unsigned cpu,
+                                std::int64_t expected, std::int64_t desired) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN
            "cmpl %[cpu], %%eax\n\t"
            "jne %l[failed]\n\t" PERCPU_RSEQ_CHECK_STOP
@@ -226,33 +257,33 @@ failed:
 // Moves k = min(n, count) items from the top of the array to out[0..k), in
 // array order, and stores k in *moved.  n must be > 0.  The copies are
 // private until the count store commits.
-inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out,
-                        std::size_t n, std::size_t* moved) noexcept {
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-           "addq %[arr0], %%rax\n\t"
-           "movl 8(%%rax), %%ecx\n\t"       // count
-           "movq %[n], %%rdx\n\t"
-           "cmpq %%rcx, %%rdx\n\t"
-           "cmovaq %%rcx, %%rdx\n\t"        // k = min(n, count)
-           "movq %%rdx, (%[moved])\n\t"
-           "subl %%edx, %%ecx\n\t"          // new count
-           "movq (%%rax), %%r8\n\t"
-           "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first item to move
-           "xorl %%r9d, %%r9d\n\t"
-           "5:\n\t"
-           "cmpq %%rdx, %%r9\n\t"
-           "jae 6f\n\t"
-           "movq (%%r8, %%r9, 8), %%r10\n\t"
-           "movq %%r10, (%[out], %%r9, 8)\n\t"
-           "addq $1, %%r9\n\t"
-           "jmp 5b\n\t"
-           "6:\n\t"
-           "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
-           :
-           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [out] "r"(out),
-             [n] "r"(n), [moved] "r"(moved)
-           : "memory", "cc", "rax", "rcx", "rdx", "r8", "r9", "r10"
-           : unregistered, stopped, aborted);
+inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std::size_t n,
+                        std::size_t* moved) noexcept {
+  asm goto(
+      PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
+      "addq %[arr0], %%rax\n\t"
+      "movl 8(%%rax), %%ecx\n\t"  // count
+      "movq %[n], %%rdx\n\t"
+      "cmpq %%rcx, %%rdx\n\t"
+      "cmovaq %%rcx, %%rdx\n\t"  // k = min(n, count)
+      "movq %%rdx, (%[moved])\n\t"
+      "subl %%edx, %%ecx\n\t"  // new count
+      "movq (%%rax), %%r8\n\t"
+      "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first item to move
+      "xorl %%r9d, %%r9d\n\t"
+      "5:\n\t"
+      "cmpq %%rdx, %%r9\n\t"
+      "jae 6f\n\t"
+      "movq (%%r8, %%r9, 8), %%r10\n\t"
+      "movq %%r10, (%[out], %%r9, 8)\n\t"
+      "addq $1, %%r9\n\t"
+      "jmp 5b\n\t"
+      "6:\n\t"
+      "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+      :
+      : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [out] "r"(out), [n] "r"(n), [moved] "r"(moved)
+      : "memory", "cc", "rax", "rcx", "rdx", "r8", "r9", "r10"
+      : unregistered, stopped, aborted);
   return status::committed;
 unregistered:
   return status::unregistered;
@@ -265,37 +296,36 @@ aborted:
 // Appends k = min(n, capacity - count) items from in[0..k) and stores k in
 // *moved (failed, with nothing moved, when the array is full).  The item
 // stores are speculative; the count store commits.
-inline status push_batch(void* arr0, const std::uint32_t* stop0,
-                         void* const* in, std::size_t n,
+inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in, std::size_t n,
                          std::size_t* moved) noexcept {
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-           "addq %[arr0], %%rax\n\t"
-           "movl 8(%%rax), %%ecx\n\t"       // count
-           "movl 12(%%rax), %%edx\n\t"      // capacity
-           "cmpl %%ecx, %%edx\n\t"
-           "jbe %l[failed]\n\t"
-           "subl %%ecx, %%edx\n\t"          // room
-           "cmpq %[n], %%rdx\n\t"
-           "cmovaq %[n], %%rdx\n\t"         // k = min(room, n)
-           "movq %%rdx, (%[moved])\n\t"
-           "movq (%%rax), %%r8\n\t"
-           "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first free item
-           "xorl %%r9d, %%r9d\n\t"
-           "5:\n\t"
-           "cmpq %%rdx, %%r9\n\t"
-           "jae 6f\n\t"
-           "movq (%[in], %%r9, 8), %%r10\n\t"
-           "movq %%r10, (%%r8, %%r9, 8)\n\t"
-           "addq $1, %%r9\n\t"
-           "jmp 5b\n\t"
-           "6:\n\t"
-           "addl %%edx, %%ecx\n\t"
-           "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
-           :
-           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in),
-             [n] "r"(n), [moved] "r"(moved)
-           : "memory", "cc", "rax", "rcx", "rdx", "r8", "r9", "r10"
-           : unregistered, stopped, aborted, failed);
+  asm goto(
+      PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
+      "addq %[arr0], %%rax\n\t"
+      "movl 8(%%rax), %%ecx\n\t"   // count
+      "movl 12(%%rax), %%edx\n\t"  // capacity
+      "cmpl %%ecx, %%edx\n\t"
+      "jbe %l[failed]\n\t"
+      "subl %%ecx, %%edx\n\t"  // room
+      "cmpq %[n], %%rdx\n\t"
+      "cmovaq %[n], %%rdx\n\t"  // k = min(room, n)
+      "movq %%rdx, (%[moved])\n\t"
+      "movq (%%rax), %%r8\n\t"
+      "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first free item
+      "xorl %%r9d, %%r9d\n\t"
+      "5:\n\t"
+      "cmpq %%rdx, %%r9\n\t"
+      "jae 6f\n\t"
+      "movq (%[in], %%r9, 8), %%r10\n\t"
+      "movq %%r10, (%%r8, %%r9, 8)\n\t"
+      "addq $1, %%r9\n\t"
+      "jmp 5b\n\t"
+      "6:\n\t"
+      "addl %%edx, %%ecx\n\t"
+      "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+      :
+      : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "r"(n), [moved] "r"(moved)
+      : "memory", "cc", "rax", "rcx", "rdx", "r8", "r9", "r10"
+      : unregistered, stopped, aborted, failed);
   return status::committed;
 unregistered:
   return status::unregistered;

@@ -6,9 +6,11 @@
 // the library has started, so they live in plain globals that stay hot in the
 // cache; nothing on a fast path takes a lock or calls a function to get them.
 //
-// Start-up is lazy (the first allocation, or any call that asks): before it,
-// `backend` reads `backend_code::uninitialized`, which every fast path treats
-// like the portable backend, whose out-of-line code performs the start-up.
+// Start-up is lazy (the first allocation, or any call that asks).  No
+// sequence can run before it: every sequence works on memory from the
+// per-CPU allocator, which starts the library first (before start-up
+// rseq_offset is 0, which no sequence may use).  current_cpu(), which needs
+// no memory, checks `backend` and starts the library itself.
 #pragma once
 
 #include <cstddef>

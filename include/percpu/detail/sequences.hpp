@@ -52,14 +52,15 @@ void register_thread() noexcept;
 namespace portable {
 unsigned current_cpu() noexcept;
 void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept;
+std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
+                        unsigned* cpu) noexcept;
 bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
                        std::int64_t expected, std::int64_t desired) noexcept;
 bool push(cpu_array* arr0, std::uint32_t* stop0, void* item) noexcept;
 void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept;
 std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in,
                        std::size_t n) noexcept;
-std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out,
-                      std::size_t n) noexcept;
+std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out, std::size_t n) noexcept;
 }  // namespace portable
 
 namespace seq {
@@ -104,7 +105,8 @@ template <auto Sequence, class... Args>
 template <auto Sequence, class... Args>
 inline outcome run(const std::uint32_t* stop0, Args... args) noexcept {
   rseq_x86_64::status st = Sequence(args...);
-  if (st == rseq_x86_64::status::committed) [[likely]] return outcome::committed;
+  if (st == rseq_x86_64::status::committed) [[likely]]
+    return outcome::committed;
   if (st == rseq_x86_64::status::failed) return outcome::failed;
   return retry<Sequence>(st, stop0, args...);
 }
@@ -139,6 +141,22 @@ inline void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexc
   portable::add(slot0, stop0, v);
 }
 
+// *slot += v on the current CPU; returns the slot's new value and stores in
+// *cpu the CPU (slot) the add went to.  (Portable backend, in a signal handler
+// that interrupted its own thread with every slot busy: the add is deferred,
+// *cpu is cpu_count() and the value 0.)
+inline std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
+                               unsigned* cpu) noexcept {
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+  std::int64_t value = 0;
+  if (run<rseq_x86_64::add_return>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v, cpu,
+                                   &value) != outcome::portable) [[likely]] {
+    return value;
+  }
+#endif
+  return portable::add_return(slot0, stop0, v, cpu);
+}
+
 // Stores `desired` in CPU `cpu`'s slot if it holds `expected`, and (rseq)
 // only if the thread runs on `cpu`.  Returns whether the store happened.
 inline bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
@@ -146,7 +164,8 @@ inline bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigne
 #if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
   outcome o = run<rseq_x86_64::compare_and_store>(
       stop0, slot0, static_cast<const std::uint32_t*>(stop0), cpu, expected, desired);
-  if (o != outcome::portable) [[likely]] return o == outcome::committed;
+  if (o != outcome::portable) [[likely]]
+    return o == outcome::committed;
 #endif
   return portable::compare_and_store(slot0, stop0, cpu, expected, desired);
 }
@@ -156,7 +175,8 @@ inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item) noexcept {
 #if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
   outcome o = run<rseq_x86_64::push>(stop0, static_cast<void*>(arr0),
                                      static_cast<const std::uint32_t*>(stop0), item);
-  if (o != outcome::portable) [[likely]] return o == outcome::committed;
+  if (o != outcome::portable) [[likely]]
+    return o == outcome::committed;
 #endif
   return portable::push(arr0, stop0, item);
 }
@@ -167,7 +187,8 @@ inline void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept {
   void* item = nullptr;
   outcome o = run<rseq_x86_64::pop>(stop0, static_cast<void*>(arr0),
                                     static_cast<const std::uint32_t*>(stop0), &item);
-  if (o != outcome::portable) [[likely]] return o == outcome::committed ? item : nullptr;
+  if (o != outcome::portable) [[likely]]
+    return o == outcome::committed ? item : nullptr;
 #endif
   return portable::pop(arr0, stop0);
 }
@@ -181,7 +202,8 @@ inline std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const
   std::size_t moved = 0;
   outcome o = run<rseq_x86_64::push_batch>(stop0, static_cast<void*>(arr0),
                                            static_cast<const std::uint32_t*>(stop0), in, n, &moved);
-  if (o != outcome::portable) [[likely]] return o == outcome::committed ? moved : 0;
+  if (o != outcome::portable) [[likely]]
+    return o == outcome::committed ? moved : 0;
 #endif
   return portable::push_batch(arr0, stop0, in, n);
 }
@@ -195,7 +217,8 @@ inline std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out,
   std::size_t moved = 0;
   outcome o = run<rseq_x86_64::pop_batch>(stop0, static_cast<void*>(arr0),
                                           static_cast<const std::uint32_t*>(stop0), out, n, &moved);
-  if (o != outcome::portable) [[likely]] return moved;
+  if (o != outcome::portable) [[likely]]
+    return moved;
 #endif
   return portable::pop_batch(arr0, stop0, out, n);
 }

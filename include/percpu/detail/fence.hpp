@@ -1,0 +1,40 @@
+// percpu/detail/fence.hpp - the asymmetric fence pair.
+//
+// Problem: a fast path on every CPU (a reader entering a lock) and a rare
+// slow path (a writer) must agree Dekker-style: "I announced myself, then
+// looked at you".  Giving each fast path a full fence costs ~20 cycles per
+// operation; the kernel can instead interrupt every CPU running one of our
+// threads on the slow path's behalf.
+//
+// light_barrier() is the fast path's half: a compiler barrier with the rseq
+// backend (the heavy side interrupts the CPU), a full fence with the portable
+// backend (which has no such heavy side).  heavy_barrier() is the slow path's
+// half: the broadcast membarrier rseq fence of stop.hpp, or a full fence.
+// After heavy_barrier() returns, every light_barrier() on another thread has
+// either happened before it (that thread's earlier stores are visible) or
+// will happen after it (that thread's later loads see the caller's earlier
+// stores).
+#pragma once
+
+#include <atomic>
+
+#include "percpu/detail/runtime.hpp"
+
+namespace percpu::detail {
+
+// The membarrier broadcast fence (one implementation, in src/stop.cpp).
+void fence_all_cpus() noexcept;
+
+inline void light_barrier() noexcept {
+  if (runtime.backend == backend_code::rseq) [[likely]] {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+}
+
+inline void heavy_barrier() noexcept {
+  fence_all_cpus();
+}
+
+}  // namespace percpu::detail

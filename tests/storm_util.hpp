@@ -1,0 +1,75 @@
+// storm_util.hpp - fault injection shared by the concurrency tests: threads
+// that move themselves between CPUs, and a signaller that interrupts them.
+#pragma once
+
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "percpu/cpu.hpp"
+
+namespace percpu_test {
+
+// Moves the calling thread to a pseudo-random single allowed CPU, or to all
+// of them; returns whether the affinity call succeeded.
+inline bool migrate(unsigned& rng, const std::vector<unsigned>& allowed) {
+  rng = rng * 1664525u + 1013904223u;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  unsigned pick = (rng >> 16) % (static_cast<unsigned>(allowed.size()) + 1);
+  if (pick == allowed.size()) {
+    for (unsigned cpu : allowed) CPU_SET(cpu, &set);
+  } else {
+    CPU_SET(allowed[pick], &set);
+  }
+  return sched_setaffinity(0, sizeof(set), &set) == 0;
+}
+
+// Sends `signal` to every registered thread every few microseconds until
+// stopped.  Threads register themselves with enroll() before working.
+class signaller {
+ public:
+  explicit signaller(int signal) : signal_(signal) {}
+  void enroll() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    threads_.push_back(pthread_self());
+  }
+  void start() {
+    thread_ = std::thread([this] {
+      while (!done_.load()) {
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          for (auto t : threads_) {
+            pthread_kill(t, signal_);
+            sent_.fetch_add(1, std::memory_order_relaxed);
+          }
+        }
+        auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(5);
+        while (std::chrono::steady_clock::now() < until) {
+        }
+      }
+    });
+  }
+  // Stop before the enrolled threads exit.
+  void stop() {
+    done_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  long sent() const { return sent_.load(); }
+
+ private:
+  int signal_;
+  std::mutex mutex_;
+  std::vector<pthread_t> threads_;
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+  std::atomic<long> sent_{0};
+};
+
+}  // namespace percpu_test

@@ -1,0 +1,215 @@
+// percpu::counter and counter_array: exact totals, the approximate read's
+// bound, and resets that lose nothing - under migration and signal storms.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "percpu/counter.hpp"
+#include "percpu/storage.hpp"
+#include "storm_util.hpp"
+
+namespace {
+
+TEST(Counter, AddsReadsAndResets) {
+  percpu::counter c(8);
+  for (int i = 0; i < 1000; ++i) c.inc();
+  c.add(50);
+  c.sub(30);
+  EXPECT_EQ(c.read(), 1020);
+  EXPECT_LE(std::abs(c.read_approx() - c.read()), c.error_bound());
+  EXPECT_EQ(c.exchange(7), 1020);
+  EXPECT_EQ(c.read(), 7);
+  EXPECT_EQ(c.reset(), 7);
+  EXPECT_EQ(c.read(), 0);
+  EXPECT_EQ(c.read_approx(), 0);
+  for (int i = 0; i < 100; ++i) c.sub(1);
+  EXPECT_EQ(c.read(), -100);
+}
+
+TEST(Counter, FoldsKeepTheApproximateReadClose) {
+  percpu::counter c(4);
+  for (int i = 0; i < 10000; ++i) c.inc();
+  // Quiescent: every residual is below the batch.
+  EXPECT_EQ(c.read(), 10000);
+  EXPECT_LE(c.read() - c.read_approx(), c.error_bound());
+  EXPECT_EQ(c.error_bound(), static_cast<std::int64_t>(percpu::cpu_count()) * 3);
+  EXPECT_GT(c.read_approx(), 0);
+}
+
+TEST(Counter, BadInputIsAClearError) {
+  EXPECT_THROW(percpu::counter(0), std::invalid_argument);
+  EXPECT_THROW(percpu::counter(-5), std::invalid_argument);
+  EXPECT_THROW(percpu::counter_array(0), std::invalid_argument);
+  EXPECT_THROW(percpu::counter_array(percpu::max_allocation()), std::length_error);
+  percpu::counter_array a(3);
+  EXPECT_THROW(a.read(3), std::out_of_range);
+  EXPECT_THROW(a.read_on(percpu::cpu_count(), 0), std::out_of_range);
+  EXPECT_THROW(a.read_on(0, 3), std::out_of_range);
+}
+
+TEST(CounterArray, CountersAreIndependent) {
+  percpu::counter_array a(5);
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    for (std::size_t k = 0; k <= i; ++k) a.inc(i);
+  }
+  auto sums = a.read_all();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(sums[i], static_cast<std::int64_t>(i + 1));
+    EXPECT_EQ(a.read(i), static_cast<std::int64_t>(i + 1));
+  }
+  std::int64_t on_cpus = 0;
+  for (unsigned cpu = 0; cpu < percpu::cpu_count(); ++cpu) on_cpus += a.read_on(cpu, 4);
+  EXPECT_EQ(on_cpus, 5);
+  auto taken = a.exchange_all();
+  EXPECT_EQ(taken, sums);
+  for (auto v : a.read_all()) EXPECT_EQ(v, 0);
+}
+
+std::atomic<percpu::counter*> handler_counter{nullptr};
+std::atomic<percpu::counter_array*> handler_array{nullptr};
+std::atomic<long> handler_adds{0};
+
+void counting_handler(int) {
+  percpu::counter* c = handler_counter.load(std::memory_order_relaxed);
+  percpu::counter_array* a = handler_array.load(std::memory_order_relaxed);
+  if (c == nullptr || a == nullptr) return;
+  c->add(3);
+  a->add(1, 3);
+  handler_adds.fetch_add(3, std::memory_order_relaxed);
+}
+
+// Everything added (threads and signal handlers) == everything taken out by
+// concurrent exchanges + what is left, for a counter and a counter array,
+// while threads migrate and signals arrive every few microseconds.
+TEST(Counter, ExactUnderMigrationSignalsAndConcurrentResets) {
+  constexpr int workers = 4;
+  const auto duration = std::chrono::milliseconds(1500);
+  auto allowed = percpu::allowed_cpus();
+  percpu::counter c(16);
+  percpu::counter_array a(2);
+  handler_adds = 0;
+  struct sigaction sa {};
+  sa.sa_handler = counting_handler;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  struct sigaction old {};
+  ASSERT_EQ(sigaction(SIGUSR1, &sa, &old), 0);
+  handler_counter = &c;
+  handler_array = &a;
+
+  percpu_test::signaller sig(SIGUSR1);
+  std::atomic<bool> done{false};
+  std::atomic<int> ready{0};
+  std::vector<std::int64_t> added(workers, 0);
+  std::vector<std::int64_t> iterations(workers, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < workers; ++t) {
+    threads.emplace_back([&, t] {
+      sig.enroll();
+      ready++;
+      unsigned rng = 99u + static_cast<unsigned>(t);
+      std::int64_t mine = 0;
+      long i = 0;
+      for (; !done.load(std::memory_order_relaxed); ++i) {
+        std::int64_t v = (i % 7) - 2;  // negative, zero and positive adds
+        c.add(v);
+        a.add(0, v);
+        a.add(1, 1);
+        mine += v;
+        if (i % 256 == 0) percpu_test::migrate(rng, allowed);
+      }
+      added[t] = mine;
+      iterations[t] = i;
+    });
+  }
+  while (ready.load() < workers) std::this_thread::yield();
+  sig.start();
+  std::int64_t taken = 0;
+  std::int64_t taken0 = 0;
+  std::int64_t taken1 = 0;
+  long resets = 0;
+  auto end = std::chrono::steady_clock::now() + duration;
+  while (std::chrono::steady_clock::now() < end) {
+    taken += c.exchange(0);
+    auto t = a.exchange_all();
+    taken0 += t[0];
+    taken1 += t[1];
+    ++resets;
+  }
+  done = true;
+  for (auto& t : threads) t.join();
+  sig.stop();
+  handler_counter = nullptr;
+  handler_array = nullptr;
+  sigaction(SIGUSR1, &old, nullptr);
+
+  std::int64_t total = handler_adds.load();
+  std::int64_t ones = handler_adds.load();
+  for (auto v : added) total += v;
+  for (auto n : iterations) ones += n;
+  EXPECT_EQ(taken + c.read(), total);
+  EXPECT_EQ(taken0 + a.read(0), total - handler_adds.load());
+  EXPECT_EQ(taken1 + a.read(1), ones);
+  EXPECT_GT(resets, 10);
+  EXPECT_GT(handler_adds.load(), 0);
+  std::printf("counter storm: %ld resets, %ld handler adds, %ld signals\n", resets,
+              handler_adds.load(), sig.sent());
+}
+
+// read_approx() stays within error_bound(1, workers) of the truth at every
+// moment, and within error_bound() once the adders stop.  Adders only add 1
+// and publish how many adds they started and finished, so at each check the
+// truth is known to lie in [finished, started].
+TEST(Counter, ApproximateReadStaysInsideItsBound) {
+  constexpr int workers = 4;
+  auto allowed = percpu::allowed_cpus();
+  percpu::counter c(32);
+  struct alignas(64) progress {
+    std::atomic<std::int64_t> started{0};
+    std::atomic<std::int64_t> finished{0};
+  };
+  std::vector<progress> p(workers);
+  std::atomic<bool> done{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < workers; ++t) {
+    threads.emplace_back([&, t] {
+      unsigned rng = 7u + static_cast<unsigned>(t);
+      for (long i = 0; !done.load(std::memory_order_relaxed); ++i) {
+        p[t].started.fetch_add(1, std::memory_order_seq_cst);
+        c.inc();
+        p[t].finished.fetch_add(1, std::memory_order_seq_cst);
+        if (i % 512 == 0) percpu_test::migrate(rng, allowed);
+      }
+    });
+  }
+  std::int64_t bound = c.error_bound(1, workers);
+  long checks = 0;
+  long violations = 0;
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(1000);
+  while (std::chrono::steady_clock::now() < end) {
+    std::int64_t low = 0;
+    for (auto& q : p) low += q.finished.load(std::memory_order_seq_cst);
+    std::int64_t approx = c.read_approx();
+    std::int64_t high = 0;
+    for (auto& q : p) high += q.started.load(std::memory_order_seq_cst);
+    if (approx < low - bound || approx > high + bound) ++violations;
+    ++checks;
+  }
+  done = true;
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(violations, 0) << "of " << checks << " checks, bound " << bound;
+  EXPECT_GT(checks, 100);
+  EXPECT_LE(std::abs(c.read() - c.read_approx()), c.error_bound());
+  EXPECT_EQ(c.read(), [&] {
+    std::int64_t n = 0;
+    for (auto& q : p) n += q.finished.load();
+    return n;
+  }());
+}
+
+}  // namespace
