@@ -161,8 +161,8 @@ class progress_bar {
 
 std::vector<result> run(const std::vector<row>& rows, const options& opts) {
   std::regex filter(opts.filter.empty() ? ".*" : opts.filter);
-  unsigned repetitions = opts.repetitions != 0 ? opts.repetitions : (opts.quick ? 5 : 11);
-  double target_ns = opts.quick ? 10e6 : 40e6;
+  unsigned repetitions = opts.repetitions != 0 ? opts.repetitions : (opts.quick ? 7 : 15);
+  double target_ns = opts.quick ? 40e6 : 100e6;
 
   // Groups: (name, threads) -> rows, in registration order.
   std::vector<std::pair<std::pair<std::string, unsigned>, std::vector<const row*>>> groups;

@@ -56,7 +56,7 @@ struct result {
 
 struct options {
   bool quick = false;
-  unsigned repetitions = 0;       // 0: 5 (quick) or 11 (full)
+  unsigned repetitions = 0;       // 0: 7 (quick) or 15 (full)
   std::string filter;             // ECMAScript regex on "name/impl"
   std::vector<unsigned> threads;  // empty: each row's own list
   bool progress = true;           // progress bar on a terminal (stderr)
@@ -67,6 +67,12 @@ struct missing_peer {
   std::string impl;     // "tbb_combinable"
   std::string package;  // Debian package that provides it
 };
+
+// A row whose body is default-constructed for every measurement.
+template <class Body>
+row make_row(const char* name, const char* impl, std::vector<unsigned> threads) {
+  return row{name, impl, std::move(threads), [](unsigned) { return std::make_unique<Body>(); }};
+}
 
 // Every row the facilities define; peers not built are added to `missing`.
 std::vector<row> all_rows(std::vector<missing_peer>& missing);

@@ -18,6 +18,7 @@
 #include <shared_mutex>
 
 #include "harness.hpp"
+#include "peers.hpp"
 #include "percpu/counter.hpp"
 #include "percpu/rwlock.hpp"
 
@@ -33,11 +34,6 @@ namespace percpu_bench {
 
 namespace {
 
-template <class T>
-inline void keep(T& value) {
-  asm volatile("" : "+r"(value));
-}
-
 class counter_add_percpu final : public body {
  public:
   void run(unsigned, std::uint64_t n) override {
@@ -46,28 +42,6 @@ class counter_add_percpu final : public body {
 
  private:
   percpu::counter c_;
-};
-
-thread_local std::int64_t thread_events = 0;
-
-class counter_add_thread_local final : public body {
- public:
-  void run(unsigned, std::uint64_t n) override {
-    for (std::uint64_t i = 0; i < n; ++i) {
-      thread_events += 1;
-      asm volatile("" : "+m"(thread_events));
-    }
-  }
-};
-
-class counter_add_atomic final : public body {
- public:
-  void run(unsigned, std::uint64_t n) override {
-    for (std::uint64_t i = 0; i < n; ++i) c_.fetch_add(1, std::memory_order_relaxed);
-  }
-
- private:
-  alignas(64) std::atomic<std::int64_t> c_{0};
 };
 
 #if defined(PERCPU_BENCH_HAVE_TBB)
@@ -165,11 +139,6 @@ class urcu_rows final : public body {
 #endif
 
 template <class B>
-row simple(const char* name, const char* impl, std::vector<unsigned> threads) {
-  return row{name, impl, std::move(threads), [](unsigned) { return std::make_unique<B>(); }};
-}
-
-template <class B>
 row with_flag(const char* name, const char* impl, std::vector<unsigned> threads, bool flag) {
   return row{name, impl, std::move(threads),
              [flag](unsigned) { return std::make_unique<B>(flag); }};
@@ -178,16 +147,16 @@ row with_flag(const char* name, const char* impl, std::vector<unsigned> threads,
 }  // namespace
 
 void add_counter_rows(std::vector<row>& rows, [[maybe_unused]] std::vector<missing_peer>& missing) {
-  rows.push_back(simple<counter_add_percpu>("counter.add", "percpu", {1, 2}));
-  rows.push_back(simple<counter_add_thread_local>("counter.add", "thread_local", {1, 2}));
-  rows.push_back(simple<counter_add_atomic>("counter.add", "atomic_shared", {1, 2}));
+  rows.push_back(make_row<counter_add_percpu>("counter.add", "percpu", {1, 2}));
+  rows.push_back(make_row<thread_local_add>("counter.add", "thread_local", {1, 2}));
+  rows.push_back(make_row<atomic_shared_add>("counter.add", "atomic_shared", {1, 2}));
 #if defined(PERCPU_BENCH_HAVE_TBB)
-  rows.push_back(simple<counter_add_tbb>("counter.add", "tbb_combinable", {1, 2}));
+  rows.push_back(make_row<counter_add_tbb>("counter.add", "tbb_combinable", {1, 2}));
 #else
   missing.push_back({"tbb_combinable", "libtbb-dev"});
 #endif
-  rows.push_back(simple<counter_read_percpu<true>>("counter.read", "percpu_exact", {1}));
-  rows.push_back(simple<counter_read_percpu<false>>("counter.read", "percpu_approx", {1}));
+  rows.push_back(make_row<counter_read_percpu<true>>("counter.read", "percpu_exact", {1}));
+  rows.push_back(make_row<counter_read_percpu<false>>("counter.read", "percpu_approx", {1}));
 
   for (bool write : {false, true}) {
     const char* name = write ? "rwlock.write" : "rwlock.read";

@@ -11,18 +11,13 @@
 #include <memory>
 
 #include "harness.hpp"
+#include "peers.hpp"
 #include "percpu/cpu.hpp"
 #include "percpu/storage.hpp"
 
 namespace percpu_bench {
 
 namespace {
-
-// Keeps a value alive without a store the optimiser could drop.
-template <class T>
-inline void keep(T& value) {
-  asm volatile("" : "+r"(value));
-}
 
 class current_cpu_percpu final : public body {
  public:
@@ -56,42 +51,14 @@ class slot_add_percpu final : public body {
   percpu::storage<std::int64_t> slots_;
 };
 
-thread_local std::int64_t thread_counter = 0;
-
-class slot_add_thread_local final : public body {
- public:
-  void run(unsigned, std::uint64_t n) override {
-    for (std::uint64_t i = 0; i < n; ++i) {
-      // A read-modify-write of memory each time, as the per-CPU add does.
-      thread_counter += 1;
-      asm volatile("" : "+m"(thread_counter));
-    }
-  }
-};
-
-class slot_add_atomic_shared final : public body {
- public:
-  void run(unsigned, std::uint64_t n) override {
-    for (std::uint64_t i = 0; i < n; ++i) counter_.fetch_add(1, std::memory_order_relaxed);
-  }
-
- private:
-  alignas(64) std::atomic<std::int64_t> counter_{0};
-};
-
-template <class B>
-row make_row(const char* name, const char* impl, std::vector<unsigned> threads) {
-  return row{name, impl, std::move(threads), [](unsigned) { return std::make_unique<B>(); }};
-}
-
 }  // namespace
 
 void add_foundation_rows(std::vector<row>& rows) {
   rows.push_back(make_row<current_cpu_percpu>("cpu.current", "percpu", {1}));
   rows.push_back(make_row<current_cpu_sched_getcpu>("cpu.current", "sched_getcpu", {1}));
   rows.push_back(make_row<slot_add_percpu>("slot.add", "percpu", {1, 2}));
-  rows.push_back(make_row<slot_add_thread_local>("slot.add", "thread_local", {1, 2}));
-  rows.push_back(make_row<slot_add_atomic_shared>("slot.add", "atomic_shared", {1, 2}));
+  rows.push_back(make_row<thread_local_add>("slot.add", "thread_local", {1, 2}));
+  rows.push_back(make_row<atomic_shared_add>("slot.add", "atomic_shared", {1, 2}));
 }
 
 }  // namespace percpu_bench

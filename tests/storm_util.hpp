@@ -31,6 +31,29 @@ inline bool migrate(unsigned& rng, const std::vector<unsigned>& allowed) {
   return sched_setaffinity(0, sizeof(set), &set) == 0;
 }
 
+// Installs `handler` for `signal` (SA_RESTART) for the object's lifetime.
+class scoped_handler {
+ public:
+  scoped_handler(int signal, void (*handler)(int)) : signal_(signal) {
+    struct sigaction sa {};
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    installed_ = sigaction(signal, &sa, &previous_) == 0;
+  }
+  ~scoped_handler() {
+    if (installed_) sigaction(signal_, &previous_, nullptr);
+  }
+  scoped_handler(const scoped_handler&) = delete;
+  scoped_handler& operator=(const scoped_handler&) = delete;
+  bool installed() const { return installed_; }
+
+ private:
+  int signal_;
+  struct sigaction previous_ {};
+  bool installed_ = false;
+};
+
 // Sends `signal` to every registered thread every few microseconds until
 // stopped.  Threads register themselves with enroll() before working.
 class signaller {

@@ -93,12 +93,8 @@ TEST(Counter, ExactUnderMigrationSignalsAndConcurrentResets) {
   percpu::counter c(16);
   percpu::counter_array a(2);
   handler_adds = 0;
-  struct sigaction sa {};
-  sa.sa_handler = counting_handler;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  struct sigaction old {};
-  ASSERT_EQ(sigaction(SIGUSR1, &sa, &old), 0);
+  percpu_test::scoped_handler handler_guard(SIGUSR1, counting_handler);
+  ASSERT_TRUE(handler_guard.installed());
   handler_counter = &c;
   handler_array = &a;
 
@@ -146,7 +142,6 @@ TEST(Counter, ExactUnderMigrationSignalsAndConcurrentResets) {
   sig.stop();
   handler_counter = nullptr;
   handler_array = nullptr;
-  sigaction(SIGUSR1, &old, nullptr);
 
   std::int64_t total = handler_adds.load();
   std::int64_t ones = handler_adds.load();

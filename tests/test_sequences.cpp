@@ -13,6 +13,7 @@
 
 #include "percpu/detail/sequences.hpp"
 #include "percpu/storage.hpp"
+#include "storm_util.hpp"
 
 namespace {
 
@@ -123,12 +124,8 @@ TEST(Sequences, AddsAreExactUnderContentionAndSignals) {
   percpu::storage<std::int64_t> s;
   handler_target = &s;
   handler_adds = 0;
-  struct sigaction sa {};
-  sa.sa_handler = add_from_handler;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  struct sigaction old {};
-  sigaction(SIGUSR1, &sa, &old);
+  percpu_test::scoped_handler handler_guard(SIGUSR1, add_from_handler);
+  ASSERT_TRUE(handler_guard.installed());
   handler_enabled = true;
   constexpr int threads = 4;
   std::atomic<bool> done{false};
@@ -158,7 +155,6 @@ TEST(Sequences, AddsAreExactUnderContentionAndSignals) {
   done = true;
   for (auto& w : workers) w.join();
   handler_enabled = false;
-  sigaction(SIGUSR1, &old, nullptr);
   std::int64_t sum = 0;
   s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += v; });
   std::int64_t expected = handler_adds.load();

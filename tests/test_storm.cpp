@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "percpu/storage.hpp"
+#include "storm_util.hpp"
 
 namespace {
 
@@ -46,12 +47,8 @@ TEST(Storm, MigrationSignalsVisitsAndGrowthLoseNothing) {
   counter main_counter;
   storm_target = &main_counter;
   storm_handler_adds = 0;
-  struct sigaction sa {};
-  sa.sa_handler = storm_handler;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  struct sigaction old {};
-  ASSERT_EQ(sigaction(SIGUSR2, &sa, &old), 0);
+  percpu_test::scoped_handler handler_guard(SIGUSR2, storm_handler);
+  ASSERT_TRUE(handler_guard.installed());
 
   // Allocations made during the storm, with what was added to each.
   struct grown {
@@ -159,7 +156,6 @@ TEST(Storm, MigrationSignalsVisitsAndGrowthLoseNothing) {
   signaller.join();
   for (auto& t : threads) t.join();
   storm_target = nullptr;
-  sigaction(SIGUSR2, &old, nullptr);
 
   long total_added = 0;
   for (long n : added) total_added += n;

@@ -22,7 +22,7 @@ void usage(std::FILE* out) {
       "      --json FILE          also write the results as JSON\n"
       "      --filter REGEX       only rows whose \"name/impl\" matches\n"
       "      --threads LIST       thread counts to run, e.g. 1,2 (default: each row's own)\n"
-      "      --repetitions N      measurements per row (default 5 quick, 11 full)\n"
+      "      --repetitions N      measurements per row (default 7 quick, 15 full)\n"
       "\n"
       "environment:\n"
       "  PERCPU_BACKEND=rseq|portable   force a backend\n"

@@ -103,6 +103,22 @@ enum class status : std::uint8_t {
   "jmp %l[aborted]\n\t"                      \
   ".popsection\n\t"
 
+// The C++ side of every sequence's exits: each asm goto label returns the
+// matching status.
+#define PERCPU_RSEQ_RETURNS    \
+  return status::committed;    \
+  unregistered:                \
+  return status::unregistered; \
+  stopped:                     \
+  return status::stopped;      \
+  aborted:                     \
+  return status::aborted;
+
+#define PERCPU_RSEQ_RETURNS_WITH_FAILED \
+  PERCPU_RSEQ_RETURNS                   \
+  failed:                               \
+  return status::failed;
+
 #define PERCPU_RSEQ_COMMON_INPUTS \
   [rseq_off] "r"(runtime.rseq_offset), [shift] "i"(unit_shift), [stop0] "r"(stop0)
 
@@ -128,26 +144,21 @@ inline status add(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t 
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "er"(v)
            : "memory", "cc", "rax", "rdx"
            : unregistered, stopped, aborted);
-  return status::committed;
-unregistered:
-  return status::unregistered;
-stopped:
-  return status::stopped;
-aborted:
-  return status::aborted;
+  PERCPU_RSEQ_RETURNS
 }
 
 // *slot += v on the current CPU, like add(), and reports where and what:
-// *cpu_out = the CPU, *value_out = the slot's new value.  The commit is one
-// non-locked xadd; the reports are written after the post-commit label, from
-// registers the commit left.
+// *cpu_out = the CPU, *value_out = the slot's new value.  The slot is read
+// after the stop test (see add()), the store of the sum commits, and the
+// reports are written after the post-commit label, from registers the commit
+// left.
 inline status add_return(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t v,
                          unsigned* cpu_out, std::int64_t* value_out) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "leaq (%[slot0], %%rax), %%rdx\n\t"
-           "movq %[v], %%rcx\n\t"
-           "xaddq %%rcx, (%%rdx)\n\t" PERCPU_RSEQ_END
+           "movq (%%rdx), %%rcx\n\t"
            "addq %[v], %%rcx\n\t"
+           "movq %%rcx, (%%rdx)\n\t" PERCPU_RSEQ_END
            "movq %%rcx, (%[value_out])\n\t"
            "shrq %[shift], %%rax\n\t"
            "movl %%eax, (%[cpu_out])\n\t"
@@ -156,13 +167,7 @@ inline status add_return(std::int64_t* slot0, const std::uint32_t* stop0, std::i
              [value_out] "r"(value_out)
            : "memory", "cc", "rax", "rcx", "rdx"
            : unregistered, stopped, aborted);
-  return status::committed;
-unregistered:
-  return status::unregistered;
-stopped:
-  return status::stopped;
-aborted:
-  return status::aborted;
+  PERCPU_RSEQ_RETURNS
 }
 
 // If the thread runs on `cpu` and its slot holds `expected`, store `desired`.
@@ -182,15 +187,7 @@ inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
              [expected] "r"(expected), [desired] "r"(desired)
            : "memory", "cc", "rax", "rdx"
            : unregistered, stopped, aborted, failed);
-  return status::committed;
-unregistered:
-  return status::unregistered;
-stopped:
-  return status::stopped;
-aborted:
-  return status::aborted;
-failed:
-  return status::failed;
+  PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
 
 // Per-CPU array layout shared by push/pop and the batch moves (the layout is
@@ -214,15 +211,7 @@ inline status push(void* arr0, const std::uint32_t* stop0, void* item) noexcept 
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [item] "r"(item)
            : "memory", "cc", "rax", "rcx", "rdx"
            : unregistered, stopped, aborted, failed);
-  return status::committed;
-unregistered:
-  return status::unregistered;
-stopped:
-  return status::stopped;
-aborted:
-  return status::aborted;
-failed:
-  return status::failed;
+  PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
 
 // *out = items[--count], unless count == 0 (failed).  The store to *out is
@@ -243,15 +232,7 @@ inline status pop(void* arr0, const std::uint32_t* stop0, void** out) noexcept {
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [out] "r"(out)
            : "memory", "cc", "rax", "rcx", "rdx"
            : unregistered, stopped, aborted, failed);
-  return status::committed;
-unregistered:
-  return status::unregistered;
-stopped:
-  return status::stopped;
-aborted:
-  return status::aborted;
-failed:
-  return status::failed;
+  PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
 
 // Moves k = min(n, count) items from the top of the array to out[0..k), in
@@ -284,13 +265,7 @@ inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std:
       : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [out] "r"(out), [n] "r"(n), [moved] "r"(moved)
       : "memory", "cc", "rax", "rcx", "rdx", "r8", "r9", "r10"
       : unregistered, stopped, aborted);
-  return status::committed;
-unregistered:
-  return status::unregistered;
-stopped:
-  return status::stopped;
-aborted:
-  return status::aborted;
+  PERCPU_RSEQ_RETURNS
 }
 
 // Appends k = min(n, capacity - count) items from in[0..k) and stores k in
@@ -326,15 +301,7 @@ inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in
       : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "r"(n), [moved] "r"(moved)
       : "memory", "cc", "rax", "rcx", "rdx", "r8", "r9", "r10"
       : unregistered, stopped, aborted, failed);
-  return status::committed;
-unregistered:
-  return status::unregistered;
-stopped:
-  return status::stopped;
-aborted:
-  return status::aborted;
-failed:
-  return status::failed;
+  PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
 
 // The rseq area's cpu_id: the CPU this thread runs on, or a negative value
@@ -354,6 +321,8 @@ inline int cpu_id() noexcept {
 #undef PERCPU_RSEQ_STOP_TEST
 #undef PERCPU_RSEQ_END
 #undef PERCPU_RSEQ_COMMON_INPUTS
+#undef PERCPU_RSEQ_RETURNS
+#undef PERCPU_RSEQ_RETURNS_WITH_FAILED
 
 }  // namespace percpu::detail::rseq_x86_64
 
