@@ -96,15 +96,28 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
   // Between the two steps of a fold the value is in neither place:
   // read_approx() may be low by it, which is the residual the slot held and
   // error_bound() already covers.
+  //
+  // Portable backend: compare_and_store locks the exact slot, so it fails
+  // only when the slot changed - or, inside a signal handler that
+  // interrupted this thread's own operation, when that operation holds the
+  // slot.  There the fold gives up after a few tries and leaves the residual
+  // to the next add on that slot (a stop, which would wait for the
+  // interrupted operation, could deadlock); the bound then holds once that
+  // add has returned.
   if (cpu >= slots_.stops_.size()) return;  // the add was deferred (see add_return)
-  for (;;) {
+  bool rseq = detail::runtime.backend == detail::backend_code::rseq;
+  for (int tries = 0;; ++tries) {
     if (residual < batch_ && residual > -batch_) return;
     if (detail::seq::compare_and_store(slots_.slots0_, slots_.stops_.words(), cpu, residual, 0)) {
       central_.fetch_add(residual, std::memory_order_relaxed);
       return;
     }
-    if (current_cpu() != cpu) break;  // moved away: fold remotely
-    residual = slots_.slot(cpu, 0);   // another add changed it: look again
+    if (!rseq) {
+      if (tries == 3) return;
+    } else if (current_cpu() != cpu) {
+      break;  // moved away: fold remotely
+    }
+    residual = slots_.slot(cpu, 0);  // another add changed it: look again
   }
   // This thread no longer runs on `cpu`: fold with that CPU stopped.  Rare
   // (a migration right at the batch) and it keeps the bound hard.  Signals

@@ -62,10 +62,6 @@ unsigned lock_any(std::uint32_t* stop0) noexcept {
   }
 }
 
-void lock_exact(std::uint32_t* stop0, unsigned slot) noexcept {
-  for (unsigned spins = 0; !try_lock(stop0, slot); ++spins) relax(spins);
-}
-
 // Slots are also read without the lock (counter sums, a writer counting
 // readers), so the locked update stores atomically, with release order: what
 // the updating thread did before it happens before a reader that sees the
@@ -83,7 +79,8 @@ std::int64_t add_to_slot(std::int64_t* slot, std::int64_t v) noexcept {
 struct deferred_add {
   std::int64_t* slot0;
   std::uint32_t* stop0;
-  std::int64_t value;
+  std::int64_t value;  // changed by handlers only with __atomic operations
+  unsigned complete;   // 1 once the fields are written; 0 once taken off
 };
 constexpr unsigned deferred_capacity = 256;
 struct nesting {
@@ -107,24 +104,40 @@ bool try_lock_any(std::uint32_t* stop0, unsigned& slot) noexcept {
 
 void apply_deferred() noexcept;
 
-// Runs op(slot) under a slot lock and returns its result.  `acquire(nested,
-// slot)` takes the lock: it may wait unless `nested`, and returns false when
-// it found none (a nested call then returns `busy`).  The thread counts as
-// inside an operation from before the lock is taken until after it is
-// released, so a handler that interrupts it anywhere in between never waits.
-template <class Acquire, class Op, class Result>
-Result locked_with(std::uint32_t* stop0, Result busy, Acquire acquire, Op op) noexcept {
-  unsigned slot = 0;
+// Runs op(slot) under a slot lock and returns its result.  `try_acquire(slot)`
+// makes one attempt at the lock.  The thread counts as inside an operation
+// (depth > 0) around each attempt and while it holds the lock, so a handler
+// that interrupts it there never waits for a slot.  Between attempts it holds
+// nothing and counts as outside: a handler that interrupts a long wait waits
+// like any other caller, instead of deferring adds for as long as the wait
+// lasts.  A nested call makes one attempt and returns `busy` if it fails.
+template <class TryAcquire, class Op, class Result>
+Result locked_no_drain(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op) noexcept {
   bool nested = nest.depth > 0;
-  ++nest.depth;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
   Result result = busy;
-  if (acquire(nested, slot)) {
-    result = op(slot);
-    unlock(stop0, slot);
+  for (unsigned spins = 0;; ++spins) {
+    ++nest.depth;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    unsigned slot = 0;
+    bool acquired = try_acquire(slot);
+    if (acquired) {
+      result = op(slot);
+      unlock(stop0, slot);
+    }
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    --nest.depth;
+    if (acquired || nested) break;
+    relax(spins);
   }
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  --nest.depth;
+  return result;
+}
+
+// locked_no_drain(), then, for an outermost operation, the adds that
+// handlers deferred meanwhile.
+template <class TryAcquire, class Op, class Result>
+Result locked_with(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op) noexcept {
+  bool nested = nest.depth > 0;
+  Result result = locked_no_drain(stop0, busy, try_acquire, op);
   if (!nested) apply_deferred();
   return result;
 }
@@ -133,45 +146,49 @@ Result locked_with(std::uint32_t* stop0, Result busy, Acquire acquire, Op op) no
 template <class Op, class Result>
 Result locked(std::uint32_t* stop0, Result busy, Op op) noexcept {
   return locked_with(
-      stop0, busy,
-      [stop0](bool nested, unsigned& slot) {
-        if (nested) return try_lock_any(stop0, slot);
-        slot = lock_any(stop0);
-        return true;
-      },
-      op);
+      stop0, busy, [stop0](unsigned& slot) { return try_lock_any(stop0, slot); }, op);
 }
 
 // Applies the adds that handlers deferred while this thread's operations
 // were in progress.  Called by an outermost operation as it ends, with no
 // slot held.
 //
-// The thread counts as inside an operation (depth > 0) while it takes an
-// entry off the queue and applies it, so a handler that interrupts the drain
-// only appends (or applies its add to a free slot) and never drains the
-// queue itself: two drains of the same queue, one interrupting the other,
-// would apply an entry twice and move `head` past `tail`, after which the
-// drain reads entries that were never written.  Waiting for a slot here is
-// safe: the thread holds none.  After leaving, the queue is checked again,
-// for an entry a handler appended between the last check and the leaving;
-// a handler that runs after the leaving drains the queue itself.
+// An entry is taken off the queue (read, then `head` moved) with the thread
+// counted as inside an operation, so a handler that interrupts the taking
+// only appends and never drains the queue itself: two drains interleaved
+// there would apply an entry twice and move `head` past `tail`.  The entry
+// is then applied as an ordinary operation (waiting for a slot with the
+// thread counted as outside, see locked_no_drain).  A handler that runs
+// between two entries may drain the rest itself; that is fine, since each
+// taking is whole.  The queue is checked once more after leaving, for an
+// entry appended at the last moment.
 void apply_deferred() noexcept {
   for (;;) {
     ++nest.depth;
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    while (nest.head != nest.tail) {
-      deferred_add entry = nest.queue[nest.head % deferred_capacity];
+    bool empty = nest.head == nest.tail;
+    deferred_add entry{};
+    if (!empty) {
+      deferred_add& taken = nest.queue[nest.head % deferred_capacity];
+      entry = taken;
+      entry.value = __atomic_load_n(&taken.value, __ATOMIC_RELAXED);
+      taken.complete = 0;
       std::atomic_signal_fence(std::memory_order_seq_cst);
       ++nest.head;
-      unsigned slot = lock_any(entry.stop0);
-      add_to_slot(copy_on(entry.slot0, slot), entry.value);
-      unlock(entry.stop0, slot);
-      std::atomic_signal_fence(std::memory_order_seq_cst);
     }
     std::atomic_signal_fence(std::memory_order_seq_cst);
     --nest.depth;
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    if (nest.head == nest.tail) return;
+    if (empty) {
+      if (nest.head == nest.tail) return;
+      continue;
+    }
+    locked_no_drain(
+        entry.stop0, false, [&](unsigned& slot) { return try_lock_any(entry.stop0, slot); },
+        [&](unsigned slot) {
+          add_to_slot(copy_on(entry.slot0, slot), entry.value);
+          return true;
+        });
   }
 }
 
@@ -195,16 +212,40 @@ void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
   });
   if (done) return;
   // Nested and every slot busy: defer to the interrupted operation's end.
-  // Should the queue be full (handlers nested 256 deep), wait for a slot.
   //
-  // The entry is reserved before it is written, with one atomic increment:
-  // a second handler interrupting this one (a different signal) then takes
-  // the next entry instead of overwriting this one.  The queue is drained
-  // only by the outermost operation, after every handler frame above it has
-  // returned, so reserved entries are always complete by then.
-  if (nest.tail - nest.head < deferred_capacity) {
+  // First, add to a pending entry for the same structure if there is one
+  // (adds commute).  Only complete entries beyond `head` qualify: the entry
+  // at `head` may be being taken off by the drain this handler interrupted.
+  // The add is one atomic instruction, so a second handler (a different
+  // signal) interrupting this one cannot tear it.  This keeps the queue short
+  // however long the interrupted operation waits: ThreadSanitizer, for one,
+  // delivers signals only at synchronisation points, which are all inside an
+  // operation's lock attempts, so every signal that arrives while a thread
+  // waits for a slot lands here.
+  unsigned head = nest.head;
+  unsigned tail = __atomic_load_n(&nest.tail, __ATOMIC_RELAXED);
+  for (unsigned i = tail; i - head > 1 && tail - i < 32; --i) {
+    deferred_add& pending = nest.queue[(i - 1) % deferred_capacity];
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (pending.complete == 1 && pending.slot0 == slot0 && pending.stop0 == stop0) {
+      __atomic_fetch_add(&pending.value, v, __ATOMIC_RELAXED);
+      return;
+    }
+  }
+  // Otherwise append.  The entry is reserved before it is written, with one
+  // atomic increment: a second handler interrupting this one takes the next
+  // entry instead of overwriting this one.  The queue is drained only by the
+  // outermost operation, after every handler frame above it has returned,
+  // so reserved entries are complete by then.  Should the queue be full
+  // (256 different structures pending), wait for a slot.
+  if (tail - head < deferred_capacity) {
     unsigned entry = __atomic_fetch_add(&nest.tail, 1u, __ATOMIC_RELAXED);
-    nest.queue[entry % deferred_capacity] = {slot0, stop0, v};
+    deferred_add& fresh = nest.queue[entry % deferred_capacity];
+    fresh.slot0 = slot0;
+    fresh.stop0 = stop0;
+    fresh.value = v;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    fresh.complete = 1;
     std::atomic_signal_fence(std::memory_order_seq_cst);
     return;
   }
@@ -234,11 +275,9 @@ bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
                        std::int64_t expected, std::int64_t desired) noexcept {
   return locked_with(
       stop0, false,
-      [stop0, cpu](bool nested, unsigned& slot) {
+      [stop0, cpu](unsigned& slot) {
         slot = cpu;
-        if (nested) return try_lock(stop0, cpu);
-        lock_exact(stop0, cpu);
-        return true;
+        return try_lock(stop0, cpu);
       },
       [&](unsigned slot) {
         // Every writer holds the lock, so the read may be plain; the store is

@@ -71,7 +71,7 @@ void fence_all_cpus() noexcept {
   if (runtime.backend == backend_code::rseq) {
     fence(-1);
   } else {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    portable_full_fence();
   }
 }
 

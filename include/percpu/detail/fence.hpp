@@ -17,6 +17,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 
 #include "percpu/detail/runtime.hpp"
 
@@ -25,11 +26,20 @@ namespace percpu::detail {
 // The membarrier broadcast fence (one implementation, in src/stop.cpp).
 void fence_all_cpus() noexcept;
 
+// The portable backend's full fence: a sequentially consistent
+// read-modify-write of one shared word.  Used instead of
+// atomic_thread_fence, which ThreadSanitizer does not model: both sides of
+// the Dekker pair touch this word, so the tool sees the ordering too.
+inline std::atomic<std::uint32_t> portable_fence_word{0};
+inline void portable_full_fence() noexcept {
+  portable_fence_word.fetch_add(0, std::memory_order_seq_cst);
+}
+
 inline void light_barrier() noexcept {
   if (runtime.backend == backend_code::rseq) [[likely]] {
     std::atomic_signal_fence(std::memory_order_seq_cst);
   } else {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    portable_full_fence();
   }
 }
 
