@@ -82,16 +82,12 @@ enum class status : std::uint8_t {
   "testq %%rax, %%rax\n\t"                \
   "js %l[unregistered]\n\t"
 
-// Turns the CPU id in %rax into the per-CPU byte offset.
-#define PERCPU_RSEQ_OFFSET "shlq %[shift], %%rax\n\t"
-
-// Leaves through `stopped` if the structure's stop word for this CPU (offset
-// in %rax) is set.
-#define PERCPU_RSEQ_STOP_TEST      \
+// Turns the CPU id in %rax into the per-CPU byte offset and leaves through
+// `stopped` if the structure's stop word for this CPU is set.
+#define PERCPU_RSEQ_CHECK_STOP     \
+  "shlq %[shift], %%rax\n\t"       \
   "cmpl $0, (%[stop0], %%rax)\n\t" \
   "jne %l[stopped]\n\t"
-
-#define PERCPU_RSEQ_CHECK_STOP PERCPU_RSEQ_OFFSET PERCPU_RSEQ_STOP_TEST
 
 // End of every sequence: the post-commit label and the signed abort handler.
 #define PERCPU_RSEQ_END                      \
@@ -317,8 +313,6 @@ inline int cpu_id() noexcept {
 
 #undef PERCPU_RSEQ_BEGIN
 #undef PERCPU_RSEQ_CHECK_STOP
-#undef PERCPU_RSEQ_OFFSET
-#undef PERCPU_RSEQ_STOP_TEST
 #undef PERCPU_RSEQ_END
 #undef PERCPU_RSEQ_COMMON_INPUTS
 #undef PERCPU_RSEQ_RETURNS
