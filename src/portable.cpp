@@ -289,10 +289,25 @@ bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
       });
 }
 
-bool push(cpu_array* arr0, std::uint32_t* stop0, void* item) noexcept {
+// The guard word is changed by a remote party before it takes every slot
+// lock (pool_cache::invalidate); reading it under the lock (acquire, pairing
+// with that party's seq_cst store) decides the push against the change.
+namespace {
+bool guard_holds(const std::uint64_t* guard, std::uint64_t expected) noexcept {
+  return __atomic_load_n(guard, __ATOMIC_ACQUIRE) == expected;
+}
+// An array's capacity may be changed by another thread without a stop (a
+// cache resizing its magazines, see pool_cache.cpp): read it atomically.
+std::uint32_t capacity_of(const cpu_array* arr) noexcept {
+  return __atomic_load_n(&arr->capacity, __ATOMIC_RELAXED);
+}
+}  // namespace
+
+bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, const std::uint64_t* guard,
+          std::uint64_t expected) noexcept {
   return locked(stop0, false, [&](unsigned slot) {
     cpu_array* arr = copy_on(arr0, slot);
-    if (arr->count >= arr->capacity) return false;
+    if (arr->count >= capacity_of(arr) || !guard_holds(guard, expected)) return false;
     arr->items[arr->count++] = item;
     return true;
   });
@@ -306,11 +321,13 @@ void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept {
   });
 }
 
-std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in,
-                       std::size_t n) noexcept {
+std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in, std::size_t n,
+                       const std::uint64_t* guard, std::uint64_t expected) noexcept {
   return locked(stop0, std::size_t{0}, [&](unsigned slot) {
     cpu_array* arr = copy_on(arr0, slot);
-    std::size_t room = arr->capacity > arr->count ? arr->capacity - arr->count : 0;
+    if (!guard_holds(guard, expected)) return std::size_t{0};
+    std::uint32_t capacity = capacity_of(arr);
+    std::size_t room = capacity > arr->count ? capacity - arr->count : 0;
     std::size_t k = n < room ? n : room;
     if (k != 0) std::memcpy(arr->items + arr->count, in, k * sizeof(void*));
     arr->count += static_cast<std::uint32_t>(k);
@@ -329,3 +346,9 @@ std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out, std::si
 }
 
 }  // namespace percpu::detail::portable
+
+namespace percpu::detail {
+bool portable_in_operation() noexcept {
+  return portable::nest.depth > 0;
+}
+}  // namespace percpu::detail

@@ -8,6 +8,11 @@ namespace percpu::detail {
 // The portable backend's slot for the calling thread now.
 unsigned portable_slot() noexcept;
 
+// Whether the calling thread is inside a portable-backend operation (a
+// signal handler that interrupted one runs with this true): such a thread
+// may hold a slot lock, so it must not stop a CPU.
+bool portable_in_operation() noexcept;
+
 // One step of a polite spin: pause at first, then yield the CPU.
 void relax(unsigned spins) noexcept;
 

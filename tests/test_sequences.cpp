@@ -87,6 +87,29 @@ TEST(Sequences, BatchMovesAreBoundedAndOrdered) {
   }).join();
 }
 
+TEST(Sequences, GuardedPushesCommitOnlyWhileTheGuardHolds) {
+  arrays a(8);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(percpu::allowed_cpus().front(), &set);
+  std::thread([&] {
+    ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+    std::uint64_t generation = 7;
+    seq::guard current{&generation, 7};
+    void* in[3] = {item(1), item(2), item(3)};
+    EXPECT_TRUE(seq::push(a.arr0(), a.stop0(), item(9), current));
+    EXPECT_EQ(seq::push_batch(a.arr0(), a.stop0(), in, 3, current), 3u);
+    generation = 8;  // what an invalidate does before it fences
+    EXPECT_FALSE(seq::push(a.arr0(), a.stop0(), item(10), current));
+    EXPECT_EQ(seq::push_batch(a.arr0(), a.stop0(), in, 3, current), 0u);
+    void* out[8] = {};
+    ASSERT_EQ(seq::pop_batch(a.arr0(), a.stop0(), out, 8), 4u);  // nothing after the change
+    EXPECT_EQ(out[0], item(9));
+    EXPECT_EQ(out[3], item(3));
+    EXPECT_TRUE(seq::push(a.arr0(), a.stop0(), item(11), seq::guard{&generation, 8}));
+  }).join();
+}
+
 TEST(Sequences, CompareAndStore) {
   percpu::storage<std::int64_t> s;
   unsigned cpu = percpu::allowed_cpus().front();

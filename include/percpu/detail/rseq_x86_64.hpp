@@ -190,11 +190,20 @@ inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
 // defined in sequences.hpp as cpu_array): items at offset 0, count at 8,
 // capacity at 12.
 
-// items[count++] = item, unless count == capacity (failed).  The item store
-// is speculative (above count, invisible until the commit); the count store
-// commits.
-inline status push(void* arr0, const std::uint32_t* stop0, void* item) noexcept {
+// items[count++] = item, unless count == capacity or *guard != expected
+// (failed).  The guard is a word outside the per-CPU data (a cache's
+// generation, see pool_cache.hpp) that a remote party changes before it
+// stops and fences the CPUs: reading it inside the sequence, after the stop
+// test, means a push that read the old value is either aborted by that fence
+// or committed before it, where the visit that follows sees the item.  The
+// item store is speculative (above count, invisible until the commit); the
+// count store commits.
+inline status push(void* arr0, const std::uint32_t* stop0, void* item,
+                   const std::uint64_t* guard, std::uint64_t expected) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
+           "movq (%[guard]), %%rcx\n\t"
+           "cmpq %[expected], %%rcx\n\t"
+           "jne %l[failed]\n\t"
            "addq %[arr0], %%rax\n\t"
            "movl 8(%%rax), %%ecx\n\t"
            "cmpl 12(%%rax), %%ecx\n\t"
@@ -204,7 +213,8 @@ inline status push(void* arr0, const std::uint32_t* stop0, void* item) noexcept 
            "addl $1, %%ecx\n\t"
            "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            :
-           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [item] "r"(item)
+           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [item] "r"(item), [guard] "r"(guard),
+             [expected] "r"(expected)
            : "memory", "cc", "rax", "rcx", "rdx"
            : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED
@@ -265,12 +275,17 @@ inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std:
 }
 
 // Appends k = min(n, capacity - count) items from in[0..k) and stores k in
-// *moved (failed, with nothing moved, when the array is full).  The item
-// stores are speculative; the count store commits.
+// *moved (failed, with nothing moved, when the array is full or *guard !=
+// expected; the guard works as in push()).  The item stores are speculative;
+// the count store commits.
 inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in, std::size_t n,
-                         std::size_t* moved) noexcept {
+                         std::size_t* moved, const std::uint64_t* guard,
+                         std::uint64_t expected) noexcept {
   asm goto(
       PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
+      "movq (%[guard]), %%rcx\n\t"
+      "cmpq %[expected], %%rcx\n\t"
+      "jne %l[failed]\n\t"
       "addq %[arr0], %%rax\n\t"
       "movl 8(%%rax), %%ecx\n\t"   // count
       "movl 12(%%rax), %%edx\n\t"  // capacity
@@ -294,7 +309,8 @@ inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in
       "addl %%edx, %%ecx\n\t"
       "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
       :
-      : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "r"(n), [moved] "r"(moved)
+      : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "r"(n), [moved] "r"(moved),
+        [guard] "r"(guard), [expected] "rm"(expected)
       : "memory", "cc", "rax", "rcx", "rdx", "r8", "r9", "r10"
       : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED

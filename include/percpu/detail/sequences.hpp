@@ -56,10 +56,11 @@ std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t 
                         unsigned* cpu) noexcept;
 bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
                        std::int64_t expected, std::int64_t desired) noexcept;
-bool push(cpu_array* arr0, std::uint32_t* stop0, void* item) noexcept;
+bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, const std::uint64_t* guard,
+          std::uint64_t expected) noexcept;
 void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept;
-std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in,
-                       std::size_t n) noexcept;
+std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in, std::size_t n,
+                       const std::uint64_t* guard, std::uint64_t expected) noexcept;
 std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out, std::size_t n) noexcept;
 }  // namespace portable
 
@@ -170,15 +171,31 @@ inline bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigne
   return portable::compare_and_store(slot0, stop0, cpu, expected, desired);
 }
 
-// Pushes `item` on the current CPU's array; false when it is full.
-inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item) noexcept {
+// A condition on a word outside the per-CPU data, tested inside push and
+// push_batch: the push commits only while *word == expected.  A remote
+// party that changes the word, then stops and fences the CPUs, knows that no
+// push which saw the old value can commit after the fence (pool_cache's
+// generation, see pool_cache.hpp).
+struct guard {
+  const std::uint64_t* word;
+  std::uint64_t expected;
+};
+// The guard of unconditional pushes: a word that is always 0.
+inline constexpr std::uint64_t always_zero = 0;
+inline constexpr guard unguarded{&always_zero, 0};
+
+// Pushes `item` on the current CPU's array; false when it is full or the
+// guard does not hold.
+inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item,
+                 guard g = unguarded) noexcept {
 #if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
   outcome o = run<rseq_x86_64::push>(stop0, static_cast<void*>(arr0),
-                                     static_cast<const std::uint32_t*>(stop0), item);
+                                     static_cast<const std::uint32_t*>(stop0), item, g.word,
+                                     g.expected);
   if (o != outcome::portable) [[likely]]
     return o == outcome::committed;
 #endif
-  return portable::push(arr0, stop0, item);
+  return portable::push(arr0, stop0, item, g.word, g.expected);
 }
 
 // Pops the current CPU's top item; nullptr when the array is empty.
@@ -194,18 +211,19 @@ inline void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept {
 }
 
 // Appends up to n items from `in` to the current CPU's array; returns how
-// many were moved (the first ones of `in`).
+// many were moved (the first ones of `in`; none when the guard does not hold).
 inline std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in,
-                              std::size_t n) noexcept {
+                              std::size_t n, guard g = unguarded) noexcept {
   if (n == 0) return 0;
 #if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
   std::size_t moved = 0;
   outcome o = run<rseq_x86_64::push_batch>(stop0, static_cast<void*>(arr0),
-                                           static_cast<const std::uint32_t*>(stop0), in, n, &moved);
+                                           static_cast<const std::uint32_t*>(stop0), in, n, &moved,
+                                           g.word, g.expected);
   if (o != outcome::portable) [[likely]]
     return o == outcome::committed ? moved : 0;
 #endif
-  return portable::push_batch(arr0, stop0, in, n);
+  return portable::push_batch(arr0, stop0, in, n, g.word, g.expected);
 }
 
 // Moves up to n items off the top of the current CPU's array into out[0..k),

@@ -1,0 +1,378 @@
+// Tests of pool_cache: constructed-object reuse, conservation of objects,
+// exactly-once construction and destruction, and the generation-safe
+// invalidate under migration, signals and concurrent reclaims.
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "percpu/cpu.hpp"
+#include "percpu/pool_cache.hpp"
+#include "storm_util.hpp"
+
+namespace {
+
+void pin_to(unsigned cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+}
+
+void allow_all() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (unsigned cpu : percpu::allowed_cpus()) CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof(set), &set);
+}
+
+// Counts its constructions and destructions; marks itself live.
+struct counted {
+  static inline std::atomic<long> constructed{0};
+  static inline std::atomic<long> destroyed{0};
+  static constexpr std::uint64_t live_mark = 0x11feface11feface;
+  std::uint64_t mark = live_mark;
+  std::uint64_t payload[6] = {};
+  counted() { constructed.fetch_add(1); }
+  ~counted() {
+    mark = 0xdead;
+    destroyed.fetch_add(1);
+  }
+  static void reset() {
+    constructed = 0;
+    destroyed = 0;
+  }
+};
+
+TEST(PoolCache, ObjectsStayConstructedAndAreReused) {
+  counted::reset();
+  {
+    percpu::pool_cache<counted> cache("reuse");
+    std::thread([&] {
+      pin_to(percpu::allowed_cpus().front());
+      counted* a = cache.get();
+      EXPECT_EQ(a->mark, counted::live_mark);
+      a->payload[0] = 42;
+      cache.put(a);
+      counted* b = cache.get();
+      EXPECT_EQ(b, a);  // the same CPU's array hands back the last object put
+      EXPECT_EQ(b->payload[0], 42u);  // still constructed, not re-initialised
+      cache.put(b);
+      for (int i = 0; i < 10000; ++i) cache.put(cache.get());
+    }).join();
+    EXPECT_EQ(counted::constructed.load(), 1);
+    EXPECT_EQ(counted::destroyed.load(), 0);
+    percpu::pool_stats s = cache.stats();
+    EXPECT_EQ(s.constructions, 1u);
+    EXPECT_EQ(s.objects_cached, 1u);
+    EXPECT_EQ(s.objects_in_use, 0u);
+  }
+  EXPECT_EQ(counted::destroyed.load(), 1);  // the cache's destructor destructs what it holds
+}
+
+TEST(PoolCache, ManyObjectsFlowThroughTheDepotAndNothingIsLost) {
+  counted::reset();
+  percpu::pool_cache<counted> cache("depot");
+  std::vector<counted*> held;
+  for (int i = 0; i < 5000; ++i) held.push_back(cache.get());
+  std::set<counted*> distinct(held.begin(), held.end());
+  EXPECT_EQ(distinct.size(), held.size());
+  for (counted* p : held) cache.put(p);
+  percpu::pool_stats s = cache.stats();
+  EXPECT_EQ(s.constructions - s.destructions, s.objects_cached);
+  EXPECT_GT(s.depot_full, 0u);
+  held.clear();
+  for (int i = 0; i < 5000; ++i) held.push_back(cache.get());
+  EXPECT_EQ(counted::constructed.load() - counted::destroyed.load(), 5000);
+  for (counted* p : held) cache.put(p);
+}
+
+struct fails_every_third {
+  static inline std::atomic<int> attempts{0};
+  static inline std::atomic<int> live{0};
+  fails_every_third() {
+    if (attempts.fetch_add(1) % 3 == 2) throw std::runtime_error("third constructor");
+    live.fetch_add(1);
+  }
+  ~fails_every_third() { live.fetch_sub(1); }
+  char data[100];
+};
+
+TEST(PoolCache, ConstructorFailureIsReportedAndLeaksNothing) {
+  percpu::pool_cache<fails_every_third> cache("failing");
+  std::vector<fails_every_third*> got;
+  int failures = 0;
+  for (int i = 0; i < 30; ++i) {
+    try {
+      got.push_back(cache.get());
+    } catch (const std::runtime_error& e) {
+      EXPECT_STREQ(e.what(), "third constructor");
+      ++failures;
+    }
+  }
+  EXPECT_EQ(failures, 10);
+  if (fails_every_third* p = cache.try_get()) got.push_back(p);
+  percpu::pool_stats s = cache.stats();
+  EXPECT_GE(s.constructor_failures, 10u);
+  for (auto* p : got) cache.put(p);
+  cache.invalidate();
+  EXPECT_EQ(fails_every_third::live.load(), 0);
+  cache.reclaim();
+  EXPECT_EQ(cache.stats().slabs, 0u);  // every slot went back, every slab was given back
+}
+
+TEST(PoolCache, AnObjectFromBeforeAnInvalidateIsNeverCachedAgain) {
+  counted::reset();
+  percpu::pool_cache<counted> cache("generation");
+  counted* old_object = cache.get();
+  counted* cached = cache.get();
+  cache.put(cached);
+  long destroyed_before = counted::destroyed.load();
+  cache.invalidate();
+  EXPECT_EQ(counted::destroyed.load(), destroyed_before + 1);  // the cached one
+  cache.put(old_object);  // in use during the invalidate: destructed, not cached
+  EXPECT_EQ(counted::destroyed.load(), destroyed_before + 2);
+  counted* fresh = cache.get();
+  EXPECT_EQ(counted::constructed.load(), 3);
+  cache.put(fresh);
+  EXPECT_EQ(cache.stats().invalidations, 1u);
+}
+
+TEST(PoolCache, InvalidateReachesACpuTheProcessCanNoLongerRunOn) {
+  std::vector<unsigned> cpus = percpu::allowed_cpus();
+  if (cpus.size() < 2) GTEST_SKIP() << "needs two CPUs";
+  counted::reset();
+  percpu::pool_cache<counted> cache("idle");
+  std::thread([&] {
+    pin_to(cpus[1]);
+    std::vector<counted*> held;
+    for (int i = 0; i < 300; ++i) held.push_back(cache.get());
+    for (counted* p : held) cache.put(p);
+  }).join();
+  EXPECT_EQ(counted::constructed.load(), 300);
+  std::thread([&] {
+    pin_to(cpus[0]);  // this thread, the only one using the cache, may not run on cpus[1]
+    cache.invalidate();
+  }).join();
+  EXPECT_EQ(counted::destroyed.load(), 300);
+  percpu::pool_stats s = cache.stats();
+  EXPECT_EQ(s.objects_cached, 0u);
+  for (const percpu::pool_cpu_stats& c : s.cpus) EXPECT_EQ(c.cached, 0u) << "cpu " << c.cpu;
+}
+
+TEST(PoolCache, InvalidateLocalEmptiesThisCpuAndTheDepot) {
+  std::vector<unsigned> cpus = percpu::allowed_cpus();
+  counted::reset();
+  percpu::pool_cache<counted> cache("local");
+  std::thread([&] {
+    pin_to(cpus[0]);
+    std::vector<counted*> held;
+    for (int i = 0; i < 200; ++i) held.push_back(cache.get());
+    for (counted* p : held) cache.put(p);
+    cache.invalidate_local();
+    EXPECT_EQ(counted::destroyed.load(), 200);
+    counted* again = cache.get();  // no generation change: constructs anew here
+    EXPECT_EQ(counted::constructed.load(), 201);
+    cache.put(again);
+  }).join();
+}
+
+struct invalidates_itself {
+  static inline percpu::pool_cache<invalidates_itself>* cache = nullptr;
+  static inline bool refused = false;
+  invalidates_itself() {
+    try {
+      cache->invalidate();
+    } catch (const std::logic_error&) {
+      refused = true;
+    }
+  }
+};
+
+TEST(PoolCache, InvalidateFromInsideAConstructorIsRefused) {
+  percpu::pool_cache<invalidates_itself> cache("self");
+  invalidates_itself::cache = &cache;
+  invalidates_itself* p = cache.get();
+  EXPECT_TRUE(invalidates_itself::refused);
+  cache.put(p);
+}
+
+TEST(PoolCache, BadOptionsAreRejected) {
+  percpu::pool_options zero;
+  EXPECT_THROW(percpu::raw_pool_cache{zero}, std::invalid_argument);
+  percpu::pool_options huge;
+  huge.size = std::size_t{1} << 40;
+  EXPECT_THROW(percpu::raw_pool_cache{huge}, std::invalid_argument);
+  percpu::pool_options odd;
+  odd.size = 8;
+  odd.alignment = 24;
+  EXPECT_THROW(percpu::raw_pool_cache{odd}, std::invalid_argument);
+}
+
+TEST(PoolCache, RawBuffersHonourSizeAndAlignment) {
+  for (std::size_t align : {8u, 64u, 256u, 4096u}) {
+    percpu::pool_options o;
+    o.size = 100;
+    o.alignment = align;
+    percpu::raw_pool_cache cache(o);
+    std::vector<void*> held;
+    for (int i = 0; i < 100; ++i) {
+      void* p = cache.get();
+      ASSERT_NE(p, nullptr);
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(p) % align, 0u);
+      std::memset(p, 0xab, 100);
+      held.push_back(p);
+    }
+    for (void* p : held) cache.put(p);
+  }
+}
+
+// ---- the torture ------------------------------------------------------------
+//
+// Threads get and put with migration and signals (the handler gets and puts
+// too) while another thread calls invalidate() and reclaim() in a loop.
+// Checked: every object handed out is constructed and not handed out twice;
+// no get that began after an invalidate() returned sees an object whose
+// construction ended before that invalidate began; at the end,
+// constructions - destructions == objects cached (none in use).
+
+std::atomic<std::uint64_t> invalidates_started{0};
+std::atomic<std::uint64_t> invalidates_returned{0};
+std::atomic<long> violations{0};
+std::atomic<long> dead_objects{0};
+std::atomic<long> handed_out_twice{0};
+std::atomic<long> stale_objects{0};
+
+struct tortured {
+  static inline std::atomic<long> constructed{0};
+  static inline std::atomic<long> destroyed{0};
+  std::uint64_t mark;
+  std::uint64_t started_at_end;  // invalidates begun when the construction ended
+  std::atomic<int> handed_out{0};
+  tortured() : mark(counted::live_mark) {
+    constructed.fetch_add(1);
+    started_at_end = invalidates_started.load();
+  }
+  ~tortured() {
+    mark = 0;
+    destroyed.fetch_add(1);
+  }
+};
+
+percpu::pool_cache<tortured>* torture_cache = nullptr;
+std::atomic<long> handler_gets{0};
+
+// Takes an object and checks it; returns nullptr if get failed.
+tortured* checked_get(percpu::pool_cache<tortured>& cache) noexcept {
+  std::uint64_t returned = invalidates_returned.load();
+  tortured* p = cache.try_get();
+  if (p == nullptr) return nullptr;
+  bool dead = p->mark != counted::live_mark;
+  bool twice = p->handed_out.exchange(1) != 0;
+  bool stale = p->started_at_end < returned;
+  if (dead) dead_objects.fetch_add(1);
+  if (twice) handed_out_twice.fetch_add(1);
+  if (stale) stale_objects.fetch_add(1);
+  if (dead || twice || stale) violations.fetch_add(1);
+  return p;
+}
+void checked_put(percpu::pool_cache<tortured>& cache, tortured* p) noexcept {
+  p->handed_out.store(0);
+  cache.put(p);
+}
+
+void torture_handler(int) {
+  int saved = errno;
+  if (tortured* p = checked_get(*torture_cache)) {
+    handler_gets.fetch_add(1, std::memory_order_relaxed);
+    checked_put(*torture_cache, p);
+  }
+  errno = saved;
+}
+
+TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
+  tortured::constructed = 0;
+  tortured::destroyed = 0;
+  violations = 0;
+  handler_gets = 0;
+  {
+    percpu::pool_cache<tortured> cache("torture");
+    torture_cache = &cache;
+    percpu_test::scoped_handler handler(SIGUSR1, torture_handler);
+    percpu_test::signaller signals(SIGUSR1);
+    std::atomic<bool> stop{false};
+    std::atomic<long> gets{0};
+    std::vector<unsigned> allowed = percpu::allowed_cpus();
+    std::vector<std::thread> workers;
+    for (unsigned t = 0; t < 4; ++t) {
+      workers.emplace_back([&, t] {
+        signals.enroll();
+        unsigned rng = 12345 + t;
+        std::mt19937 random(t);
+        std::vector<tortured*> held;
+        long mine = 0;
+        while (!stop.load(std::memory_order_relaxed)) {
+          if ((++mine & 255) == 0) percpu_test::migrate(rng, allowed);
+          if (held.size() < 200 && (held.empty() || random() % 3 != 0)) {
+            if (tortured* p = checked_get(cache)) held.push_back(p);
+          } else {
+            std::size_t n = 1 + random() % held.size();
+            for (std::size_t i = 0; i < n; ++i) {
+              checked_put(cache, held.back());
+              held.pop_back();
+            }
+          }
+        }
+        for (tortured* p : held) checked_put(cache, p);
+        gets.fetch_add(mine);
+      });
+    }
+    signals.start();
+    long invalidations = 0;
+    std::thread maintainer([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+        invalidates_started.fetch_add(1);
+        cache.invalidate();
+        invalidates_returned.fetch_add(1);
+        if (++invalidations % 8 == 0) cache.reclaim();
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    stop = true;
+    maintainer.join();
+    signals.stop();
+    for (auto& w : workers) w.join();
+    allow_all();
+
+    EXPECT_EQ(violations.load(), 0) << dead_objects.load() << " not constructed, "
+                                    << handed_out_twice.load() << " handed out twice, "
+                                    << stale_objects.load() << " from before an invalidate";
+    EXPECT_GT(invalidations, 100);
+    EXPECT_GT(handler_gets.load(), 0);
+    percpu::pool_stats s = cache.stats();
+    EXPECT_EQ(s.constructions, static_cast<std::uint64_t>(tortured::constructed.load()));
+    EXPECT_EQ(s.destructions, static_cast<std::uint64_t>(tortured::destroyed.load()));
+    EXPECT_EQ(s.constructions - s.destructions, s.objects_cached);
+    EXPECT_EQ(s.objects_in_use, 0u);
+    cache.invalidate();
+    EXPECT_EQ(tortured::constructed.load(), tortured::destroyed.load());
+    std::printf("torture: %ld gets, %ld handler gets, %ld signals, %ld invalidations, "
+                "%llu constructions\n",
+                gets.load(), handler_gets.load(), signals.sent(), invalidations,
+                static_cast<unsigned long long>(s.constructions));
+    torture_cache = nullptr;
+  }
+}
+
+}  // namespace
