@@ -13,6 +13,8 @@
 #include <regex>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include "percpu/cpu.hpp"
 
@@ -22,6 +24,7 @@ std::vector<row> all_rows(std::vector<missing_peer>& missing) {
   std::vector<row> rows;
   add_foundation_rows(rows);
   add_counter_rows(rows, missing);
+  add_pool_rows(rows, missing);
   return rows;
 }
 
@@ -67,7 +70,8 @@ class pool {
     go_.store(true, std::memory_order_release);
     done_.wait(lock, [&] { return finished_ == active_; });
     auto end = clock_type::now();
-    return std::chrono::duration<double, std::nano>(end - start).count();
+    double self_timed = b.timed_ns();
+    return self_timed >= 0 ? self_timed : std::chrono::duration<double, std::nano>(end - start).count();
   }
 
  private:
@@ -164,15 +168,16 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
   unsigned repetitions = opts.repetitions != 0 ? opts.repetitions : (opts.quick ? 7 : 15);
   double target_ns = opts.quick ? 40e6 : 100e6;
 
-  // Groups: (name, threads) -> rows, in registration order.
-  std::vector<std::pair<std::pair<std::string, unsigned>, std::vector<const row*>>> groups;
+  // Groups: (name, threads, size) -> rows, in registration order.
+  using group_key = std::tuple<std::string, unsigned, std::size_t>;
+  std::vector<std::pair<group_key, std::vector<const row*>>> groups;
   unsigned max_threads = 1;
   for (const auto& r : rows) {
     if (!std::regex_search(r.name + "/" + r.impl, filter)) continue;
     for (unsigned t : opts.threads.empty() ? r.threads : opts.threads) {
       if (t == 0) continue;
       max_threads = std::max(max_threads, t);
-      auto key = std::make_pair(r.name, t);
+      group_key key{r.name, t, r.size};
       auto it = std::find_if(groups.begin(), groups.end(), [&](auto& g) { return g.first == key; });
       if (it == groups.end()) {
         groups.push_back({key, {}});
@@ -188,28 +193,29 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
   progress_bar bar(opts.progress, total);
   std::vector<result> results;
   for (auto& [key, members] : groups) {
-    unsigned threads = key.second;
+    const auto& [name, threads, size] = key;
     std::vector<candidate> cands;
     for (const row* r : members) {
       candidate c{r, r->make(threads), 0, {}};
       c.iterations = calibrate(workers, *c.b, threads, target_ns);
       workers.measure(*c.b, threads, c.iterations);  // warm-up
-      bar.step(key.first + " " + r->impl);
+      bar.step(name + " " + r->impl);
       cands.push_back(std::move(c));
     }
     for (unsigned rep = 0; rep < repetitions; ++rep) {
       for (auto& c : cands) {  // interleaved: A B C, A B C, ...
         double ns = workers.measure(*c.b, threads, c.iterations);
         c.samples.push_back(ns / static_cast<double>(c.iterations));
-        bar.step(key.first + " " + c.r->impl);
+        bar.step(name + " " + c.r->impl);
       }
     }
     for (auto& c : cands) {
       std::sort(c.samples.begin(), c.samples.end());
       result res;
-      res.name = key.first;
+      res.name = name;
       res.impl = c.r->impl;
       res.threads = threads;
+      res.size = size;
       std::size_t n = c.samples.size();
       res.median_ns = n % 2 == 1 ? c.samples[n / 2] : (c.samples[n / 2 - 1] + c.samples[n / 2]) / 2;
       res.min_ns = c.samples.front();
@@ -219,6 +225,11 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
     }
   }
   return results;
+}
+
+double measure_once(body& b, unsigned threads, std::uint64_t iterations) {
+  static pool* workers = new pool(std::max<unsigned>(1, static_cast<unsigned>(percpu::allowed_cpus().size())));
+  return workers->measure(b, threads, iterations);
 }
 
 }  // namespace percpu_bench

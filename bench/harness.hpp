@@ -34,6 +34,11 @@ class body {
  public:
   virtual ~body() = default;
   virtual void run(unsigned thread, std::uint64_t iterations) = 0;
+  // For a body whose operations need untimed set-up (refilling a cache
+  // before each invalidate): the nanoseconds the last run() spent in timed
+  // work, measured by the body itself; negative to use the wall time of
+  // run() (the default).
+  virtual double timed_ns() const { return -1; }
 };
 
 struct row {
@@ -42,12 +47,14 @@ struct row {
   std::vector<unsigned> threads;  // thread counts this row is measured at
   // Makes a fresh body for a measurement at `threads` threads.
   std::function<std::unique_ptr<body>(unsigned threads)> make;
+  std::size_t size = 0;  // object size in bytes where it matters, else 0
 };
 
 struct result {
   std::string name;
   std::string impl;
   unsigned threads = 0;
+  std::size_t size = 0;
   double median_ns = 0;
   double min_ns = 0;
   double max_ns = 0;
@@ -74,14 +81,27 @@ row make_row(const char* name, const char* impl, std::vector<unsigned> threads) 
   return row{name, impl, std::move(threads), [](unsigned) { return std::make_unique<Body>(); }};
 }
 
+// A row measured at one object size, with a body made by `make(size)`.
+template <class Make>
+row make_sized_row(const char* name, const char* impl, std::vector<unsigned> threads,
+                   std::size_t size, Make make) {
+  return row{name, impl, std::move(threads), [make, size](unsigned) { return make(size); }, size};
+}
+
 // Every row the facilities define; peers not built are added to `missing`.
 std::vector<row> all_rows(std::vector<missing_peer>& missing);
 
 // Runs the selected rows; returns one result per (row, thread count).
 std::vector<result> run(const std::vector<row>& rows, const options& opts);
 
+// Measures `b` once on `threads` pinned workers of a process-wide pool;
+// returns nanoseconds (wall time, or the body's own timed_ns()).  For child
+// processes that run a peer's body (bench/child.cpp).
+double measure_once(body& b, unsigned threads, std::uint64_t iterations);
+
 // Rows in bench/rows_*.cpp add themselves here.
 void add_foundation_rows(std::vector<row>& rows);
 void add_counter_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
+void add_pool_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
 
 }  // namespace percpu_bench

@@ -29,7 +29,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <vector>
@@ -48,6 +47,7 @@ constexpr unsigned default_magazine = 32;
 constexpr std::size_t min_slab_bytes = 64 * 1024;
 constexpr std::size_t max_object_size = std::size_t{1} << 30;
 constexpr std::uint64_t maintenance_period_ns = 1'000'000'000;
+constexpr std::size_t magazine_chunk_bytes = 64 * 1024;
 
 // A CPU's part of a cache: its array of cached objects (two magazines'
 // worth at most) and its slow-path counts.  arrays0_ points at CPU 0's copy.
@@ -87,7 +87,7 @@ std::uint64_t now_ns() noexcept {
          static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
-std::size_t round_up(std::size_t n, std::size_t to) noexcept {
+constexpr std::size_t round_up(std::size_t n, std::size_t to) noexcept {
   return (n + to - 1) / to * to;
 }
 
@@ -97,17 +97,12 @@ std::size_t round_up(std::size_t n, std::size_t to) noexcept {
   std::abort();
 }
 
-// Every live cache (for all_pool_stats) and every slab's address range
-// (for the debug checks' foreign-pointer test).
-// Two locks: caches_lock is held while stats() takes a cache's own locks,
-// slabs_lock is taken under a cache's slab lock, so neither order can close
-// a cycle.
+// Every live cache, for all_pool_stats() and the debug checks.  Its lock
+// is taken before a cache's own locks, never under them.
 struct registry {
-  std::mutex caches_lock;
+  std::mutex lock;
   std::vector<raw_pool_cache*> caches;
   std::uint32_t next_id = 1;
-  std::mutex slabs_lock;
-  std::map<std::uintptr_t, std::pair<std::size_t, std::uint32_t>> slabs;  // base -> (bytes, owner)
 };
 registry& the_registry() {
   static auto* r = new registry;  // never destroyed: caches may outlive static destructors
@@ -166,10 +161,20 @@ struct pool_core {
   unsigned quiet_periods = 0;
   std::atomic<std::uint64_t> next_maintenance_ns{0};
 
-  // Slabs.
+  // Slabs, and magazines of destructed objects whose slots are not yet
+  // back in their slabs (an invalidate() or trim retires whole magazines
+  // at once; construct_new reuses their slots first, reclaim() returns them).
   std::mutex slab_lock;
   slab* slabs[3] = {nullptr, nullptr, nullptr};
   std::uint64_t slab_count = 0;
+  magazine* unconstructed = nullptr;
+
+  // Magazine memory: carved from mapped chunks, never from malloc, so that
+  // the slow paths stay async-signal-safe.  A leaf lock.
+  std::mutex magazine_lock;
+  magazine* free_magazines = nullptr;
+  void* chunks = nullptr;  // each chunk starts with the next chunk's address
+  std::size_t chunk_used = 0;
 
   std::mutex maintenance;
 
@@ -263,17 +268,83 @@ struct pool_internals {
     in_callback& operator=(const in_callback&) = delete;
   };
 
+  // Runs the destructor of n objects (all at once when the cache has a
+  // batch destructor).
+  void run_destructors(void* const* objects, std::size_t n) noexcept {
+    if (n == 0) return;
+    const pool_options& o = cache.options_;
+    if (o.destroy_batch != nullptr || o.destroy != nullptr) {
+      in_callback scope(&cache);
+      if (o.destroy_batch != nullptr) {
+        o.destroy_batch(objects, n, o.arg);
+      } else {
+        for (std::size_t i = 0; i < n; ++i) o.destroy(objects[i], o.arg);
+      }
+    }
+    core.destructions.fetch_add(n, std::memory_order_relaxed);
+  }
+
   // Destructs `objects` and gives their slots back to the slabs.
   void destroy(void* const* objects, std::size_t n) noexcept {
     if (n == 0) return;
-    if (cache.options_.destroy != nullptr) {
-      in_callback scope(&cache);
-      for (std::size_t i = 0; i < n; ++i) cache.options_.destroy(objects[i], cache.options_.arg);
-    }
-    core.destructions.fetch_add(n, std::memory_order_relaxed);
+    run_destructors(objects, n);
     locked(core.slab_lock, [&] {
       for (std::size_t i = 0; i < n; ++i) release_slot(objects[i]);
     });
+  }
+
+  // Destructs the objects of a list of magazines and keeps the magazines,
+  // slots and all, for construct_new: no per-object work beyond the
+  // destructor, which is what lets invalidate() stay near its floor.
+  void retire(magazine* list) noexcept {
+    if (list == nullptr) return;
+    magazine* last = list;
+    for (magazine* m = list; m != nullptr; m = m->next) {
+      run_destructors(m->items, m->count);
+      last = m;
+    }
+    locked(core.slab_lock, [&] {
+      last->next = core.unconstructed;
+      core.unconstructed = list;
+    });
+  }
+
+  // ---- magazine memory --------------------------------------------------------
+
+  magazine* alloc_magazine() noexcept {
+    return locked(core.magazine_lock, [&]() -> magazine* {
+      if (magazine* m = core.free_magazines) {
+        core.free_magazines = m->next;
+        return m;
+      }
+      constexpr std::size_t step = round_up(sizeof(magazine), alignof(magazine));
+      if (core.chunks == nullptr || core.chunk_used + step > magazine_chunk_bytes) {
+        void* chunk = mmap(nullptr, magazine_chunk_bytes, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (chunk == MAP_FAILED) return nullptr;
+        std::memcpy(chunk, &core.chunks, sizeof(void*));
+        core.chunks = chunk;
+        core.chunk_used = alignof(magazine) > sizeof(void*) ? alignof(magazine) : sizeof(void*);
+      }
+      auto* m = reinterpret_cast<magazine*>(static_cast<char*>(core.chunks) + core.chunk_used);
+      core.chunk_used += step;
+      return m;
+    });
+  }
+
+  void free_magazine(magazine* m) noexcept {
+    locked(core.magazine_lock, [&] {
+      m->next = core.free_magazines;
+      core.free_magazines = m;
+    });
+  }
+
+  // Unmaps every magazine chunk (the cache's destructor).
+  void release_magazine_memory() noexcept {
+    while (void* chunk = core.chunks) {
+      std::memcpy(&core.chunks, chunk, sizeof(void*));
+      munmap(chunk, magazine_chunk_bytes);
+    }
   }
 
   // A newly constructed object stamped with the generation current when its
@@ -345,13 +416,18 @@ struct pool_internals {
     *s = slab{};
     link(s, partially_used);
     ++core.slab_count;
-    registry& r = the_registry();
-    std::lock_guard g(r.slabs_lock);
-    r.slabs[base] = {bytes, core.id};
     return s;
   }
 
   void* take_slot() noexcept {
+    if (magazine* m = core.unconstructed) {
+      void* object = m->items[--m->count];
+      if (m->count == 0) {
+        core.unconstructed = m->next;
+        free_magazine(m);
+      }
+      return object;
+    }
     slab* s = core.slabs[partially_used];
     if (s == nullptr) {
       s = core.slabs[unused];
@@ -377,6 +453,23 @@ struct pool_internals {
                                    ~(core.slab_bytes - 1));
   }
 
+  // Whether `object` lies in one of this cache's slabs; `at_object_start`:
+  // exactly where an object begins.  Debug checks only.
+  bool holds(void* object, bool& at_object_start) noexcept {
+    auto address = reinterpret_cast<std::uintptr_t>(object);
+    std::lock_guard g(core.slab_lock);
+    for (slab* list : core.slabs) {
+      for (slab* s = list; s != nullptr; s = s->next) {
+        auto base = reinterpret_cast<std::uintptr_t>(s);
+        if (address < base + core.slots_offset || address >= base + core.slab_bytes) continue;
+        std::uintptr_t offset = address - base - core.slots_offset;
+        at_object_start = offset % core.slot_size == core.object_offset;
+        return true;
+      }
+    }
+    return false;
+  }
+
   void release_slot(void* object) noexcept {
     header(object)->state = pool_object_state::free;
     slab* s = slab_of(object);
@@ -389,17 +482,22 @@ struct pool_internals {
   // Unmaps every unused slab; returns the bytes given back.
   std::size_t release_unused_slabs() noexcept {
     std::vector<slab*> victims;
+    magazine* emptied = nullptr;
     locked(core.slab_lock, [&] {
+      emptied = core.unconstructed;
+      core.unconstructed = nullptr;
+      for (magazine* m = emptied; m != nullptr; m = m->next) {
+        for (std::uint32_t i = 0; i < m->count; ++i) release_slot(m->items[i]);
+      }
       while (slab* s = core.slabs[unused]) {
         unlink(s);
         --core.slab_count;
         victims.push_back(s);
       }
     });
-    registry& r = the_registry();
-    {
-      std::lock_guard g(r.slabs_lock);
-      for (slab* s : victims) r.slabs.erase(reinterpret_cast<std::uintptr_t>(s));
+    while (magazine* m = emptied) {
+      emptied = m->next;
+      free_magazine(m);
     }
     for (slab* s : victims) munmap(s, core.slab_bytes);
     return victims.size() * core.slab_bytes;
@@ -432,7 +530,7 @@ struct pool_internals {
       }
       return e;
     });
-    if (m == nullptr) m = new (std::nothrow) magazine;
+    if (m == nullptr) m = alloc_magazine();
     if (m != nullptr) m->count = 0;
     return m;
   }
@@ -592,12 +690,7 @@ struct pool_internals {
       }
     });
     if (trimmed != nullptr) core.trims.fetch_add(1, std::memory_order_relaxed);
-    while (trimmed != nullptr) {
-      magazine* m = trimmed;
-      trimmed = m->next;
-      destroy(m->items, m->count);
-      delete m;
-    }
+    retire(trimmed);
     if (new_size != 0) set_magazine_size(new_size);
   }
 
@@ -627,20 +720,14 @@ struct pool_internals {
     }
   }
 
-  // Moves every object in the depot into `out`; the magazines go to the
-  // empty list.
-  void drain_depot(std::vector<void*>& out) {
-    locked(core.depot_lock, [&] {
-      while (magazine* m = core.full) {
-        core.full = m->next;
-        out.insert(out.end(), m->items, m->items + m->count);
-        m->count = 0;
-        m->next = core.empty;
-        core.empty = m;
-        ++core.empty_count;
-      }
+  // Takes every full magazine out of the depot.
+  magazine* detach_full() noexcept {
+    return locked(core.depot_lock, [&] {
+      magazine* list = core.full;
+      core.full = nullptr;
       core.full_count = 0;
       core.full_low_water = 0;
+      return list;
     });
   }
 
@@ -658,14 +745,17 @@ struct pool_internals {
     // test; under the slot lock in the portable backend), with the loads in
     // take_full/give under the depot lock, and with construct_new's check.
     // After it, no push of an older object can commit once the fence below
-    // has passed, and nothing older enters the depot after drain_depot.
+    // has passed, and nothing older enters the depot after detach_full.
     std::atomic_ref<std::uint64_t>(cache.generation_).fetch_add(1, std::memory_order_seq_cst);
     std::vector<void*> victims;
+    victims.reserve(std::size_t{cache.stops_.size()} * 2 * cache.magazine_size());
     {
+      // Signals blocked: a handler's get or put on this thread would wait
+      // for the stop words this thread holds.
       signals_blocked quiet;
       cache.stops_.visit_all([&](unsigned cpu) { drain_cpu(cpu, victims); });
     }
-    drain_depot(victims);
+    retire(detach_full());
     destroy(victims.data(), victims.size());
     core.invalidations.fetch_add(1, std::memory_order_relaxed);
   }
@@ -679,7 +769,7 @@ struct pool_internals {
       signals_blocked quiet;
       cache.stops_.visit(cpu, [&] { drain_cpu(cpu, victims); });
     }
-    drain_depot(victims);
+    retire(detach_full());
     destroy(victims.data(), victims.size());
   }
 
@@ -698,21 +788,25 @@ void pool_check_get(const raw_pool_cache* cache, void* object) noexcept {
 
 void pool_check_put(const raw_pool_cache* cache, void* object) noexcept {
   if (object == nullptr) misuse("put of a null pointer", cache, object);
-  auto address = reinterpret_cast<std::uintptr_t>(object);
+  // Which cache's slab holds the address, if any (walks every slab: the
+  // checks are for debugging, not for speed).
   std::uint32_t owner = 0;
+  bool at_object_start = false;
   {
     registry& r = the_registry();
-    std::lock_guard g(r.slabs_lock);
-    auto it = r.slabs.upper_bound(address);
-    if (it != r.slabs.begin()) {
-      --it;
-      if (address < it->first + it->second.first) owner = it->second.second;
+    std::lock_guard g(r.lock);
+    for (raw_pool_cache* c : r.caches) {
+      pool_internals in(*c);
+      if (in.holds(object, at_object_start)) {
+        owner = c->id();
+        break;
+      }
     }
   }
   if (owner == 0) misuse("put of a pointer no pool_cache handed out (foreign pointer)", cache, object);
-  pool_header* h = pool_object_header(object);
-  if (h->owner != owner) misuse("put of a pointer into the middle of a slab (foreign pointer)", cache, object);
+  if (!at_object_start) misuse("put of a pointer into the middle of an object (foreign pointer)", cache, object);
   if (owner != cache->id()) misuse("put to the wrong cache (the object belongs to another)", cache, object);
+  pool_header* h = pool_object_header(object);
   if (h->state == pool_object_state::cached) misuse("double put (the object is already cached)", cache, object);
   if (h->state != pool_object_state::in_use) misuse("put of an object that is not in use", cache, object);
   h->state = pool_object_state::cached;
@@ -756,7 +850,7 @@ raw_pool_cache::raw_pool_cache(pool_options options)
     part->array.capacity = 2 * magazine;
   }
   detail::registry& r = detail::the_registry();
-  std::lock_guard g(r.caches_lock);
+  std::lock_guard g(r.lock);
   c.id = r.next_id++;
   r.caches.push_back(this);
 }
@@ -766,17 +860,13 @@ raw_pool_cache::~raw_pool_cache() {
   pool_core& c = *core_;
   {
     detail::registry& r = detail::the_registry();
-    std::lock_guard g(r.caches_lock);
+    std::lock_guard g(r.lock);
     std::erase(r.caches, this);
   }
   std::vector<void*> victims;
   for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) in.drain_cpu(cpu, victims);
-  in.drain_depot(victims);
+  in.retire(in.detach_full());
   in.destroy(victims.data(), victims.size());
-  while (detail::magazine* m = c.empty) {
-    c.empty = m->next;
-    delete m;
-  }
 #if PERCPU_POOL_CHECKS
   std::uint64_t live = c.constructions.load() - c.destructions.load();
   if (live != 0) {
@@ -788,6 +878,7 @@ raw_pool_cache::~raw_pool_cache() {
   // Slabs with objects still in use are left mapped: their users may still
   // touch them.  Unused ones go back to the system.
   in.release_unused_slabs();
+  in.release_magazine_memory();
   free_raw(c.parts0);
 }
 
@@ -855,7 +946,7 @@ pool_stats raw_pool_cache::stats() const {
 
 std::vector<pool_stats> all_pool_stats() {
   detail::registry& r = detail::the_registry();
-  std::lock_guard g(r.caches_lock);
+  std::lock_guard g(r.lock);
   std::vector<pool_stats> out;
   out.reserve(r.caches.size());
   for (const raw_pool_cache* c : r.caches) out.push_back(c->stats());

@@ -12,6 +12,7 @@
 #include <regex>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "commands.hpp"
@@ -77,10 +78,11 @@ void write_json(const std::string& path, const std::vector<percpu_bench::result>
     char line[512];
     std::snprintf(
         line, sizeof line,
-        "%s\n    {\"name\": \"%s\", \"impl\": \"%s\", \"threads\": %u, \"ns_per_op\": %.4f, "
+        "%s\n    {\"name\": \"%s\", \"impl\": \"%s\", \"threads\": %u, %s\"ns_per_op\": %.4f, "
         "\"min_ns\": %.4f, \"max_ns\": %.4f, \"repetitions\": %u}",
         i == 0 ? "" : ",", json_escape(r.name).c_str(), json_escape(r.impl).c_str(), r.threads,
-        r.median_ns, r.min_ns, r.max_ns, r.repetitions);
+        r.size != 0 ? ("\"size\": " + std::to_string(r.size) + ", ").c_str() : "", r.median_ns,
+        r.min_ns, r.max_ns, r.repetitions);
     out << line;
   }
   out << "\n  ]\n}\n";
@@ -88,11 +90,12 @@ void write_json(const std::string& path, const std::vector<percpu_bench::result>
 
 // The baseline of each (name, threads) group: its "percpu" implementation,
 // or, where every implementation is percpu's own (counter.read), the first.
-std::map<std::pair<std::string, unsigned>, const percpu_bench::result*> baselines(
+using group_key = std::tuple<std::string, unsigned, std::size_t>;
+std::map<group_key, const percpu_bench::result*> baselines(
     const std::vector<percpu_bench::result>& results) {
-  std::map<std::pair<std::string, unsigned>, const percpu_bench::result*> base;
+  std::map<group_key, const percpu_bench::result*> base;
   for (const auto& r : results) {
-    auto key = std::make_pair(r.name, r.threads);
+    group_key key{r.name, r.threads, r.size};
     if (base.count(key) == 0 || (r.impl == "percpu" && base[key]->impl != "percpu")) base[key] = &r;
   }
   return base;
@@ -111,7 +114,7 @@ void print_table(const std::vector<percpu_bench::result>& results) {
     }
     char range[40];
     std::snprintf(range, sizeof range, "%.2f - %.2f", r.min_ns, r.max_ns);
-    const percpu_bench::result* b = base[{r.name, r.threads}];
+    const percpu_bench::result* b = base[{r.name, r.threads, r.size}];
     char verdict[96] = "baseline";
     if (b != &r && b->median_ns > 0 && r.median_ns > 0) {
       double ratio = r.median_ns / b->median_ns;
@@ -122,7 +125,8 @@ void print_table(const std::vector<percpu_bench::result>& results) {
         std::snprintf(verdict, sizeof verdict, "%.2fx the time of %s", ratio, b->impl.c_str());
       }
     }
-    std::printf("%-16s %3u  %-16s %10.2f  %-19s  %s\n", r.name.c_str(), r.threads, r.impl.c_str(),
+    std::string label = r.size != 0 ? r.name + " " + std::to_string(r.size) + "B" : r.name;
+    std::printf("%-16s %3u  %-16s %10.2f  %-19s  %s\n", label.c_str(), r.threads, r.impl.c_str(),
                 r.median_ns, range, verdict);
   }
 }

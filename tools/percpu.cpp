@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "child.hpp"
 #include "commands.hpp"
 
 namespace {
@@ -41,6 +42,7 @@ int main(int argc, char** argv) {
   try {
     if (command == "info") return percpu_tool::info(args);
     if (command == "bench") return percpu_tool::bench(args);
+    if (command == "bench-child") return percpu_bench::child_main(args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "percpu %s: %s\n", command.c_str(), e.what());
     return 1;

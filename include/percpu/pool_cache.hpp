@@ -99,6 +99,9 @@ struct pool_options {
   bool (*construct)(void* object, void* arg) = nullptr;
   // Destroys a constructed object.  Null: none.
   void (*destroy)(void* object, void* arg) noexcept = nullptr;
+  // Optional: destroys n objects at once (invalidate() and trims call it
+  // with whole magazines).  Null: `destroy` one by one.
+  void (*destroy_batch)(void* const* objects, std::size_t n, void* arg) noexcept = nullptr;
   void* arg = nullptr;
   std::string name = "pool";
   // Objects per magazine at start; it adapts between 4 and 128.  0: 32.
@@ -259,6 +262,9 @@ class pool_cache {
     }
   }
   static void destroy(void* object, void*) noexcept { static_cast<T*>(object)->~T(); }
+  static void destroy_batch(void* const* objects, std::size_t n, void*) noexcept {
+    for (std::size_t i = 0; i < n; ++i) static_cast<T*>(objects[i])->~T();
+  }
 
   pool_options make_options(std::string name) {
     pool_options o;
@@ -266,6 +272,7 @@ class pool_cache {
     o.alignment = alignof(T);
     o.construct = &construct;
     o.destroy = std::is_trivially_destructible_v<T> ? nullptr : &destroy;
+    o.destroy_batch = std::is_trivially_destructible_v<T> ? nullptr : &destroy_batch;
     o.arg = this;
     o.name = std::move(name);
     return o;

@@ -209,7 +209,8 @@ inline status push(void* arr0, const std::uint32_t* stop0, void* item,
            "cmpl 12(%%rax), %%ecx\n\t"
            "jae %l[failed]\n\t"
            "movq (%%rax), %%rdx\n\t"
-           "movq %[item], (%%rdx, %%rcx, 8)\n\t"
+           "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
+           "movq %[item], (%%rdx)\n\t"
            "addl $1, %%ecx\n\t"
            "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            :
@@ -220,10 +221,12 @@ inline status push(void* arr0, const std::uint32_t* stop0, void* item,
   PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
 
-// *out = items[--count], unless count == 0 (failed).  The store to *out is
-// the caller's private memory and is redone on restart; the count store
-// commits.
+// *out = items[--count], unless count == 0 (failed).  The item comes out
+// in a register (an asm goto output, valid on the committed fall-through
+// path only) and is stored to *out after the sequence, so that a caller
+// which inlines this keeps it in a register; the count store commits.
 inline status pop(void* arr0, const std::uint32_t* stop0, void** out) noexcept {
+  void* item;
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "addq %[arr0], %%rax\n\t"
            "movl 8(%%rax), %%ecx\n\t"
@@ -231,13 +234,14 @@ inline status pop(void* arr0, const std::uint32_t* stop0, void** out) noexcept {
            "jz %l[failed]\n\t"
            "subl $1, %%ecx\n\t"
            "movq (%%rax), %%rdx\n\t"
-           "movq (%%rdx, %%rcx, 8), %%rdx\n\t"
-           "movq %%rdx, (%[out])\n\t"
+           "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
+           "movq (%%rdx), %[item]\n\t"
            "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
-           :
-           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [out] "r"(out)
+           : [item] "=r"(item)
+           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0)
            : "memory", "cc", "rax", "rcx", "rdx"
            : unregistered, stopped, aborted, failed);
+  *out = item;
   PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
 
