@@ -47,6 +47,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <utility>
 
 #include "percpu/detail/futex.hpp"
 #include "xcall_internal.hpp"
@@ -71,7 +72,8 @@ struct alignas(64) call {
   call* next = nullptr;  // queue link, written by the caller before the push
   std::atomic<std::uint32_t> busy{idle};
   unsigned cpu = 0;
-  bool anywhere = false;  // a barrier marker: position in the queue only
+  bool anywhere = false;    // a barrier marker: position in the queue only
+  bool skippable = false;   // part of a broadcast: off-CPU means skipped, not failed
   outcome result = outcome::returned;
   const char* label = "";
   std::uint64_t seq = 0;
@@ -109,8 +111,9 @@ void cpu_pause() noexcept {
 #endif
 }
 
-// Spins until pred() holds or `budget_ns` passed; pause at first, then
-// yield the CPU (a waiter on the target's own CPU must let it run).
+// Spins until pred() holds or `budget_ns` passed, yielding the CPU every
+// 64 pauses: a runnable thread on the same CPU (a waiter woken there, a
+// service thread with work) must not wait for the poller's time slice.
 template <class Pred>
 bool poll_until(Pred pred, long budget_ns) noexcept {
   long start = now_ns();
@@ -118,7 +121,7 @@ bool poll_until(Pred pred, long budget_ns) noexcept {
     if (pred()) return true;
     if (spins % 64 == 63) {
       if (now_ns() - start > budget_ns) return false;
-      if (spins > 1024) sched_yield();
+      sched_yield();
     }
     cpu_pause();
   }
@@ -215,6 +218,7 @@ class caller_ring {
     c.seq = seq;
     c.label = label;
     c.anywhere = false;
+    c.skippable = false;
     c.result = outcome::returned;
     return c;
   }
@@ -222,8 +226,10 @@ class caller_ring {
   call& reserved() noexcept { return at(head_); }
   void commit() noexcept { ++head_; }
 
-  void wait_through(std::uint64_t seq) {
-    if (!calls_) return;
+  // Waits for every call up to `seq`; returns the CPUs that broadcasts among
+  // them skipped at run time.
+  cpu_bits wait_through(std::uint64_t seq) {
+    if (!calls_) return {};
     long deadline = now_ns() + timeout_ms.load(std::memory_order_relaxed) * 1000000;
     for (; tail_ != head_ && at(tail_).seq <= seq; ++tail_) {
       if (!wait_one(at(tail_), deadline)) throw_timeout(at(tail_));
@@ -235,8 +241,9 @@ class caller_ring {
       if (f.result == outcome::threw) std::rethrow_exception(f.exception);
       fail(errc::cpu_unavailable, f.cpu,
            "CPU " + std::to_string(f.cpu) + " is unavailable (its service thread cannot run "
-           "there: offline or outside the process's cpuset); function " + f.label + " did not run");
+           "there: offline, or outside the process's CPUs); function " + f.label + " did not run");
     }
+    return std::exchange(skipped_, cpu_bits{});
   }
 
   // fork() child: the service threads are gone; abandon what was in flight
@@ -251,6 +258,7 @@ class caller_ring {
       c.busy.store(idle, std::memory_order_relaxed);
     }
     failure_ = pending_failure{};
+    skipped_.reset();
   }
 
   std::uint64_t last_seq() const noexcept { return last_seq_; }
@@ -261,7 +269,10 @@ class caller_ring {
     // release exchange in complete(), so the callee's writes (and the
     // callable's destruction) happen before the caller goes on.
     auto done = [&c] { return c.busy.load(std::memory_order_acquire) == idle; };
-    if (poll_until(done, spin_wait_ns)) return true;
+    // Spinning pays only while the target runs elsewhere; a call to the
+    // waiter's own CPU needs this CPU, so the waiter sleeps at once.
+    if (sched_getcpu() != static_cast<int>(c.cpu) && poll_until(done, spin_wait_ns)) return true;
+    if (done()) return true;
     for (;;) {
       std::uint32_t seen = in_flight;
       if (!c.busy.compare_exchange_strong(seen, waiter_asleep, std::memory_order_acquire,
@@ -280,7 +291,9 @@ class caller_ring {
   call& at(std::uint64_t i) const noexcept { return calls_[i & mask_]; }
 
   void reap(call& c) noexcept {
-    if (c.result != outcome::returned && !c.anywhere && !failure_.set) {
+    if (c.result == outcome::off_cpu && c.skippable) {
+      skipped_.set(c.cpu);
+    } else if (c.result != outcome::returned && !failure_.set) {
       failure_ = pending_failure{true, c.seq, c.cpu, c.result, c.label, c.exception};
     }
     c.exception = nullptr;
@@ -300,17 +313,22 @@ class caller_ring {
   std::uint64_t tail_ = 0;
   std::uint64_t last_seq_ = 0;
   pending_failure failure_;
+  cpu_bits skipped_;  // CPUs broadcasts skipped, since the last wait
 };
 
 thread_local caller_ring ring;
 
 // ---- Target side: service threads ----------------------------------------------
 
-// True when the calling service thread runs on `cpu`, moving it back there
-// if its affinity was changed from outside.  Never lets a call run off-CPU.
+// True when the calling service thread runs on `cpu`.  A thread pinned
+// there finds itself elsewhere only when the CPU went offline, the cpuset
+// shrank, or someone restricted the process's threads (taskset -a): it
+// respects such a restriction (moving back only if its mask still allows
+// `cpu`), and never lets a call run off its CPU.
 bool on_cpu(unsigned cpu) noexcept {
   if (sched_getcpu() == static_cast<int>(cpu)) return true;
   cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) != 0 || !CPU_ISSET(cpu, &set)) return false;
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
   if (sched_setaffinity(0, sizeof set, &set) != 0) return false;
@@ -518,8 +536,10 @@ std::uint64_t open_ticket() {
   return ring.open_ticket();
 }
 
-inline_function& reserve(unsigned cpu, std::uint64_t seq, const char* label) {
-  return ring.reserve(cpu, seq, label).fn;
+inline_function& reserve(unsigned cpu, std::uint64_t seq, const char* label, bool skippable) {
+  call& c = ring.reserve(cpu, seq, label);
+  c.skippable = skippable;
+  return c.fn;
 }
 
 void post() {
@@ -535,45 +555,31 @@ void cancel() noexcept {
 void unicast_target(unsigned cpu) {
   check_cpu(cpu);
   if (static_cast<int>(cpu) == current_service) refuse_in_service("a call to the same CPU");
-  // A service thread is pinned to its own CPU, so its mask says nothing of
-  // the process's: it calls other CPUs unchecked (their service threads
-  // still refuse to run a call off their CPU).
-  if (current_service < 0) {
-    cpu_set_t mask;
-    if (sched_getaffinity(0, sizeof mask, &mask) == 0 && !CPU_ISSET(cpu, &mask)) {
-      fail(errc::cpu_not_allowed, cpu,
-           "CPU " + std::to_string(cpu) + " is outside the calling thread's affinity mask");
-    }
-  }
+  // The calling thread's own mask does not matter (a thread pinned to one
+  // CPU may call another); the target's service thread decides whether the
+  // process may run there: it cannot be started, or it finds itself off the
+  // CPU and reports cpu_unavailable through the wait.
   ensure_service(cpu);
 }
 
 void broadcast_targets(broadcast_ticket& t) {
   refuse_in_service("a broadcast");
   registry& r = the_registry();
-  cpu_set_t mask;
-  CPU_ZERO(&mask);
-  if (sched_getaffinity(0, sizeof mask, &mask) != 0) CPU_SET(0, &mask);
   for (unsigned cpu = 0; cpu < r.count; ++cpu) {
     if (!r.possible.test(cpu)) continue;
-    (CPU_ISSET(cpu, &mask) ? t.targets : t.skipped).set(cpu);
-  }
-  for (unsigned cpu = 0; cpu < r.count; ++cpu) {
-    if (!t.targets.test(cpu)) continue;
     try {
       ensure_service(cpu);
+      t.targets.set(cpu);
     } catch (const error&) {
-      // Allowed by the mask but unusable (offline since): skipped too.
-      t.targets.reset(cpu);
-      t.skipped.set(cpu);
+      t.skipped.set(cpu);  // offline, or outside the process's cpuset
     }
   }
 }
 
 }  // namespace detail
 
-void wait(ticket t) {
-  ring.wait_through(t.seq);
+cpu_bits wait(ticket t) {
+  return ring.wait_through(t.seq);
 }
 
 void barrier() {
@@ -590,7 +596,7 @@ void barrier() {
     ring.commit();
     push(c);
   }
-  ring.wait_through(seq);
+  static_cast<void>(ring.wait_through(seq));
 }
 
 namespace testing {

@@ -45,8 +45,7 @@ namespace percpu::xcall {
 
 enum class errc : std::uint8_t {
   cpu_out_of_range,  // not a CPU number on-CPU calls accept (see cpu_limit())
-  cpu_not_allowed,   // outside the calling thread's affinity mask
-  cpu_unavailable,   // the service thread cannot run on the CPU (offline, cpuset)
+  cpu_unavailable,   // the process may not run there (offline, cpuset, restricted)
   recursive_call,    // a call to the CPU whose service thread is the caller
   timeout,           // did not complete within timeout(); still in flight
 };
@@ -79,8 +78,8 @@ struct ticket {
 
 // A broadcast's ticket and the CPUs it did and did not reach.
 struct broadcast_ticket : ticket {
-  cpu_bits targets;  // CPUs a call was queued for
-  cpu_bits skipped;  // possible CPUs outside the caller's affinity mask
+  cpu_bits targets;  // CPUs a call was queued for (run, unless wait() says skipped)
+  cpu_bits skipped;  // possible CPUs the process may not run on (no call queued)
 };
 
 // ---- Configuration --------------------------------------------------------
@@ -106,24 +105,25 @@ using percpu::detail::inline_function;
 // open_ticket: the calling thread's next ticket number (allocates the
 // thread's descriptors on its first call).  reserve: checks nothing, waits
 // for this thread's oldest call when all descriptors are in flight, and
-// returns the next descriptor's function slot for `cpu`.  post: queues it.
+// returns the next descriptor's function slot for `cpu` (skippable: part of
+// a broadcast, skipped rather than failed off-CPU).  post: queues it.
 // cancel: gives back a reserved descriptor whose callable could not be
 // copied.
 std::uint64_t open_ticket();
-inline_function& reserve(unsigned cpu, std::uint64_t seq, const char* label);
+inline_function& reserve(unsigned cpu, std::uint64_t seq, const char* label, bool skippable);
 void post();
 void cancel() noexcept;
 
-// Checks of the target, throwing xcall::error: unicast_target checks range,
-// recursion and the caller's affinity mask and starts the CPU's service
-// thread; broadcast_targets fills the ticket's targets and skipped sets and
-// starts every target's service thread.
+// Checks of the target, throwing xcall::error: unicast_target checks range
+// and recursion and starts the CPU's service thread; broadcast_targets
+// refuses recursion, starts every possible CPU's service thread and fills
+// the ticket's targets (started) and skipped (could not be started).
 void unicast_target(unsigned cpu);
 void broadcast_targets(broadcast_ticket& t);
 
 template <class F>
-void issue(unsigned cpu, std::uint64_t seq, F&& f) {
-  inline_function& slot = reserve(cpu, seq, typeid(std::decay_t<F>).name());
+void issue(unsigned cpu, std::uint64_t seq, bool skippable, F&& f) {
+  inline_function& slot = reserve(cpu, seq, typeid(std::decay_t<F>).name(), skippable);
   try {
     slot.emplace(std::forward<F>(f));
   } catch (...) {
@@ -143,53 +143,61 @@ void issue(unsigned cpu, std::uint64_t seq, F&& f) {
 // larger callable does not compile.  An exception thrown by f is rethrown by
 // the wait that covers the call.
 
-// Queues f for `cpu` and returns at once.  Throws error: cpu_out_of_range,
-// recursive_call (the caller is cpu's service thread), cpu_not_allowed (cpu
-// is outside the calling thread's affinity mask), cpu_unavailable (its
-// service thread could not be pinned there); or a timeout when all of the
-// thread's descriptors are in flight and the oldest does not complete.
+// Queues f for `cpu` and returns at once.  The calling thread's own
+// affinity mask does not matter (a pinned thread may call any CPU).  Throws
+// error: cpu_out_of_range, recursive_call (the caller is cpu's service
+// thread), cpu_unavailable (its service thread cannot be pinned there); or
+// a timeout when all of the thread's descriptors are in flight and the
+// oldest does not complete.
 template <class F>
 ticket unicast(unsigned cpu, F&& f) {
   detail::unicast_target(cpu);
   ticket t{detail::open_ticket()};
-  detail::issue(cpu, t.seq, std::forward<F>(f));
+  detail::issue(cpu, t.seq, false, std::forward<F>(f));
   return t;
 }
 
-// Queues a copy of f for every CPU in the calling thread's affinity mask;
-// CPUs outside it are skipped and listed in the result.  Throws
-// recursive_call from a service thread.
+// Queues a copy of f for every possible CPU the process may run on; the
+// others are skipped and listed in the result (and in what wait() returns,
+// for CPUs found unavailable when the call was run).  Throws recursive_call
+// from a service thread.
 template <class F>
 broadcast_ticket broadcast(F&& f) {
   broadcast_ticket t;
   detail::broadcast_targets(t);
   t.seq = detail::open_ticket();
   for (unsigned cpu = 0; cpu < max_cpus; ++cpu) {
-    if (t.targets.test(cpu)) detail::issue(cpu, t.seq, f);
+    if (t.targets.test(cpu)) detail::issue(cpu, t.seq, true, f);
   }
   return t;
 }
 
 // Returns once every call the calling thread issued up to and including `t`
-// has returned on its CPU; the callees' writes are visible to the caller
-// (the completion is a release, this wait an acquire).  Rethrows the first
-// exception of those calls, or throws error: cpu_unavailable (the service
-// thread found itself off its CPU and could not move back: f did not run),
+// has returned on its CPU (tickets belong to the thread that issued them);
+// the callees' writes are visible to the caller (the completion is a
+// release, this wait an acquire).  Returns the CPUs that broadcasts among
+// those calls skipped because their service thread found itself off its CPU
+// (the process's threads were restricted, the cpuset shrank, the CPU went
+// offline): f did not run there.  Rethrows the first exception of those
+// calls, or throws error: cpu_unavailable (the same for a unicast),
 // timeout (a call did not complete within timeout(); it stays in flight and
 // a later wait waits for it again).
-void wait(ticket t);
+cpu_bits wait(ticket t);
 
 // unicast + wait.
 template <class F>
 void unicast_sync(unsigned cpu, F&& f) {
-  wait(unicast(cpu, std::forward<F>(f)));
+  static_cast<void>(wait(unicast(cpu, std::forward<F>(f))));
 }
 
-// broadcast + wait; the result says which CPUs were reached.
+// broadcast + wait; the result says which CPUs f ran on (targets) and
+// which were skipped.
 template <class F>
 broadcast_ticket broadcast_sync(F&& f) {
   broadcast_ticket t = broadcast(std::forward<F>(f));
-  wait(t);
+  cpu_bits skipped_late = wait(t);
+  t.targets &= ~skipped_late;
+  t.skipped |= skipped_late;
   return t;
 }
 
