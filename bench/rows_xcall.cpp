@@ -50,7 +50,9 @@ void pin_self(unsigned cpu) {
 
 class unicast_percpu final : public body {
  public:
-  unicast_percpu() : cpu_(other_cpu()) { percpu::xcall::unicast_sync(cpu_, [] {}); }
+  unicast_percpu() : cpu_(other_cpu()) {
+    percpu::xcall::unicast_sync(cpu_, [] {});
+  }
   void run(unsigned, std::uint64_t n) override {
     std::uint64_t ran = 0;
     for (std::uint64_t i = 0; i < n; ++i) {
@@ -135,7 +137,9 @@ class condvar_pingpong final : public body {
 
 class broadcast_percpu final : public body {
  public:
-  broadcast_percpu() { static_cast<void>(percpu::xcall::broadcast_sync([] {})); }
+  broadcast_percpu() {
+    static_cast<void>(percpu::xcall::broadcast_sync([] {}));
+  }
   void run(unsigned, std::uint64_t n) override {
     for (std::uint64_t i = 0; i < n; ++i) {
       static_cast<void>(percpu::xcall::broadcast_sync([] {}));

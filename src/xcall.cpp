@@ -72,8 +72,8 @@ struct alignas(64) call {
   call* next = nullptr;  // queue link, written by the caller before the push
   std::atomic<std::uint32_t> busy{idle};
   unsigned cpu = 0;
-  bool anywhere = false;    // a barrier marker: position in the queue only
-  bool skippable = false;   // part of a broadcast: off-CPU means skipped, not failed
+  bool anywhere = false;   // a barrier marker: position in the queue only
+  bool skippable = false;  // part of a broadcast: off-CPU means skipped, not failed
   outcome result = outcome::returned;
   const char* label = "";
   std::uint64_t seq = 0;
@@ -132,8 +132,8 @@ void reset_after_fork() noexcept;
 // Every target CPU's service; never destroyed (service threads may still
 // touch it while the program exits).
 struct registry {
-  unsigned count = 1;   // CPU numbers below it are accepted
-  cpu_bits possible;    // the possible CPUs among them
+  unsigned count = 1;  // CPU numbers below it are accepted
+  cpu_bits possible;   // the possible CPUs among them
   service* services;
 
   registry() {
@@ -240,8 +240,10 @@ class caller_ring {
       failure_ = pending_failure{};
       if (f.result == outcome::threw) std::rethrow_exception(f.exception);
       fail(errc::cpu_unavailable, f.cpu,
-           "CPU " + std::to_string(f.cpu) + " is unavailable (its service thread cannot run "
-           "there: offline, or outside the process's CPUs); function " + f.label + " did not run");
+           "CPU " + std::to_string(f.cpu) +
+               " is unavailable (its service thread cannot run "
+               "there: offline, or outside the process's CPUs); function " +
+               f.label + " did not run");
     }
     return std::exchange(skipped_, cpu_bits{});
   }
@@ -366,8 +368,7 @@ void serve(service& s, unsigned cpu) {
     // descriptor taken is seen fully filled.
     call* list = s.head.exchange(nullptr, std::memory_order_acquire);
     if (list == nullptr) {
-      if (poll_until([&s] { return s.head.load(std::memory_order_relaxed) != nullptr; },
-                     poll_ns)) {
+      if (poll_until([&s] { return s.head.load(std::memory_order_relaxed) != nullptr; }, poll_ns)) {
         continue;
       }
       // Dekker with post(): seq_cst store of `sleeping`, then seq_cst load of
@@ -468,8 +469,8 @@ void push(call& c) noexcept {
     // seq_cst (a release and more): publishes the filled descriptor to the
     // service thread's acquire exchange, and is the store half of the
     // Dekker pair with serve()'s `sleeping` store (see there).
-  } while (!s.head.compare_exchange_weak(old, &c, std::memory_order_seq_cst,
-                                         std::memory_order_relaxed));
+  } while (
+      !s.head.compare_exchange_weak(old, &c, std::memory_order_seq_cst, std::memory_order_relaxed));
   // Wake only on the empty -> non-empty transition, and only if the thread
   // is (about to be) asleep; exchange so that one caller pays the syscall.
   if (old == nullptr && s.sleeping.load(std::memory_order_seq_cst) != 0 &&

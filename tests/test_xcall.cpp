@@ -161,15 +161,17 @@ TEST(Xcall, TicketsCompleteInOrderAndBarrierCoversEveryEarlierCall) {
   unsigned cpu = reachable_cpus().back();
   std::vector<int> order;  // appended by the one service thread of `cpu`
   order.reserve(400);
-  std::vector<xc::ticket> tickets;
+  std::atomic<int> completed{0};
+  std::vector<xc::ticket> tickets(50);
   for (int i = 0; i < 50; ++i) {
-    tickets.push_back(xc::unicast(cpu, [&order, i] {
+    tickets[static_cast<std::size_t>(i)] = xc::unicast(cpu, [&order, &completed, i] {
       if (i == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
       order.push_back(i);
-    }));
+      completed.fetch_add(1);
+    });
   }
   xc::wait(tickets[24]);
-  EXPECT_GE(order.size(), 25U);
+  EXPECT_GE(completed.load(), 25);
   xc::wait(tickets.back());
   ASSERT_EQ(order.size(), 50U);
   for (int i = 0; i < 50; ++i) EXPECT_EQ(order[static_cast<std::size_t>(i)], i);
@@ -205,6 +207,7 @@ TEST(Xcall, ConcurrentCallersLoseAndDuplicateNothing) {
   std::vector<std::atomic<int>> hits(static_cast<std::size_t>(threads) * calls);
   std::vector<int> expected(hits.size(), 0);
   std::vector<std::thread> callers;
+  callers.reserve(threads);
   for (int t = 0; t < threads; ++t) {
     callers.emplace_back([&, t] {
       xc::ticket last;
@@ -341,7 +344,7 @@ TEST(Xcall, CpuOutsideTheAffinityMaskIsReportedAndStillVisited) {
   CPU_SET(kept, &only);
   while (dirent* e = readdir(dir)) {
     if (e->d_name[0] == '.') continue;
-    pid_t tid = static_cast<pid_t>(std::atoi(e->d_name));
+    pid_t tid = static_cast<pid_t>(std::strtol(e->d_name, nullptr, 10));
     cpu_set_t mask;
     if (sched_getaffinity(tid, sizeof mask, &mask) != 0) continue;
     saved.emplace_back(tid, mask);
@@ -499,9 +502,8 @@ TEST(Xcall, ForkDuringActivityLeavesBothProcessesWorking) {
   for (int round = 0; round < 3; ++round) {
     // Leave a few of this thread's own calls in flight across the fork.
     for (unsigned cpu : cpus) {
-      static_cast<void>(xc::unicast(cpu, [] {
-        std::this_thread::sleep_for(std::chrono::microseconds(300));
-      }));
+      static_cast<void>(
+          xc::unicast(cpu, [] { std::this_thread::sleep_for(std::chrono::microseconds(300)); }));
     }
     pid_t pid = fork();
     ASSERT_GE(pid, 0);

@@ -24,8 +24,14 @@ class inline_function {
   // Bytes a callable may occupy (captures included).
   static constexpr std::size_t capacity = 64;
 
+  // Strictest alignment a callable may ask for.
+  static constexpr std::size_t alignment = alignof(std::max_align_t);
+
+  static constexpr bool fits_layout(std::size_t size, std::size_t align) noexcept {
+    return size <= capacity && align <= alignment;
+  }
   template <class F>
-  static constexpr bool fits = sizeof(F) <= capacity && alignof(F) <= alignof(std::max_align_t);
+  static constexpr bool fits = fits_layout(sizeof(F), alignof(F));
 
   inline_function() = default;
   inline_function(const inline_function&) = delete;
@@ -74,7 +80,7 @@ class inline_function {
   }
 
  private:
-  alignas(std::max_align_t) std::byte buffer_[capacity];
+  alignas(alignment) std::byte buffer_[capacity];
   void (*invoke_)(void*, unsigned) = nullptr;
   void (*destroy_)(void*) noexcept = nullptr;
 };
