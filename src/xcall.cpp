@@ -263,12 +263,10 @@ class caller_ring {
     skipped_.reset();
   }
 
-  std::uint64_t last_seq() const noexcept { return last_seq_; }
-
   // Waits until c completes (true) or the deadline passes (false).
   static bool wait_one(call& c, long deadline) noexcept {
     // Acquire, everywhere busy is read as idle: pairs with the target's
-    // release exchange in complete(), so the callee's writes (and the
+    // release exchange in run(), so the callee's writes (and the
     // callable's destruction) happen before the caller goes on.
     auto done = [&c] { return c.busy.load(std::memory_order_acquire) == idle; };
     // Spinning pays only while the target runs elsewhere; a call to the
