@@ -111,17 +111,23 @@ void cpu_pause() noexcept {
 #endif
 }
 
-// Spins until pred() holds or `budget_ns` passed, yielding the CPU every
-// 64 pauses: a runnable thread on the same CPU (a waiter woken there, a
-// service thread with work) must not wait for the poller's time slice.
+// Spins until pred() holds or `budget_ns` passed.  After the first
+// yield_after_ns it also yields the CPU about every microsecond: a runnable
+// thread on the same CPU (a waiter woken there, a service thread with work)
+// must not wait for the poller's time slice.  Not earlier, because a
+// sched_yield costs about 1.5 us in a VM, and a reply that arrives during
+// one is seen that much later.
+constexpr long yield_after_ns = 5000;
+
 template <class Pred>
 bool poll_until(Pred pred, long budget_ns) noexcept {
   long start = now_ns();
   for (unsigned spins = 0;; ++spins) {
     if (pred()) return true;
-    if (spins % 64 == 63) {
-      if (now_ns() - start > budget_ns) return false;
-      sched_yield();
+    if (spins % 16 == 15) {
+      long spent = now_ns() - start;
+      if (spent > budget_ns) return false;
+      if (spent > yield_after_ns) sched_yield();
     }
     cpu_pause();
   }
@@ -335,8 +341,9 @@ bool on_cpu(unsigned cpu) noexcept {
   return sched_getcpu() == static_cast<int>(cpu);
 }
 
-// Runs one call and hands the descriptor back to its caller.
-void run(call& c, unsigned cpu) noexcept {
+// Runs one call and hands the descriptor back to its caller; true when the
+// caller was asleep and had to be woken.
+bool run(call& c, unsigned cpu) noexcept {
   if (c.anywhere) {
     c.result = outcome::returned;
   } else if (!on_cpu(cpu)) {
@@ -357,7 +364,9 @@ void run(call& c, unsigned cpu) noexcept {
   // last access to *c except the wake below: the caller may reuse the
   // descriptor at once.  (A wake on a descriptor already reused is a
   // spurious wake-up, which every futex waiter tolerates.)
-  if (c.busy.exchange(idle, std::memory_order_release) == waiter_asleep) futex_wake_all(c.busy);
+  if (c.busy.exchange(idle, std::memory_order_release) != waiter_asleep) return false;
+  futex_wake_all(c.busy);
+  return true;
 }
 
 void serve(service& s, unsigned cpu) {
@@ -387,13 +396,17 @@ void serve(service& s, unsigned cpu) {
       ordered = list;
       list = next;
     }
+    bool woke = false;
     while (ordered != nullptr) {
       // Read the link before completing the call: afterwards the caller may
       // re-queue the descriptor and overwrite it.
       call* next = ordered->next;
-      run(*ordered, cpu);
+      woke |= run(*ordered, cpu);
       ordered = next;
     }
+    // A woken waiter may be waiting for this very CPU (a call to its own
+    // CPU, a broadcast): let it run before polling.
+    if (woke) sched_yield();
   }
 }
 
