@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -23,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "child_process.hpp"
 #include "percpu/storage.hpp"
 #include "percpu/xcall.hpp"
 #include "xcall_internal.hpp"
@@ -485,6 +487,31 @@ TEST(Xcall, IdleServiceThreadSleeps) {
   long after = thread_cpu_ns(thread);
   ASSERT_GE(before, 0);
   EXPECT_LT(after - before, 2000000) << "ns of CPU time over an idle second";
+}
+
+// The program exits (std::exit from main's thread) while its service
+// threads are alive and calls are still queued: the exit neither hangs nor
+// crashes, and the exiting thread's calls complete first.
+TEST(Xcall, ProgramExitWithServiceThreadsAlive) {
+  if (percpu_test::in_child()) {
+    static std::atomic<int> ran{0};
+    for (unsigned cpu : reachable_cpus()) {
+      for (int i = 0; i < 20; ++i) {
+        static_cast<void>(xc::unicast(cpu, [] {
+          std::this_thread::sleep_for(std::chrono::microseconds(100));
+          ran.fetch_add(1);
+        }));
+      }
+    }
+    static_cast<void>(xc::broadcast([] { ran.fetch_add(1); }));
+    std::atexit([] { std::printf("calls run before exit: %d\n", ran.load()); });
+    std::exit(0);
+  }
+  auto child = percpu_test::run_self("Xcall.ProgramExitWithServiceThreadsAlive", {});
+  EXPECT_EQ(child.exit_code, 0) << child.output;
+  EXPECT_EQ(child.output.find("leaked"), std::string::npos) << child.output;
+  auto expected = "calls run before exit: " + std::to_string(21 * reachable_cpus().size());
+  EXPECT_NE(child.output.find(expected), std::string::npos) << child.output;
 }
 
 // fork() while calls are in flight: parent and child both keep working.
