@@ -505,7 +505,7 @@ TEST(Xcall, ProgramExitWithServiceThreadsAlive) {
     }
     static_cast<void>(xc::broadcast([] { ran.fetch_add(1); }));
     std::atexit([] { std::printf("calls run before exit: %d\n", ran.load()); });
-    std::exit(0);
+    std::exit(0);  // NOLINT(concurrency-mt-unsafe): exiting while threads run is the test
   }
   auto child = percpu_test::run_self("Xcall.ProgramExitWithServiceThreadsAlive", {});
   EXPECT_EQ(child.exit_code, 0) << child.output;
