@@ -25,6 +25,7 @@ std::vector<row> all_rows(std::vector<missing_peer>& missing) {
   add_foundation_rows(rows);
   add_counter_rows(rows, missing);
   add_pool_rows(rows, missing);
+  add_xcall_rows(rows);
   return rows;
 }
 

@@ -103,5 +103,6 @@ double measure_once(body& b, unsigned threads, std::uint64_t iterations);
 void add_foundation_rows(std::vector<row>& rows);
 void add_counter_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
 void add_pool_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
+void add_xcall_rows(std::vector<row>& rows);
 
 }  // namespace percpu_bench

@@ -24,6 +24,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <span>
 #include <stdexcept>
 #include <string>
 
@@ -99,13 +101,35 @@ void stop_state::lock_word(unsigned cpu) noexcept {
   }
 }
 
-void stop_state::stop(unsigned cpu) {
-  if (cpu >= slots_) {
-    throw std::out_of_range("percpu::stop_state::stop: CPU " + std::to_string(cpu) +
-                            " is out of range (cpu_count() is " + std::to_string(slots_) + ")");
+namespace {
+
+// Calls f(state) for each distinct structure of `states` in ascending
+// address order (the global lock order, see stop.hpp), without allocating.
+template <class F>
+void for_each_by_address(std::span<stop_state* const> states, F&& f) {
+  const stop_state* last = nullptr;
+  for (std::size_t done = 0; done < states.size(); ++done) {
+    stop_state* next = nullptr;
+    for (stop_state* s : states) {
+      bool after_last = last == nullptr || std::less<const stop_state*>()(last, s);
+      if (after_last && (next == nullptr || std::less<const stop_state*>()(s, next))) next = s;
+    }
+    if (next == nullptr) return;  // duplicates: fewer distinct structures
+    f(*next);
+    last = next;
   }
-  lock_word(cpu);
-  fence(static_cast<int>(cpu));
+}
+
+[[noreturn]] void out_of_range(unsigned cpu, unsigned slots) {
+  throw std::out_of_range("percpu::stop_state::stop: CPU " + std::to_string(cpu) +
+                          " is out of range (cpu_count() is " + std::to_string(slots) + ")");
+}
+
+}  // namespace
+
+void stop_state::stop(unsigned cpu) {
+  stop_state* self = this;
+  stop(std::span<stop_state* const>(&self, 1), cpu);
 }
 
 void stop_state::start(unsigned cpu) noexcept {
@@ -116,13 +140,37 @@ void stop_state::start(unsigned cpu) noexcept {
 }
 
 void stop_state::stop_all() {
-  // Ascending order: two stop_all callers cannot deadlock.
-  for (unsigned cpu = 0; cpu < slots_; ++cpu) lock_word(cpu);
-  fence(-1);
+  stop_state* self = this;
+  stop_all(std::span<stop_state* const>(&self, 1));
 }
 
 void stop_state::start_all() noexcept {
   for (unsigned cpu = 0; cpu < slots_; ++cpu) start(cpu);
+}
+
+void stop_state::stop(std::span<stop_state* const> states, unsigned cpu) {
+  if (cpu >= cpu_count()) out_of_range(cpu, cpu_count());
+  for (stop_state* s : states) {
+    if (cpu >= s->slots_) out_of_range(cpu, s->slots_);
+  }
+  for_each_by_address(states, [cpu](stop_state& s) { s.lock_word(cpu); });
+  fence(static_cast<int>(cpu));
+}
+
+void stop_state::start(std::span<stop_state* const> states, unsigned cpu) noexcept {
+  for_each_by_address(states, [cpu](stop_state& s) { s.start(cpu); });
+}
+
+void stop_state::stop_all(std::span<stop_state* const> states) {
+  // Structures by address, CPUs ascending: two callers cannot deadlock.
+  for_each_by_address(states, [](stop_state& s) {
+    for (unsigned cpu = 0; cpu < s.slots_; ++cpu) s.lock_word(cpu);
+  });
+  fence(-1);
+}
+
+void stop_state::start_all(std::span<stop_state* const> states) noexcept {
+  for_each_by_address(states, [](stop_state& s) { s.start_all(); });
 }
 
 }  // namespace percpu

@@ -21,12 +21,20 @@
 // Portable backend: the stop word is the slot's lock, so stopping is taking
 // the lock and no fence is needed.
 //
+// Several structures at once (a cross-CPU visit of a CPU's whole per-CPU
+// state, xcall.hpp): the static stop/stop_all take every listed structure's
+// words, then issue ONE fence for all of them.
+//
 // Rules: a thread holds at most one stop at a time, or uses stop_all (which
 // takes every word in ascending order); do not stop a CPU from a signal
-// handler that may have interrupted a visit of the same structure.
+// handler that may have interrupted a visit of the same structure.  Words
+// are always taken in one global order - structures by address, then CPUs
+// ascending - so the single and several-structure forms cannot deadlock
+// against each other.
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <utility>
 
 #include "percpu/detail/runtime.hpp"
@@ -78,6 +86,18 @@ class stop_state {
     } guard{this};
     for (unsigned cpu = 0; cpu < slots_; ++cpu) f(cpu);
   }
+
+  // Several structures: stops `cpu` in every structure of `states` (in
+  // address order), then fences `cpu` once.  With no structure it is the
+  // fence alone: every fast path that was running on `cpu` has finished or
+  // been aborted, and its committed stores are visible.  Throws
+  // std::out_of_range when cpu >= cpu_count() or >= a structure's size().
+  static void stop(std::span<stop_state* const> states, unsigned cpu);
+  static void start(std::span<stop_state* const> states, unsigned cpu) noexcept;
+  // Several structures, every CPU: every word of every structure (structures
+  // by address, CPUs ascending), then ONE broadcast fence.
+  static void stop_all(std::span<stop_state* const> states);
+  static void start_all(std::span<stop_state* const> states) noexcept;
 
   // CPU 0's stop word, for the sequences (detail/sequences.hpp).
   std::uint32_t* words() const noexcept { return words0_; }

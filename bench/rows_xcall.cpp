@@ -1,0 +1,225 @@
+// Rows for cross-CPU calls.
+//
+//   xcall.unicast         a synchronous on-CPU call to another CPU, round trip,
+//                         vs two pinned threads handing a std::binary_semaphore
+//                         back and forth (libstdc++ spins and yields before it
+//                         sleeps) and vs a mutex + condition variable hand-off
+//                         (what a thread pool does)
+//   xcall.broadcast       a synchronous on-CPU call to every allowed CPU
+//   xcall.visit_all       a stopped visit of every CPU with an empty function,
+//                         the other CPUs idle, vs one raw broadcast rseq fence
+//                         (membarrier PRIVATE_EXPEDITED_RSEQ: the floor)
+//   xcall.visit_all_busy  the same two with a thread of the process spinning
+//                         on another CPU: the fence must interrupt it
+//
+// "The other CPU" is the second allowed CPU (the harness pins worker 0 to
+// the first); with a single allowed CPU it is that CPU.
+#include <linux/membarrier.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <semaphore>
+#include <thread>
+
+#include "harness.hpp"
+#include "peers.hpp"
+#include "percpu/cpu.hpp"
+#include "percpu/xcall.hpp"
+
+namespace percpu_bench {
+
+namespace {
+
+unsigned other_cpu() {
+  auto cpus = percpu::allowed_cpus();
+  return cpus.size() > 1 ? cpus[1] : (cpus.empty() ? 0 : cpus[0]);
+}
+
+void pin_self(unsigned cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
+class unicast_percpu final : public body {
+ public:
+  unicast_percpu() : cpu_(other_cpu()) {
+    percpu::xcall::unicast_sync(cpu_, [] {});
+  }
+  void run(unsigned, std::uint64_t n) override {
+    std::uint64_t ran = 0;
+    for (std::uint64_t i = 0; i < n; ++i) {
+      percpu::xcall::unicast_sync(cpu_, [&ran] { ++ran; });
+    }
+    keep(ran);
+  }
+
+ private:
+  unsigned cpu_;
+};
+
+// A partner thread pinned to the other CPU answers each request.
+class semaphore_pingpong final : public body {
+ public:
+  semaphore_pingpong()
+      : partner_([this] {
+          pin_self(other_cpu());
+          for (;;) {
+            request_.acquire();
+            if (stopping_.load(std::memory_order_relaxed)) return;
+            reply_.release();
+          }
+        }) {}
+  ~semaphore_pingpong() override {
+    stopping_.store(true, std::memory_order_relaxed);
+    request_.release();
+    partner_.join();
+  }
+  void run(unsigned, std::uint64_t n) override {
+    for (std::uint64_t i = 0; i < n; ++i) {
+      request_.release();
+      reply_.acquire();
+    }
+  }
+
+ private:
+  std::binary_semaphore request_{0};
+  std::binary_semaphore reply_{0};
+  std::atomic<bool> stopping_{false};
+  std::thread partner_;
+};
+
+class condvar_pingpong final : public body {
+ public:
+  condvar_pingpong()
+      : partner_([this] {
+          pin_self(other_cpu());
+          std::unique_lock<std::mutex> lock(mutex_);
+          for (;;) {
+            changed_.wait(lock, [this] { return requested_ != answered_ || stopping_; });
+            if (stopping_) return;
+            answered_ = requested_;
+            changed_.notify_all();
+          }
+        }) {}
+  ~condvar_pingpong() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    changed_.notify_all();
+    partner_.join();
+  }
+  void run(unsigned, std::uint64_t n) override {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (std::uint64_t i = 0; i < n; ++i) {
+      std::uint64_t ticket = ++requested_;
+      changed_.notify_all();
+      changed_.wait(lock, [&] { return answered_ == ticket; });
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::uint64_t requested_ = 0;
+  std::uint64_t answered_ = 0;
+  bool stopping_ = false;
+  std::thread partner_;
+};
+
+class broadcast_percpu final : public body {
+ public:
+  broadcast_percpu() {
+    static_cast<void>(percpu::xcall::broadcast_sync([] {}));
+  }
+  void run(unsigned, std::uint64_t n) override {
+    for (std::uint64_t i = 0; i < n; ++i) {
+      static_cast<void>(percpu::xcall::broadcast_sync([] {}));
+    }
+  }
+};
+
+// Keeps a thread of the process busy on the other CPU while the body lives.
+class spinner {
+ public:
+  explicit spinner(bool on) {
+    if (!on) return;
+    thread_ = std::thread([this] {
+      pin_self(other_cpu());
+      std::uint64_t n = 0;
+      while (!stopping_.load(std::memory_order_relaxed)) {
+        ++n;
+        keep(n);
+      }
+    });
+  }
+  ~spinner() {
+    stopping_.store(true, std::memory_order_relaxed);
+    if (thread_.joinable()) thread_.join();
+  }
+  spinner(const spinner&) = delete;
+  spinner& operator=(const spinner&) = delete;
+
+ private:
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+class visit_all_percpu final : public body {
+ public:
+  explicit visit_all_percpu(bool busy) : spin_(busy) { percpu::cpu_count(); }
+  void run(unsigned, std::uint64_t n) override {
+    unsigned visited = 0;
+    for (std::uint64_t i = 0; i < n; ++i) {
+      percpu::xcall::visit_all([&visited](unsigned) { ++visited; });
+      keep(visited);
+    }
+  }
+
+ private:
+  spinner spin_;
+};
+
+// The floor: one raw broadcast rseq fence (the process is registered for it
+// by the library's start-up).
+class membarrier_fence_all final : public body {
+ public:
+  explicit membarrier_fence_all(bool busy) : spin_(busy) { percpu::cpu_count(); }
+  void run(unsigned, std::uint64_t n) override {
+    for (std::uint64_t i = 0; i < n; ++i) {
+      syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+    }
+  }
+
+ private:
+  spinner spin_;
+};
+
+template <class B>
+row busy_row(const char* name, const char* impl, bool busy) {
+  return row{name, impl, {1}, [busy](unsigned) { return std::make_unique<B>(busy); }};
+}
+
+}  // namespace
+
+void add_xcall_rows(std::vector<row>& rows) {
+  rows.push_back(make_row<unicast_percpu>("xcall.unicast", "percpu", {1}));
+  rows.push_back(make_row<semaphore_pingpong>("xcall.unicast", "semaphore_pingpong", {1}));
+  rows.push_back(make_row<condvar_pingpong>("xcall.unicast", "condvar_pingpong", {1}));
+  rows.push_back(make_row<broadcast_percpu>("xcall.broadcast", "percpu", {1}));
+  for (bool busy : {false, true}) {
+    const char* name = busy ? "xcall.visit_all_busy" : "xcall.visit_all";
+    rows.push_back(busy_row<visit_all_percpu>(name, "percpu", busy));
+    rows.push_back(busy_row<membarrier_fence_all>(name, "membarrier_fence_all", busy));
+  }
+}
+
+}  // namespace percpu_bench

@@ -1,0 +1,263 @@
+// percpu/xcall.hpp - cross-CPU calls: NetBSD xcall(9), Linux smp_call_function.
+//
+// Problem: some work must be done by or for one particular CPU.  Draining a
+// CPU's cache of objects, resetting its counters or moving value off it can
+// be done from outside while the CPU's per-CPU data is stopped (stop.hpp);
+// other work must really run *on* the CPU - it touches state only that CPU
+// may touch, or must block, or must observe the CPU from inside.  User space
+// has no IPIs and no per-CPU softints; what it has is threads that can be
+// pinned, futexes, and the rseq fence.
+//
+// Mechanism, two priorities as in xcall(9):
+//  - on-CPU calls (low priority, XC_LOWPRI; smp_call_function*):
+//    unicast/broadcast copy the callable into a call descriptor owned by the
+//    calling thread and push it on the target CPU's lock-free queue; a
+//    service thread pinned to that CPU (created on the first call to it)
+//    runs the queue in order, and may block.  wait(ticket) returns once the
+//    functions have returned, with their writes visible to the waiter.
+//  - stopped-CPU visits (high priority, XC_HIGHPRI): visit/visit_all run
+//    f(cpu) on the caller's own thread while the named per-CPU structures
+//    are stopped on `cpu` (one fence for one CPU, one broadcast fence for
+//    all).  They need no cooperation from the CPU: idle CPUs and CPUs the
+//    process may not run on are reached too.
+//
+// See docs/xcall.md for the guarantees, the contexts each call may be made
+// from, and the mapping to the kernel APIs.
+#pragma once
+
+#include <bitset>
+#include <chrono>
+#include <cstdint>
+#include <initializer_list>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <typeinfo>
+#include <utility>
+
+#include "percpu/cpu.hpp"
+#include "percpu/detail/inline_function.hpp"
+#include "percpu/stop.hpp"
+
+namespace percpu::xcall {
+
+// ---- Errors -----------------------------------------------------------------
+
+enum class errc : std::uint8_t {
+  cpu_out_of_range,  // not a CPU number on-CPU calls accept (see cpu_limit())
+  cpu_unavailable,   // the process may not run there (offline, cpuset, restricted)
+  recursive_call,    // a call to the CPU whose service thread is the caller
+  timeout,           // did not complete within timeout(); still in flight
+};
+
+// What went wrong and for which CPU; what() names the CPU and the function.
+class error : public std::runtime_error {
+ public:
+  error(errc code, unsigned cpu, const std::string& what)
+      : std::runtime_error(what), code_(code), cpu_(cpu) {}
+  errc code() const noexcept { return code_; }
+  unsigned cpu() const noexcept { return cpu_; }
+
+ private:
+  errc code_;
+  unsigned cpu_;
+};
+
+// ---- Tickets ------------------------------------------------------------------
+
+// CPU numbers on-CPU calls accept are below max_cpus (the size of the
+// kernel's cpu_set_t; cpu_limit() may be lower).
+inline constexpr unsigned max_cpus = 1024;
+using cpu_bits = std::bitset<max_cpus>;
+
+// A calling thread's call, by its position in that thread's issue order.
+// Tickets of one thread are increasing; wait(t) covers every earlier one.
+struct ticket {
+  std::uint64_t seq = 0;
+};
+
+// A broadcast's ticket and the CPUs it did and did not reach.
+struct broadcast_ticket : ticket {
+  cpu_bits targets;  // CPUs a call was queued for (run, unless wait() says skipped)
+  cpu_bits skipped;  // possible CPUs the process may not run on (no call queued)
+};
+
+// ---- Configuration --------------------------------------------------------
+
+// How long a wait waits for one call before reporting errc::timeout
+// (default 10 s).  Process-wide; safe to change at any time.
+void set_timeout(std::chrono::milliseconds limit) noexcept;
+std::chrono::milliseconds timeout() noexcept;
+
+// On-CPU calls take real CPU numbers below cpu_limit(): the highest
+// possible CPU + 1, at most max_cpus.  (With PERCPU_SLOTS the per-CPU
+// structures have simulated slots; visits take those slot numbers.)
+unsigned cpu_limit();
+
+// The CPU whose service thread is the calling thread, or -1.
+int service_cpu() noexcept;
+
+namespace detail {
+
+using percpu::detail::inline_function;
+
+// The steps of issuing calls; the templates below put the callable in place.
+// open_ticket: the calling thread's next ticket number (allocates the
+// thread's descriptors on its first call).  reserve: checks nothing, waits
+// for this thread's oldest call when all descriptors are in flight, and
+// returns the next descriptor's function slot for `cpu` (skippable: part of
+// a broadcast, skipped rather than failed off-CPU).  post: queues it.
+// cancel: gives back a reserved descriptor whose callable could not be
+// copied.
+std::uint64_t open_ticket();
+inline_function& reserve(unsigned cpu, std::uint64_t seq, const char* label, bool skippable);
+void post();
+void cancel() noexcept;
+
+// Checks of the target, throwing xcall::error: unicast_target checks range
+// and recursion and starts the CPU's service thread; broadcast_targets
+// refuses recursion, starts every possible CPU's service thread and fills
+// the ticket's targets (started) and skipped (could not be started).
+void unicast_target(unsigned cpu);
+void broadcast_targets(broadcast_ticket& t);
+
+template <class F>
+void issue(unsigned cpu, std::uint64_t seq, bool skippable, F&& f) {
+  inline_function& slot = reserve(cpu, seq, typeid(std::decay_t<F>).name(), skippable);
+  try {
+    slot.emplace(std::forward<F>(f));
+  } catch (...) {
+    cancel();
+    throw;
+  }
+  post();
+}
+
+}  // namespace detail
+
+// ---- On-CPU calls -------------------------------------------------------------
+//
+// f is called as f(cpu) if it accepts an unsigned, otherwise as f(), on the
+// service thread pinned to `cpu`; it may block.  It is copied (or moved) into
+// a descriptor's inline buffer of detail::inline_function::capacity bytes; a
+// larger callable does not compile.  An exception thrown by f is rethrown by
+// the wait that covers the call.
+
+// Queues f for `cpu` and returns at once.  The calling thread's own
+// affinity mask does not matter (a pinned thread may call any CPU).  Throws
+// error: cpu_out_of_range, recursive_call (the caller is cpu's service
+// thread), cpu_unavailable (its service thread cannot be pinned there); or
+// a timeout when all of the thread's descriptors are in flight and the
+// oldest does not complete.
+template <class F>
+ticket unicast(unsigned cpu, F&& f) {
+  detail::unicast_target(cpu);
+  ticket t{detail::open_ticket()};
+  detail::issue(cpu, t.seq, false, std::forward<F>(f));
+  return t;
+}
+
+// Queues a copy of f for every possible CPU the process may run on; the
+// others are skipped and listed in the result (and in what wait() returns,
+// for CPUs found unavailable when the call was run).  Throws recursive_call
+// from a service thread.
+template <class F>
+broadcast_ticket broadcast(F&& f) {
+  broadcast_ticket t;
+  detail::broadcast_targets(t);
+  t.seq = detail::open_ticket();
+  for (unsigned cpu = 0; cpu < max_cpus; ++cpu) {
+    if (t.targets.test(cpu)) detail::issue(cpu, t.seq, true, f);
+  }
+  return t;
+}
+
+// Returns once every call the calling thread issued up to and including `t`
+// has returned on its CPU (tickets belong to the thread that issued them);
+// the callees' writes are visible to the caller (the completion is a
+// release, this wait an acquire).  Returns the CPUs that broadcasts among
+// those calls skipped because their service thread found itself off its CPU
+// (the process's threads were restricted, the cpuset shrank, the CPU went
+// offline): f did not run there.  Rethrows the first exception of those
+// calls, or throws error: cpu_unavailable (the same for a unicast),
+// timeout (a call did not complete within timeout(); it stays in flight and
+// a later wait waits for it again).
+cpu_bits wait(ticket t);
+
+// unicast + wait.
+template <class F>
+void unicast_sync(unsigned cpu, F&& f) {
+  static_cast<void>(wait(unicast(cpu, std::forward<F>(f))));
+}
+
+// broadcast + wait; the result says which CPUs f ran on (targets) and
+// which were skipped.
+template <class F>
+broadcast_ticket broadcast_sync(F&& f) {
+  broadcast_ticket t = broadcast(std::forward<F>(f));
+  cpu_bits skipped_late = wait(t);
+  t.targets &= ~skipped_late;
+  t.skipped |= skipped_late;
+  return t;
+}
+
+// Returns once every on-CPU call issued before it, by any thread, has
+// completed (xc_barrier): an empty call goes through every CPU's queue that
+// has a service thread, behind everything queued there.  Errors of the
+// calling thread's own earlier calls are reported as by wait().  Throws
+// recursive_call from a service thread.
+void barrier();
+
+// ---- Stopped-CPU visits -----------------------------------------------------------
+//
+// f(cpu) runs on the calling thread while `cpu` is stopped in every structure
+// of `states` (stop.hpp): no fast path of those structures runs on that CPU
+// until f returns (also when it throws).  CPU numbers are slots, below
+// cpu_count().  With no structures, a visit is the fence alone: every fast
+// path that was running on the CPU has finished or been aborted before f.
+// The rules of stop.hpp apply: do not nest visits.
+
+template <class F>
+void visit(unsigned cpu, std::span<stop_state* const> states, F&& f) {
+  stop_state::stop(states, cpu);
+  struct restart {
+    std::span<stop_state* const> states;
+    unsigned cpu;
+    ~restart() { stop_state::start(states, cpu); }
+  } guard{states, cpu};
+  f(cpu);
+}
+
+template <class F>
+void visit(unsigned cpu, std::initializer_list<stop_state*> states, F&& f) {
+  visit(cpu, std::span<stop_state* const>(states.begin(), states.size()), std::forward<F>(f));
+}
+
+template <class F>
+void visit(unsigned cpu, F&& f) {
+  visit(cpu, std::span<stop_state* const>(), std::forward<F>(f));
+}
+
+// Every CPU slot: stops all structures of `states` on every CPU, issues ONE
+// broadcast fence, runs f(cpu) for each CPU in ascending order, restarts all.
+template <class F>
+void visit_all(std::span<stop_state* const> states, F&& f) {
+  stop_state::stop_all(states);
+  struct restart {
+    std::span<stop_state* const> states;
+    ~restart() { stop_state::start_all(states); }
+  } guard{states};
+  for (unsigned cpu = 0, n = cpu_count(); cpu < n; ++cpu) f(cpu);
+}
+
+template <class F>
+void visit_all(std::initializer_list<stop_state*> states, F&& f) {
+  visit_all(std::span<stop_state* const>(states.begin(), states.size()), std::forward<F>(f));
+}
+
+template <class F>
+void visit_all(F&& f) {
+  visit_all(std::span<stop_state* const>(), std::forward<F>(f));
+}
+
+}  // namespace percpu::xcall
