@@ -6,13 +6,15 @@
 #   2. ASan + UBSan build: the same suite;
 #   3. TSan build: the same suite (TSan builds always use the portable backend);
 #   4. install: `cmake --install`, then a consumer built with
-#      find_package(percpu CONFIG) and one built with pkg-config.
-# Usage: scripts/test-all.sh [release|asan|tsan|install ...]  (default: all)
+#      find_package(percpu CONFIG) and one built with pkg-config;
+#   5. stress: `percpu stress` for PERCPU_STRESS_SECONDS (default 60) on each
+#      backend, and on the portable backend simulating 64 CPUs.
+# Usage: scripts/test-all.sh [release|asan|tsan|install|stress ...]  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(release asan tsan install)
+[ ${#stages[@]} -gt 0 ] || stages=(release asan tsan install stress)
 
 run_preset() {
   local preset=$1
@@ -39,7 +41,16 @@ for stage in "${stages[@]}"; do
         $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig" pkg-config --cflags --libs percpu)
       LD_LIBRARY_PATH="$prefix/lib" build/consumer-pkgconfig
       ;;
-    *) echo "unknown stage '$stage' (release, asan, tsan, install)" >&2; exit 2 ;;
+    stress)
+      [ -x build/release/tools/percpu ] || { cmake --preset release >/dev/null && cmake --build --preset release -j "$jobs"; }
+      seconds=${PERCPU_STRESS_SECONDS:-60}
+      for backend in "--backend rseq" "--backend portable" "--slots 64"; do
+        echo "=== stress: $seconds s, $backend"
+        # shellcheck disable=SC2086
+        build/release/tools/percpu stress --seconds "$seconds" $backend 2>/dev/null
+      done
+      ;;
+    *) echo "unknown stage '$stage' (release, asan, tsan, install, stress)" >&2; exit 2 ;;
   esac
 done
 echo "=== all tests passed"

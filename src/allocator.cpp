@@ -13,6 +13,7 @@
 // again.  Chunks are never unmapped, so no address ever becomes invalid
 // behind a reader's back.  One mutex guards the bookkeeping: allocation is
 // not a fast path.
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <cerrno>
@@ -49,6 +50,11 @@ struct live_allocation {
 std::mutex alloc_mutex;
 std::vector<std::unique_ptr<chunk>> chunks;
 std::map<std::uintptr_t, live_allocation> live;  // CPU-0 address -> allocation
+
+// fork() while another thread allocates would leave the child with the
+// mutex held forever: hold it across the fork, release it on both sides.
+[[maybe_unused]] const int fork_handlers_installed = pthread_atfork(
+    [] { alloc_mutex.lock(); }, [] { alloc_mutex.unlock(); }, [] { alloc_mutex.unlock(); });
 
 std::size_t align_up(std::size_t value, std::size_t alignment) {
   return (value + alignment - 1) & ~(alignment - 1);

@@ -105,7 +105,14 @@ struct registry {
   std::uint32_t next_id = 1;
 };
 registry& the_registry() {
-  static auto* r = new registry;  // never destroyed: caches may outlive static destructors
+  // Never destroyed: caches may outlive static destructors.  Held across
+  // fork() so that the child can create and destroy caches.
+  static registry* r = [] {
+    auto* made = new registry;
+    pthread_atfork([] { the_registry().lock.lock(); }, [] { the_registry().lock.unlock(); },
+                   [] { the_registry().lock.unlock(); });
+    return made;
+  }();
   return *r;
 }
 

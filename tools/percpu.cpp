@@ -24,6 +24,11 @@ void usage(std::FILE* out) {
       "      --filter REGEX       only rows whose \"name/impl\" matches\n"
       "      --threads LIST       thread counts to run, e.g. 1,2 (default: each row's own)\n"
       "      --repetitions N      measurements per row (default 7 quick, 15 full)\n"
+      "  stress [options]         every facility at once under faults; exit 1 on a violation\n"
+      "      --seconds N          how long (default 10)\n"
+      "      --seed S             reproduce a run (default: from the clock, printed)\n"
+      "      --backend rseq|portable, --slots N   the backend (N: portable, N CPUs)\n"
+      "      --threads N          workers (default: 2 per CPU, at least 4)\n"
       "\n"
       "environment:\n"
       "  PERCPU_BACKEND=rseq|portable   force a backend\n"
@@ -43,6 +48,7 @@ int main(int argc, char** argv) {
     if (command == "info") return percpu_tool::info(args);
     if (command == "bench") return percpu_tool::bench(args);
     if (command == "bench-child") return percpu_bench::child_main(args);
+    if (command == "stress") return percpu_tool::stress(args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "percpu %s: %s\n", command.c_str(), e.what());
     return 1;
