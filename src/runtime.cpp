@@ -65,6 +65,10 @@ extern const unsigned int __rseq_size __attribute__((weak));
 #endif
 #endif
 
+extern "C" {
+__thread __attribute__((tls_model("initial-exec"))) std::int32_t percpu_fault_countdown = 1;
+}
+
 namespace percpu::detail {
 
 runtime_state runtime;
@@ -296,6 +300,26 @@ unsigned portable_slot() noexcept {
   return (real + thread_index * real_cpu_slots) % runtime.slots;
 }
 
+// Fault injection (debug builds, see rseq_x86_64.hpp): sequences abort
+// themselves when this thread's countdown reaches zero.  It starts at 1, so
+// a thread's first sequence rearms it with the configured rate.
+namespace {
+std::atomic<unsigned> fault_abort_every{[] {
+  const char* text = std::getenv("PERCPU_FAULT_ABORT_RATE");
+  return text != nullptr ? static_cast<unsigned>(std::strtoul(text, nullptr, 10)) : 0u;
+}()};
+std::atomic<std::uint64_t> fault_injected{0};
+}  // namespace
+
+void set_fault_abort_rate(unsigned every) noexcept {
+  fault_abort_every.store(every, std::memory_order_relaxed);
+  percpu_fault_countdown = 1;
+}
+
+std::uint64_t fault_injections() noexcept {
+  return fault_injected.load(std::memory_order_relaxed);
+}
+
 namespace slow {
 
 void register_thread() noexcept {
@@ -311,6 +335,13 @@ void register_thread() noexcept {
                  error_text(err, buf, sizeof buf));
     std::abort();
   }
+}
+
+void fault_rearm() noexcept {
+  if (percpu_fault_countdown > 0) return;  // a real abort, not an injected one
+  fault_injected.fetch_add(1, std::memory_order_relaxed);
+  unsigned every = fault_abort_every.load(std::memory_order_relaxed);
+  percpu_fault_countdown = every != 0 ? static_cast<std::int32_t>(every) : INT32_MAX;
 }
 
 void wait_while_stopped(const std::uint32_t* stop0) noexcept {

@@ -99,6 +99,25 @@ enum class status : std::uint8_t {
   "jmp %l[aborted]\n\t"                      \
   ".popsection\n\t"
 
+// Fault injection (debug builds, unless PERCPU_NO_FAULT_INJECTION): just
+// before its commit, each sequence decrements this thread's countdown
+// (runtime.hpp) and, when it reaches zero, leaves through its own abort
+// handler exactly as a kernel abort would, with its speculative stores done
+// and its commit not.  The retry path rearms the countdown.  Costs three
+// instructions and %r11.
+#if !defined(NDEBUG) && !defined(PERCPU_NO_FAULT_INJECTION)
+#define PERCPU_FAULT_INJECTION 1
+#define PERCPU_RSEQ_INJECT                                    \
+  "movq percpu_fault_countdown@gottpoff(%%rip), %%r11\n\t" \
+  "subl $1, %%fs:(%%r11)\n\t"                               \
+  "jz 4f\n\t"
+#define PERCPU_RSEQ_CLOBBERS "memory", "cc", "r11"
+#else
+#define PERCPU_FAULT_INJECTION 0
+#define PERCPU_RSEQ_INJECT
+#define PERCPU_RSEQ_CLOBBERS "memory", "cc"
+#endif
+
 // The C++ side of every sequence's exits: each asm goto label returns the
 // matching status.
 #define PERCPU_RSEQ_RETURNS    \
@@ -135,10 +154,10 @@ enum class status : std::uint8_t {
 inline status add(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t v) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "leaq (%[slot0], %%rax), %%rdx\n\t"
-           "addq %[v], (%%rdx)\n\t" PERCPU_RSEQ_END
+           PERCPU_RSEQ_INJECT "addq %[v], (%%rdx)\n\t" PERCPU_RSEQ_END
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "er"(v)
-           : "memory", "cc", "rax", "rdx"
+           : PERCPU_RSEQ_CLOBBERS, "rax", "rdx"
            : unregistered, stopped, aborted);
   PERCPU_RSEQ_RETURNS
 }
@@ -154,14 +173,14 @@ inline status add_return(std::int64_t* slot0, const std::uint32_t* stop0, std::i
            "leaq (%[slot0], %%rax), %%rdx\n\t"
            "movq (%%rdx), %%rcx\n\t"
            "addq %[v], %%rcx\n\t"
-           "movq %%rcx, (%%rdx)\n\t" PERCPU_RSEQ_END
+           PERCPU_RSEQ_INJECT "movq %%rcx, (%%rdx)\n\t" PERCPU_RSEQ_END
            "movq %%rcx, (%[value_out])\n\t"
            "shrq %[shift], %%rax\n\t"
            "movl %%eax, (%[cpu_out])\n\t"
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "r"(v), [cpu_out] "r"(cpu_out),
              [value_out] "r"(value_out)
-           : "memory", "cc", "rax", "rcx", "rdx"
+           : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx"
            : unregistered, stopped, aborted);
   PERCPU_RSEQ_RETURNS
 }
@@ -177,11 +196,11 @@ inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
            "leaq (%[slot0], %%rax), %%rdx\n\t"
            "cmpq %[expected], (%%rdx)\n\t"
            "jne %l[failed]\n\t"
-           "movq %[desired], (%%rdx)\n\t" PERCPU_RSEQ_END
+           PERCPU_RSEQ_INJECT "movq %[desired], (%%rdx)\n\t" PERCPU_RSEQ_END
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [cpu] "r"(cpu),
              [expected] "r"(expected), [desired] "r"(desired)
-           : "memory", "cc", "rax", "rdx"
+           : PERCPU_RSEQ_CLOBBERS, "rax", "rdx"
            : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
@@ -212,11 +231,11 @@ inline status push(void* arr0, const std::uint32_t* stop0, void* item,
            "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
            "movq %[item], (%%rdx)\n\t"
            "addl $1, %%ecx\n\t"
-           "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+           PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [item] "r"(item), [guard] "r"(guard),
              [expected] "r"(expected)
-           : "memory", "cc", "rax", "rcx", "rdx"
+           : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx"
            : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
@@ -236,10 +255,10 @@ inline status pop(void* arr0, const std::uint32_t* stop0, void** out) noexcept {
            "movq (%%rax), %%rdx\n\t"
            "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
            "movq (%%rdx), %[item]\n\t"
-           "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+           PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            : [item] "=r"(item)
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0)
-           : "memory", "cc", "rax", "rcx", "rdx"
+           : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx"
            : unregistered, stopped, aborted, failed);
   *out = item;
   PERCPU_RSEQ_RETURNS_WITH_FAILED
@@ -270,10 +289,10 @@ inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std:
       "addq $1, %%r9\n\t"
       "jmp 5b\n\t"
       "6:\n\t"
-      "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+      PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
       :
       : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [out] "r"(out), [n] "r"(n), [moved] "r"(moved)
-      : "memory", "cc", "rax", "rcx", "rdx", "r8", "r9", "r10"
+      : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
       : unregistered, stopped, aborted);
   PERCPU_RSEQ_RETURNS
 }
@@ -311,11 +330,11 @@ inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in
       "jmp 5b\n\t"
       "6:\n\t"
       "addl %%edx, %%ecx\n\t"
-      "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+      PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
       :
       : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "r"(n), [moved] "r"(moved),
         [guard] "r"(guard), [expected] "rm"(expected)
-      : "memory", "cc", "rax", "rcx", "rdx", "r8", "r9", "r10"
+      : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
       : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
@@ -334,6 +353,8 @@ inline int cpu_id() noexcept {
 #undef PERCPU_RSEQ_BEGIN
 #undef PERCPU_RSEQ_CHECK_STOP
 #undef PERCPU_RSEQ_END
+#undef PERCPU_RSEQ_INJECT
+#undef PERCPU_RSEQ_CLOBBERS
 #undef PERCPU_RSEQ_COMMON_INPUTS
 #undef PERCPU_RSEQ_RETURNS
 #undef PERCPU_RSEQ_RETURNS_WITH_FAILED

@@ -16,7 +16,21 @@
 #include <cstddef>
 #include <cstdint>
 
+// Fault injection in debug builds: this thread's count of sequences left
+// before one aborts itself (rseq_x86_64.hpp).  Initial-exec TLS with a plain
+// C name, so that the sequences' assembly can address it.
+extern "C" {
+extern __thread __attribute__((tls_model("initial-exec"))) std::int32_t percpu_fault_countdown;
+}
+
 namespace percpu::detail {
+
+// Debug builds (see rseq_x86_64.hpp): make every `every`-th restartable
+// sequence of each thread abort just before its commit (0: never), so abort
+// paths run millions of times.  PERCPU_FAULT_ABORT_RATE=N sets it at start.
+void set_fault_abort_rate(unsigned every) noexcept;
+// Aborts injected so far, all threads.
+std::uint64_t fault_injections() noexcept;
 
 // Which implementation of the per-CPU sequences is active.
 enum class backend_code : std::uint8_t { uninitialized = 0, rseq = 1, portable = 2 };

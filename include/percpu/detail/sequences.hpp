@@ -47,6 +47,9 @@ namespace slow {
 void wait_while_stopped(const std::uint32_t* stop0) noexcept;
 // Registers the calling thread's private rseq area (own-registration mode).
 void register_thread() noexcept;
+// After an abort: if it was an injected one (debug builds), counts it and
+// rearms this thread's countdown.
+void fault_rearm() noexcept;
 }  // namespace slow
 
 namespace portable {
@@ -97,6 +100,9 @@ template <auto Sequence, class... Args>
         slow::register_thread();
         break;
       case rseq_x86_64::status::aborted:
+#if PERCPU_FAULT_INJECTION
+        slow::fault_rearm();
+#endif
         break;
     }
   }
