@@ -22,6 +22,7 @@ std::vector<row> all_rows(std::vector<missing_peer>& missing) {
   std::vector<row> rows;
   add_foundation_rows(rows);
   add_counter_rows(rows, missing);
+  add_queue_rows(rows);
   return rows;
 }
 
@@ -215,6 +216,7 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       res.min_ns = c.samples.front();
       res.max_ns = c.samples.back();
       res.repetitions = repetitions;
+      res.note = c.b->note();
       results.push_back(res);
     }
   }

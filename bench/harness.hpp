@@ -34,6 +34,9 @@ class body {
  public:
   virtual ~body() = default;
   virtual void run(unsigned thread, std::uint64_t iterations) = 0;
+  // A remark the table prints beside the row, read after the last
+  // measurement (e.g. how often a read had to flush); empty for none.
+  virtual std::string note() const { return {}; }
 };
 
 struct row {
@@ -52,6 +55,7 @@ struct result {
   double min_ns = 0;
   double max_ns = 0;
   unsigned repetitions = 0;
+  std::string note;  // body::note() after the last measurement
 };
 
 struct options {
@@ -83,5 +87,6 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts);
 // Rows in bench/rows_*.cpp add themselves here.
 void add_foundation_rows(std::vector<row>& rows);
 void add_counter_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
+void add_queue_rows(std::vector<row>& rows);
 
 }  // namespace percpu_bench

@@ -78,9 +78,9 @@ void write_json(const std::string& path, const std::vector<percpu_bench::result>
     std::snprintf(
         line, sizeof line,
         "%s\n    {\"name\": \"%s\", \"impl\": \"%s\", \"threads\": %u, \"ns_per_op\": %.4f, "
-        "\"min_ns\": %.4f, \"max_ns\": %.4f, \"repetitions\": %u}",
+        "\"min_ns\": %.4f, \"max_ns\": %.4f, \"repetitions\": %u, \"note\": \"%s\"}",
         i == 0 ? "" : ",", json_escape(r.name).c_str(), json_escape(r.impl).c_str(), r.threads,
-        r.median_ns, r.min_ns, r.max_ns, r.repetitions);
+        r.median_ns, r.min_ns, r.max_ns, r.repetitions, json_escape(r.note).c_str());
     out << line;
   }
   out << "\n  ]\n}\n";
@@ -122,8 +122,9 @@ void print_table(const std::vector<percpu_bench::result>& results) {
         std::snprintf(verdict, sizeof verdict, "%.2fx the time of %s", ratio, b->impl.c_str());
       }
     }
-    std::printf("%-16s %3u  %-16s %10.2f  %-19s  %s\n", r.name.c_str(), r.threads, r.impl.c_str(),
-                r.median_ns, range, verdict);
+    std::printf("%-16s %3u  %-16s %10.2f  %-19s  %s%s%s\n", r.name.c_str(), r.threads,
+                r.impl.c_str(), r.median_ns, range, verdict, r.note.empty() ? "" : "; ",
+                r.note.c_str());
   }
 }
 
