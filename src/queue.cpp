@@ -48,6 +48,7 @@ queue_core::queue_core(std::size_t record_words, const queue_options& options,
     : id_(next_queue_id.fetch_add(1, std::memory_order_relaxed)),
       record_bytes_(record_words * 8),
       capacity_(options.capacity),
+      early_flush_(std::max<std::uint32_t>(options.capacity / 2, 16)),
       max_age_ns_(options.max_age.count() > 0 ? options.max_age.count() : 0),
       apply_(apply),
       context_(context),
@@ -145,6 +146,11 @@ void queue_core::flush_cpu(unsigned cpu) {
   }
   std::lock_guard<std::mutex> guard(lock_);
   flush_cpu_locked(cpu);
+}
+
+void queue_core::try_flush_cpu(unsigned cpu) {
+  std::unique_lock<std::mutex> guard(lock_, std::try_to_lock);
+  if (guard.owns_lock()) flush_cpu_locked(cpu);
 }
 
 void queue_core::flush_all() {

@@ -30,6 +30,7 @@
 #include "percpu/cpu.hpp"
 #include "percpu/detail/alloc.hpp"
 #include "percpu/detail/fence.hpp"
+#include "percpu/detail/sequences.hpp"
 #include "percpu/stop.hpp"
 #include "runtime_internal.hpp"
 
@@ -105,6 +106,19 @@ void stop_state::stop(unsigned cpu) {
                             " is out of range (cpu_count() is " + std::to_string(slots_) + ")");
   }
   lock_word(cpu);
+  // No fence when the caller itself runs on `cpu` after setting the word.
+  // A sequence there that read the word as clear did so before the CAS, on
+  // `cpu`; the caller runs on `cpu` now, so that thread was switched out in
+  // between, and the kernel aborts a critical section whose thread is
+  // preempted or migrated.  Stores it committed before the switch are
+  // visible here: a context switch on one CPU orders them.  The CAS is a
+  // full barrier, so cpu_id is read after the word was set; reading `cpu`
+  // means the thread ran there after that (cpu_id changes only on a return
+  // to user space on another CPU).  This is the case of a structure
+  // draining its own CPU's part (a full queue buffer): a syscall saved.
+  if (detail::runtime.backend == detail::backend_code::rseq && detail::seq::current_cpu() == cpu) {
+    return;
+  }
   fence(static_cast<int>(cpu));
 }
 

@@ -29,6 +29,7 @@
 // the lock held and must not throw or use the same queue.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -122,6 +123,19 @@ class queue_core {
   std::uint32_t* stop0() const noexcept { return stops_.words(); }
   bool has_age_bound() const noexcept { return max_age_ns_ != 0; }
 
+  // After a push onto CPU e.cpu: past half the capacity, every 16th push
+  // tries to flush that CPU if the target's lock is free, so that a full
+  // buffer (which must wait for the lock) is rare; every 64th push of a
+  // thread checks the age bound.
+  void after_push(queue_thread_entry& e) {
+    std::uint32_t count = std::atomic_ref<const std::uint32_t>(copy_on(arrays0_, e.cpu)->count)
+                              .load(std::memory_order_relaxed);
+    if (count >= early_flush_ && count % 16 == 0) [[unlikely]]
+      try_flush_cpu(e.cpu);
+    if (max_age_ns_ != 0 && (++e.ticks & 63) == 0) [[unlikely]]
+      check_age();
+  }
+
   // After a push that failed with the thread on CPU `on`: if the thread
   // moved, flush the CPU it enqueued on before and remember `on`; if the
   // buffer was full, flush it.
@@ -130,6 +144,8 @@ class queue_core {
   void check_age();
 
   void flush_calling_thread();
+  // Flushes `cpu` if the target's lock is free; otherwise does nothing.
+  void try_flush_cpu(unsigned cpu);
   void flush_cpu(unsigned cpu);
   void flush_all();
   // With the target's lock held: flushes every CPU that may hold an
@@ -152,6 +168,7 @@ class queue_core {
   std::uint64_t id_;
   std::size_t record_bytes_;
   std::uint32_t capacity_;
+  std::uint32_t early_flush_;  // count from which pushes try an early flush
   std::int64_t max_age_ns_;
   apply_function apply_;
   void* context_;
@@ -159,13 +176,16 @@ class queue_core {
   record_array* arrays0_ = nullptr;
   void* buffers0_ = nullptr;
   // The target's lock.  Held across "stop, copy out, clear, start, apply" of
-  // every flush: see flush_cpu_locked() for why.
-  std::mutex lock_;
+  // every flush: see flush_cpu_locked() for why.  On its own cache lines,
+  // with what flushes write: every enqueue reads the fields above, and
+  // lock and unlock here must not evict them from the enqueueing CPUs.
+  alignas(64) std::mutex lock_;
   // Copied-out records (room for every CPU's buffer, for flush_all); used
   // only under lock_.  Pages never used cost nothing.
   std::unique_ptr<std::byte[]> scratch_;
   queue_stats stats_;  // under lock_
   std::int64_t last_sweep_ns_ = 0;  // atomic_ref: read without the lock
+  char pad_[64];                    // the next object starts on another line
 };
 
 }  // namespace detail
@@ -229,7 +249,7 @@ class batch_queue {
     if (detail::seq::push_record<words>(core_.arrays0(), core_.stop0(), e.cpu,
                                         reinterpret_cast<const std::uint64_t*>(&op), bit, &on))
         [[likely]] {
-      if (core_.has_age_bound() && (++e.ticks & 63) == 0) core_.check_age();
+      core_.after_push(e);
       return;
     }
     enqueue_slow(op, bit, on);
