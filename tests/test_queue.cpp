@@ -109,13 +109,16 @@ TEST(Queue, ReadFlushesOnlyCpusHoldingTheKey) {
 TEST(Queue, FlushAllAppliesOperationsOfIdleCpus) {
   auto allowed = percpu::allowed_cpus();
   table t(64);
-  percpu::batch_queue<update> q([&](std::span<const update> ops) {
-    for (const update& op : ops) {
-      t.values[op.key] += op.value;
-      ++t.applied;
-    }
-  });
-  constexpr std::uint64_t per_thread = 100;  // below the capacity: nothing applies by itself
+  percpu::batch_queue<update> q(
+      [&](std::span<const update> ops) {
+        for (const update& op : ops) {
+          t.values[op.key] += op.value;
+          ++t.applied;
+        }
+      },
+      {.capacity = 1024});
+  // Far below the capacity (and its early-flush mark): nothing applies by itself.
+  constexpr std::uint64_t per_thread = 100;
   std::promise<void> release;
   std::atomic<int> enqueued{0};
   // One thread blocks after enqueueing; one exits.
