@@ -44,7 +44,7 @@ struct update {
 
 // Key of a thread's i-th update: spread over the table, different per thread.
 inline std::uint64_t key_of(unsigned thread, std::uint64_t i) {
-  return (i * 2654435761u + thread * 7919u) & (table_keys - 1);
+  return (i * 2654435761u + std::uint64_t{thread} * 7919u) & (table_keys - 1);
 }
 
 class update_percpu final : public body {
@@ -117,10 +117,10 @@ class read_percpu final : public body {
   std::string note() const override {
     percpu::queue_stats s = queue_.stats();
     char buf[96];
-    std::snprintf(buf, sizeof buf, "%.1f %% of reads flushed",
-                  s.reads == 0 ? 0.0
-                               : 100.0 * static_cast<double>(s.reads_flushed) /
-                                     static_cast<double>(s.reads));
+    std::snprintf(
+        buf, sizeof buf, "%.1f %% of reads flushed",
+        s.reads == 0 ? 0.0
+                     : 100.0 * static_cast<double>(s.reads_flushed) / static_cast<double>(s.reads));
     return buf;
   }
 

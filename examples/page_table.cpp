@@ -75,8 +75,9 @@ int main() {
   std::printf("%llu PTE updates applied in %llu batches; %llu reads, %.1f %% of them flushed\n",
               static_cast<unsigned long long>(s.applied),
               static_cast<unsigned long long>(s.batches), static_cast<unsigned long long>(s.reads),
-              s.reads == 0 ? 0.0 : 100.0 * static_cast<double>(s.reads_flushed) /
-                                       static_cast<double>(s.reads));
+              s.reads == 0
+                  ? 0.0
+                  : 100.0 * static_cast<double>(s.reads_flushed) / static_cast<double>(s.reads));
   std::printf("read-your-writes violations: %llu (mapped pages seen by the walker: %llu)\n",
               static_cast<unsigned long long>(wrong.load()),
               static_cast<unsigned long long>(walked));

@@ -328,7 +328,6 @@ std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out, std::si
   });
 }
 
-
 // ---- Keyed records (batch_queue) --------------------------------------------
 
 // Like the rseq sequence: only onto `cpu`, and only when `cpu` is the slot
@@ -353,11 +352,12 @@ bool push_record(record_array* arr0, std::uint32_t* stop0, unsigned cpu,
         record_array* arr = copy_on(arr0, slot);
         std::uint32_t count = arr->count;
         if (count >= arr->capacity) return false;
-        std::memcpy(arr->records + std::size_t{count} * words, record, words * sizeof(std::uint64_t));
+        std::memcpy(arr->records + std::size_t{count} * words, record,
+                    words * sizeof(std::uint64_t));
         std::atomic_ref<std::uint64_t> board(arr->scoreboard[scoreboard_bit / 64]);
-        board.store(board.load(std::memory_order_relaxed) |
-                        (std::uint64_t{1} << (scoreboard_bit % 64)),
-                    std::memory_order_relaxed);
+        board.store(
+            board.load(std::memory_order_relaxed) | (std::uint64_t{1} << (scoreboard_bit % 64)),
+            std::memory_order_relaxed);
         // Release: a reader that loads the new count without the lock also
         // sees the scoreboard bit stored above.
         std::atomic_ref<std::uint32_t>(arr->count).store(count + 1, std::memory_order_release);

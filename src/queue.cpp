@@ -43,8 +43,8 @@ std::uint64_t evicted_bit(std::uint64_t id) noexcept {
 
 }  // namespace
 
-queue_core::queue_core(std::size_t record_words, const queue_options& options,
-                       apply_function apply, void* context)
+queue_core::queue_core(std::size_t record_words, const queue_options& options, apply_function apply,
+                       void* context)
     : id_(next_queue_id.fetch_add(1, std::memory_order_relaxed)),
       record_bytes_(record_words * 8),
       capacity_(options.capacity),
@@ -61,8 +61,8 @@ queue_core::queue_core(std::size_t record_words, const queue_options& options,
   arrays0_ = static_cast<record_array*>(allocate_percpu(sizeof(record_array), 64));
   try {
     buffers0_ = allocate_percpu(capacity_ * record_bytes_, 64);
-    scratch_ = std::make_unique_for_overwrite<std::byte[]>(std::size_t{slots} * capacity_ *
-                                                           record_bytes_);
+    scratch_ =
+        std::make_unique_for_overwrite<std::byte[]>(std::size_t{slots} * capacity_ * record_bytes_);
   } catch (...) {
     if (buffers0_ != nullptr) free_percpu(buffers0_);
     free_percpu(arrays0_);

@@ -195,6 +195,7 @@ TEST(Queue, PerThreadOrderUnderMigrationStorm) {
   std::vector<std::uint64_t> issued(workers, 0);
   std::atomic<int> ready{0};
   std::vector<std::thread> threads;
+  threads.reserve(workers);
   for (int t = 0; t < workers; ++t) {
     threads.emplace_back([&, t] {
       signals.enroll();
@@ -299,6 +300,7 @@ TEST(Queue, ThreadCacheEvictionKeepsOrder) {
   std::vector<std::uint64_t> next(queues, 0);
   std::uint64_t violations = 0;
   std::vector<std::unique_ptr<percpu::batch_queue<update>>> qs;
+  qs.reserve(queues);
   for (int i = 0; i < queues; ++i) {
     qs.push_back(std::make_unique<percpu::batch_queue<update>>(
         [&, i](std::span<const update> ops) {

@@ -172,7 +172,7 @@ TEST(Sequences, PushRecordFillsReportsFullAndMoved) {
   constexpr std::uint32_t capacity = 3;
   std::vector<std::vector<std::uint64_t>> buffers(per_cpu.cpus());
   for (unsigned cpu = 0; cpu < per_cpu.cpus(); ++cpu) {
-    buffers[cpu].resize(capacity * 2);
+    buffers[cpu].resize(std::size_t{capacity} * 2);
     per_cpu.on(cpu)->records = buffers[cpu].data();
     per_cpu.on(cpu)->capacity = capacity;
   }

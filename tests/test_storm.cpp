@@ -191,7 +191,7 @@ TEST(Storm, PushRecordLosesAndDuplicatesNothing) {
   percpu::storage<record_array> per_cpu;
   std::vector<std::vector<std::uint64_t>> buffers(per_cpu.cpus());
   for (unsigned cpu = 0; cpu < per_cpu.cpus(); ++cpu) {
-    buffers[cpu].resize(capacity * 2);
+    buffers[cpu].resize(std::size_t{capacity} * 2);
     per_cpu.on(cpu)->records = buffers[cpu].data();
     per_cpu.on(cpu)->capacity = capacity;
   }
@@ -206,6 +206,7 @@ TEST(Storm, PushRecordLosesAndDuplicatesNothing) {
   std::vector<std::uint64_t> pushed(workers, 0);
   std::atomic<int> ready{0};
   std::vector<std::thread> threads;
+  threads.reserve(workers);
   for (int t = 0; t < workers; ++t) {
     threads.emplace_back([&, t] {
       signals.enroll();
@@ -233,7 +234,8 @@ TEST(Storm, PushRecordLosesAndDuplicatesNothing) {
 
   std::vector<std::vector<std::uint64_t>> drained(workers);
   auto take = [&](unsigned cpu, record_array& a) {
-    for (std::uint32_t i = 0; i < a.count; ++i) drained[a.records[2 * i]].push_back(a.records[2 * i + 1]);
+    for (std::uint32_t i = 0; i < a.count; ++i)
+      drained[a.records[std::size_t{2} * i]].push_back(a.records[std::size_t{2} * i + 1]);
     a.count = 0;
     for (auto& word : a.scoreboard) word = 0;
     (void)cpu;
@@ -255,7 +257,7 @@ TEST(Storm, PushRecordLosesAndDuplicatesNothing) {
   for (auto& th : threads) th.join();
   per_cpu.for_each_cpu([&](unsigned, record_array& a) {
     for (std::uint32_t i = 0; i < a.count; ++i) {
-      unsigned bit = bit_of(a.records[2 * i], a.records[2 * i + 1]);
+      unsigned bit = bit_of(a.records[std::size_t{2} * i], a.records[std::size_t{2} * i + 1]);
       EXPECT_NE(a.scoreboard[bit / 64] & (std::uint64_t{1} << (bit % 64)), 0u);
     }
     take(0, a);

@@ -183,7 +183,7 @@ class queue_core {
   // Copied-out records (room for every CPU's buffer, for flush_all); used
   // only under lock_.  Pages never used cost nothing.
   std::unique_ptr<std::byte[]> scratch_;
-  queue_stats stats_;  // under lock_
+  queue_stats stats_;               // under lock_
   std::int64_t last_sweep_ns_ = 0;  // atomic_ref: read without the lock
   char pad_[64];                    // the next object starts on another line
 };

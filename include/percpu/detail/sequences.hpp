@@ -265,7 +265,7 @@ inline bool push_record(record_array* arr0, std::uint32_t* stop0, unsigned cpu,
                         const std::uint64_t* record, unsigned scoreboard_bit,
                         unsigned* cpu_out) noexcept {
 #if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-  std::size_t offset = offsetof(record_array, scoreboard) + (scoreboard_bit / 64) * 8;
+  std::size_t offset = offsetof(record_array, scoreboard) + std::size_t{scoreboard_bit / 64} * 8;
   std::uint64_t bit = std::uint64_t{1} << (scoreboard_bit % 64);
   outcome o = run<rseq_x86_64::push_record<Words>>(stop0, static_cast<void*>(arr0),
                                                    static_cast<const std::uint32_t*>(stop0), cpu,
