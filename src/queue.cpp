@@ -14,7 +14,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -61,8 +63,10 @@ queue_core::queue_core(std::size_t record_words, const queue_options& options, a
   arrays0_ = static_cast<record_array*>(allocate_percpu(sizeof(record_array), 64));
   try {
     buffers0_ = allocate_percpu(capacity_ * record_bytes_, 64);
-    scratch_ =
-        std::make_unique_for_overwrite<std::byte[]>(std::size_t{slots} * capacity_ * record_bytes_);
+    // A multiple of the 64-byte alignment, as aligned_alloc requires.
+    std::size_t bytes = (std::size_t{slots} * capacity_ * record_bytes_ + 63) & ~std::size_t{63};
+    scratch_.reset(static_cast<std::byte*>(std::aligned_alloc(64, bytes)));
+    if (!scratch_) throw std::bad_alloc();
   } catch (...) {
     if (buffers0_ != nullptr) free_percpu(buffers0_);
     free_percpu(arrays0_);

@@ -116,8 +116,11 @@ void stop_state::stop(unsigned cpu) {
   // means the thread ran there after that (cpu_id changes only on a return
   // to user space on another CPU).  This is the case of a structure
   // draining its own CPU's part (a full queue buffer): a syscall saved.
-  if (detail::runtime.backend == detail::backend_code::rseq && detail::seq::current_cpu() == cpu) {
-    return;
+  if (detail::runtime.backend == detail::backend_code::rseq) {
+    // Keeps the compiler from reading cpu_id before the CAS (the read is an
+    // asm statement without a memory operand).
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (detail::seq::current_cpu() == cpu) return;
   }
   fence(static_cast<int>(cpu));
 }

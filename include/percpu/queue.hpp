@@ -33,6 +33,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -180,9 +181,13 @@ class queue_core {
   // with what flushes write: every enqueue reads the fields above, and
   // lock and unlock here must not evict them from the enqueueing CPUs.
   alignas(64) std::mutex lock_;
-  // Copied-out records (room for every CPU's buffer, for flush_all); used
-  // only under lock_.  Pages never used cost nothing.
-  std::unique_ptr<std::byte[]> scratch_;
+  // Copied-out records (room for every CPU's buffer, for flush_all), 64-byte
+  // aligned like the per-CPU buffers; used only under lock_.  Pages never
+  // used cost nothing.
+  struct free_scratch {
+    void operator()(std::byte* p) const noexcept { std::free(p); }
+  };
+  std::unique_ptr<std::byte, free_scratch> scratch_;
   queue_stats stats_;               // under lock_
   std::int64_t last_sweep_ns_ = 0;  // atomic_ref: read without the lock
   char pad_[64];                    // the next object starts on another line
