@@ -331,13 +331,15 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
            "jae %l[failed]\n\t"
            "imulq %[bytes], %%rcx, %%rdx\n\t"
            "addq (%%rax), %%rdx\n\t"  // &records[count]
-           "xorl %%r8d, %%r8d\n\t"
-           "5:\n\t"
-           "movq (%[record], %%r8, 8), %%r9\n\t"
-           "movq %%r9, (%%rdx, %%r8, 8)\n\t"
-           "addq $1, %%r8\n\t"
-           "cmpq %[words], %%r8\n\t"
-           "jb 5b\n\t"
+           // The copy, unrolled by the assembler: Words pairs of moves at
+           // offsets 0, 8, ... (.set may redefine the offset symbol, so
+           // every inlined copy of the statement can use it).
+           ".set .Lpercpu_record_offset, 0\n\t"
+           ".rept %c[words]\n\t"
+           "movq .Lpercpu_record_offset(%[record]), %%r8\n\t"
+           "movq %%r8, .Lpercpu_record_offset(%%rdx)\n\t"
+           ".set .Lpercpu_record_offset, .Lpercpu_record_offset + 8\n\t"
+           ".endr\n\t"
            "orq %[bit], (%%rax, %[scoreboard_offset])\n\t"
            "addl $1, %%ecx\n\t"
            "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
@@ -345,7 +347,7 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [cpu] "r"(cpu), [record] "r"(record),
              [scoreboard_offset] "r"(scoreboard_offset), [bit] "r"(bit), [cpu_out] "r"(cpu_out),
              [bytes] "i"(Words * 8), [words] "i"(Words)
-           : "memory", "cc", "rax", "rcx", "rdx", "r8", "r9"
+           : "memory", "cc", "rax", "rcx", "rdx", "r8"
            : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
