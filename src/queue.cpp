@@ -50,7 +50,7 @@ queue_core::queue_core(std::size_t record_words, const queue_options& options, a
     : id_(next_queue_id.fetch_add(1, std::memory_order_relaxed)),
       record_bytes_(record_words * 8),
       capacity_(options.capacity),
-      early_flush_(std::max<std::uint32_t>(options.capacity / 2, 16)),
+      early_flush_(std::max<std::uint32_t>(options.capacity / 2, 1)),
       max_age_ns_(options.max_age.count() > 0 ? options.max_age.count() : 0),
       apply_(apply),
       context_(context),
@@ -122,6 +122,17 @@ void queue_core::after_failed_push(unsigned on) {
   // before anything is enqueued on `on` (per-thread order).
   flush_cpu(previous);
   entry().cpu = on;
+}
+
+void queue_core::every_16th_push(queue_thread_entry& e) {
+  std::uint32_t count = std::atomic_ref<const std::uint32_t>(copy_on(arrays0_, e.cpu)->count)
+                            .load(std::memory_order_relaxed);
+  unsigned cpu = e.cpu;
+  bool check_age_now = max_age_ns_ != 0 && (e.ticks & 63) == 0;
+  // (`e` is not used below: apply() may use other queues, which rearranges
+  // the thread's cache.)
+  if (count >= early_flush_) try_flush_cpu(cpu);
+  if (check_age_now) check_age();
 }
 
 void queue_core::check_age() {

@@ -83,7 +83,7 @@ namespace detail {
 struct queue_thread_entry {
   std::uint64_t id = 0;
   unsigned cpu = 0;
-  std::uint32_t ticks = 0;  // enqueues, for the age check
+  std::uint32_t ticks = 0;  // enqueues, for the early-flush and age checks
 };
 struct queue_thread_cache {
   static constexpr unsigned size = 8;
@@ -124,17 +124,13 @@ class queue_core {
   std::uint32_t* stop0() const noexcept { return stops_.words(); }
   bool has_age_bound() const noexcept { return max_age_ns_ != 0; }
 
-  // After a push onto CPU e.cpu: past half the capacity, every 16th push
-  // tries to flush that CPU if the target's lock is free, so that a full
-  // buffer (which must wait for the lock) is rare; every 64th push of a
-  // thread checks the age bound.
+  // After a push onto CPU e.cpu: every 16th push of a thread looks at the
+  // buffer and, past half the capacity, flushes it if the target's lock is
+  // free, so that a full buffer (which must wait for the lock) is rare;
+  // every 64th checks the age bound.
   void after_push(queue_thread_entry& e) {
-    std::uint32_t count = std::atomic_ref<const std::uint32_t>(copy_on(arrays0_, e.cpu)->count)
-                              .load(std::memory_order_relaxed);
-    if (count >= early_flush_ && count % 16 == 0) [[unlikely]]
-      try_flush_cpu(e.cpu);
-    if (max_age_ns_ != 0 && (++e.ticks & 63) == 0) [[unlikely]]
-      check_age();
+    if ((++e.ticks & 15) == 0) [[unlikely]]
+      every_16th_push(e);
   }
 
   // After a push that failed with the thread on CPU `on`: if the thread
@@ -143,6 +139,7 @@ class queue_core {
   void after_failed_push(unsigned on);
   // Sweeps every CPU if the age bound has passed since the last sweep.
   void check_age();
+  void every_16th_push(queue_thread_entry& e);
 
   void flush_calling_thread();
   // Flushes `cpu` if the target's lock is free; otherwise does nothing.
