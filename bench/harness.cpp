@@ -26,6 +26,7 @@ std::vector<row> all_rows(std::vector<missing_peer>& missing) {
   add_counter_rows(rows, missing);
   add_pool_rows(rows, missing);
   add_xcall_rows(rows);
+  add_queue_rows(rows);
   return rows;
 }
 
@@ -222,6 +223,7 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       res.min_ns = c.samples.front();
       res.max_ns = c.samples.back();
       res.repetitions = repetitions;
+      res.note = c.b->note();
       results.push_back(res);
     }
   }

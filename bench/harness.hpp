@@ -39,6 +39,9 @@ class body {
   // work, measured by the body itself; negative to use the wall time of
   // run() (the default).
   virtual double timed_ns() const { return -1; }
+  // A remark the table prints beside the row, read after the last
+  // measurement (e.g. how often a read had to flush); empty for none.
+  virtual std::string note() const { return {}; }
 };
 
 struct row {
@@ -59,6 +62,7 @@ struct result {
   double min_ns = 0;
   double max_ns = 0;
   unsigned repetitions = 0;
+  std::string note;  // body::note() after the last measurement
 };
 
 struct options {
@@ -104,5 +108,6 @@ void add_foundation_rows(std::vector<row>& rows);
 void add_counter_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
 void add_pool_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
 void add_xcall_rows(std::vector<row>& rows);
+void add_queue_rows(std::vector<row>& rows);
 
 }  // namespace percpu_bench

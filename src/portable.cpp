@@ -345,6 +345,43 @@ std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out, std::si
   });
 }
 
+// ---- Keyed records (batch_queue) --------------------------------------------
+
+// Like the rseq sequence: only onto `cpu`, and only when `cpu` is the slot
+// this thread would use now (a different slot is reported as "moved"), so
+// a queue's per-thread ordering logic runs the same way in both backends.
+// The slot's lock is waited for, as compare_and_store does.  The scoreboard
+// and count are stored atomically (relaxed, release) because readers load
+// them without the lock.
+bool push_record(record_array* arr0, std::uint32_t* stop0, unsigned cpu,
+                 const std::uint64_t* record, std::size_t words, unsigned scoreboard_bit,
+                 unsigned* cpu_out) noexcept {
+  unsigned here = portable_slot();
+  *cpu_out = here;
+  if (here != cpu) return false;
+  return locked_with(
+      stop0, false,
+      [stop0, cpu](unsigned& slot) {
+        slot = cpu;
+        return try_lock(stop0, cpu);
+      },
+      [&](unsigned slot) {
+        record_array* arr = copy_on(arr0, slot);
+        std::uint32_t count = arr->count;
+        if (count >= arr->capacity) return false;
+        std::memcpy(arr->records + std::size_t{count} * words, record,
+                    words * sizeof(std::uint64_t));
+        std::atomic_ref<std::uint64_t> board(arr->scoreboard[scoreboard_bit / 64]);
+        board.store(
+            board.load(std::memory_order_relaxed) | (std::uint64_t{1} << (scoreboard_bit % 64)),
+            std::memory_order_relaxed);
+        // Release: a reader that loads the new count without the lock also
+        // sees the scoreboard bit stored above.
+        std::atomic_ref<std::uint32_t>(arr->count).store(count + 1, std::memory_order_release);
+        return true;
+      });
+}
+
 }  // namespace percpu::detail::portable
 
 namespace percpu::detail {

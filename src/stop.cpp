@@ -32,6 +32,7 @@
 #include "percpu/cpu.hpp"
 #include "percpu/detail/alloc.hpp"
 #include "percpu/detail/fence.hpp"
+#include "percpu/detail/sequences.hpp"
 #include "percpu/stop.hpp"
 #include "runtime_internal.hpp"
 
@@ -154,6 +155,22 @@ void stop_state::stop(std::span<stop_state* const> states, unsigned cpu) {
     if (cpu >= s->slots_) out_of_range(cpu, s->slots_);
   }
   for_each_by_address(states, [cpu](stop_state& s) { s.lock_word(cpu); });
+  // No fence when the caller itself runs on `cpu` after setting the words.
+  // A sequence there that read a word as clear did so before the CAS, on
+  // `cpu`; the caller runs on `cpu` now, so that thread was switched out in
+  // between, and the kernel aborts a critical section whose thread is
+  // preempted or migrated.  Stores it committed before the switch are
+  // visible here: a context switch on one CPU orders them.  The CAS is a
+  // full barrier, so cpu_id is read after the words were set; reading `cpu`
+  // means the thread ran there after that (cpu_id changes only on a return
+  // to user space on another CPU).  This is the case of a structure
+  // draining its own CPU's part (a full queue buffer): a syscall saved.
+  if (detail::runtime.backend == detail::backend_code::rseq) {
+    // Keeps the compiler from reading cpu_id before the CAS (the read is an
+    // asm statement without a memory operand).
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (detail::seq::current_cpu() == cpu) return;
+  }
   fence(static_cast<int>(cpu));
 }
 

@@ -186,6 +186,53 @@ TEST(Sequences, AddsAreExactUnderContentionAndSignals) {
   EXPECT_GT(handler_adds.load(), 0);
 }
 
+// push_record: copies the record, sets the scoreboard bit, commits the
+// count; reports "full" (the CPU it ran on is the expected one) and "moved"
+// (another CPU) apart.
+TEST(Sequences, PushRecordFillsReportsFullAndMoved) {
+  using percpu::detail::record_array;
+  percpu::storage<record_array> per_cpu;
+  constexpr std::uint32_t capacity = 3;
+  std::vector<std::vector<std::uint64_t>> buffers(per_cpu.cpus());
+  for (unsigned cpu = 0; cpu < per_cpu.cpus(); ++cpu) {
+    buffers[cpu].resize(std::size_t{capacity} * 2);
+    per_cpu.on(cpu)->records = buffers[cpu].data();
+    per_cpu.on(cpu)->capacity = capacity;
+  }
+  std::uint32_t* stop0 = per_cpu.stops().words();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(percpu::allowed_cpus().front(), &set);
+  std::thread([&] {
+    ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+    unsigned here = seq::current_cpu();
+    unsigned on = ~0u;
+    for (std::uint64_t i = 0; i < capacity; ++i) {
+      std::uint64_t record[2] = {i + 1, 100 + i};
+      EXPECT_TRUE(seq::push_record<2>(per_cpu.on(0), stop0, here, record, 70 + unsigned(i), &on));
+      EXPECT_EQ(on, here);
+    }
+    std::uint64_t record[2] = {9, 9};
+    EXPECT_FALSE(seq::push_record<2>(per_cpu.on(0), stop0, here, record, 1, &on));
+    EXPECT_EQ(on, here);  // full
+    if (per_cpu.cpus() > 1) {
+      unsigned other = (here + 1) % per_cpu.cpus();
+      EXPECT_FALSE(seq::push_record<2>(per_cpu.on(0), stop0, other, record, 1, &on));
+      EXPECT_EQ(on, here);  // moved: not on `other`
+      EXPECT_EQ(per_cpu.on(other)->count, 0u);
+    }
+    record_array& mine = *per_cpu.on(here);
+    ASSERT_EQ(mine.count, capacity);
+    for (std::uint64_t i = 0; i < capacity; ++i) {
+      EXPECT_EQ(buffers[here][2 * i], i + 1);
+      EXPECT_EQ(buffers[here][2 * i + 1], 100 + i);
+    }
+    // Bits 70, 71, 72: word 1, bits 6 to 8.
+    EXPECT_EQ(mine.scoreboard[1], std::uint64_t{7} << 6);
+    EXPECT_EQ(mine.scoreboard[0], 0u);
+  }).join();
+}
+
 // Objects move between per-CPU arrays and threads; none is lost or doubled.
 TEST(Sequences, PushPopConservesObjects) {
   constexpr std::uint32_t capacity = 32;

@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "percpu/detail/sequences.hpp"
 #include "percpu/storage.hpp"
 #include "storm_util.hpp"
 
@@ -173,6 +175,101 @@ TEST(Storm, MigrationSignalsVisitsAndGrowthLoseNothing) {
       "%zu allocations\n",
       total_added, storm_handler_adds.load(), migrations.load(), signals.load(), visits,
       allocations.size());
+}
+
+// push_record under the storm: threads push (thread, n) records onto the
+// CPU they run on while migrating and taking signals; a visitor drains CPUs
+// one at a time and all at once.  Every committed record is found exactly
+// once (drained or still buffered), and every buffered record's scoreboard
+// bit is set.
+TEST(Storm, PushRecordLosesAndDuplicatesNothing) {
+  using percpu::detail::record_array;
+  namespace seq = percpu::detail::seq;
+  constexpr int workers = 4;
+  constexpr std::uint32_t capacity = 32;
+  auto allowed = percpu::allowed_cpus();
+  percpu::storage<record_array> per_cpu;
+  std::vector<std::vector<std::uint64_t>> buffers(per_cpu.cpus());
+  for (unsigned cpu = 0; cpu < per_cpu.cpus(); ++cpu) {
+    buffers[cpu].resize(std::size_t{capacity} * 2);
+    per_cpu.on(cpu)->records = buffers[cpu].data();
+    per_cpu.on(cpu)->capacity = capacity;
+  }
+  record_array* arr0 = per_cpu.on(0);
+  std::uint32_t* stop0 = per_cpu.stops().words();
+  auto bit_of = [](std::uint64_t t, std::uint64_t n) { return unsigned((t * 131 + n) % 512); };
+
+  percpu_test::scoped_handler handler_guard(SIGUSR2, [](int) {});
+  ASSERT_TRUE(handler_guard.installed());
+  percpu_test::signaller signals(SIGUSR2);
+  std::atomic<bool> done{false};
+  std::vector<std::uint64_t> pushed(workers, 0);
+  std::atomic<int> ready{0};
+  std::vector<std::thread> threads;
+  threads.reserve(workers);
+  for (int t = 0; t < workers; ++t) {
+    threads.emplace_back([&, t] {
+      signals.enroll();
+      ready++;
+      unsigned rng = 4242u + static_cast<unsigned>(t);
+      unsigned cpu = seq::current_cpu();
+      std::uint64_t n = 0;
+      for (std::uint64_t i = 0; !done.load(std::memory_order_relaxed); ++i) {
+        std::uint64_t record[2] = {static_cast<std::uint64_t>(t), n};
+        unsigned on = 0;
+        if (seq::push_record<2>(arr0, stop0, cpu, record, bit_of(t, n), &on)) {
+          ++n;
+        } else if (on != cpu) {
+          cpu = on;  // moved
+        } else {
+          std::this_thread::yield();  // full: wait for the visitor
+        }
+        if (i % 512 == 0) percpu_test::migrate(rng, allowed);
+      }
+      pushed[t] = n;
+    });
+  }
+  while (ready.load() < workers) std::this_thread::yield();
+  signals.start();
+
+  std::vector<std::vector<std::uint64_t>> drained(workers);
+  auto take = [&](unsigned cpu, record_array& a) {
+    for (std::uint32_t i = 0; i < a.count; ++i)
+      drained[a.records[std::size_t{2} * i]].push_back(a.records[std::size_t{2} * i + 1]);
+    a.count = 0;
+    for (auto& word : a.scoreboard) word = 0;
+    (void)cpu;
+  };
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  long visits = 0;
+  for (unsigned round = 0; std::chrono::steady_clock::now() < end; ++round) {
+    if (round % 8 == 0) {
+      per_cpu.visit_all(take);
+    } else {
+      unsigned cpu = round % per_cpu.cpus();
+      per_cpu.visit(cpu, [&](record_array& a) { take(cpu, a); });
+    }
+    ++visits;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  done = true;
+  signals.stop();
+  for (auto& th : threads) th.join();
+  per_cpu.for_each_cpu([&](unsigned, record_array& a) {
+    for (std::uint32_t i = 0; i < a.count; ++i) {
+      unsigned bit = bit_of(a.records[std::size_t{2} * i], a.records[std::size_t{2} * i + 1]);
+      EXPECT_NE(a.scoreboard[bit / 64] & (std::uint64_t{1} << (bit % 64)), 0u);
+    }
+    take(0, a);
+  });
+  for (int t = 0; t < workers; ++t) {
+    std::vector<std::uint64_t>& got = drained[t];
+    std::sort(got.begin(), got.end());
+    ASSERT_EQ(got.size(), pushed[t]) << "thread " << t;
+    for (std::uint64_t n = 0; n < got.size(); ++n) ASSERT_EQ(got[n], n) << "thread " << t;
+  }
+  EXPECT_GT(visits, 100);
+  EXPECT_GT(signals.sent(), 100);
 }
 
 }  // namespace

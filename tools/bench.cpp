@@ -79,10 +79,11 @@ void write_json(const std::string& path, const std::vector<percpu_bench::result>
     std::snprintf(
         line, sizeof line,
         "%s\n    {\"name\": \"%s\", \"impl\": \"%s\", \"threads\": %u, %s\"ns_per_op\": %.4f, "
-        "\"min_ns\": %.4f, \"max_ns\": %.4f, \"repetitions\": %u}",
+        "\"min_ns\": %.4f, \"max_ns\": %.4f, \"repetitions\": %u%s}",
         i == 0 ? "" : ",", json_escape(r.name).c_str(), json_escape(r.impl).c_str(), r.threads,
         r.size != 0 ? ("\"size\": " + std::to_string(r.size) + ", ").c_str() : "", r.median_ns,
-        r.min_ns, r.max_ns, r.repetitions);
+        r.min_ns, r.max_ns, r.repetitions,
+        r.note.empty() ? "" : (", \"note\": \"" + json_escape(r.note) + "\"").c_str());
     out << line;
   }
   out << "\n  ]\n}\n";
@@ -126,8 +127,9 @@ void print_table(const std::vector<percpu_bench::result>& results) {
       }
     }
     std::string label = r.size != 0 ? r.name + " " + std::to_string(r.size) + "B" : r.name;
-    std::printf("%-16s %3u  %-16s %10.2f  %-19s  %s\n", label.c_str(), r.threads, r.impl.c_str(),
-                r.median_ns, range, verdict);
+    std::printf("%-16s %3u  %-16s %10.2f  %-19s  %s%s%s\n", label.c_str(), r.threads,
+                r.impl.c_str(), r.median_ns, range, verdict, r.note.empty() ? "" : "; ",
+                r.note.c_str());
   }
 }
 

@@ -339,6 +339,58 @@ inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in
   PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
 
+// ---- push_record: a keyed record onto a per-CPU record buffer (batch_queue) ----
+//
+// Layout (record_array in sequences.hpp): records pointer at 0, count at 8,
+// capacity at 12 (both in records), scoreboard words from 16.
+//
+// If the thread runs on `cpu` and count < capacity: copy the record's Words
+// 8-byte words to records[count] (speculative: above count, invisible until
+// the commit), OR `bit` into the scoreboard word at byte offset
+// `scoreboard_offset` (speculative too, and harmless if the sequence is then
+// aborted: a spurious scoreboard bit only costs a reader a look at the
+// count), then commit count + 1.  The scoreboard store precedes the commit
+// store, and x86-64 keeps stores in program order, so whoever sees the new
+// count (or anything the thread did after the commit) also sees the bit.
+// failed: the buffer is full, or the thread is not on `cpu`.  *cpu_out is
+// written before either test with the CPU the thread runs on, so the caller
+// tells the two apart by comparing it with `cpu`.
+template <unsigned Words>
+inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
+                          const std::uint64_t* record, std::size_t scoreboard_offset,
+                          std::uint64_t bit, unsigned* cpu_out) noexcept {
+  static_assert(Words >= 1 && Words <= 8, "a record is 1 to 8 words");
+  asm goto(PERCPU_RSEQ_BEGIN
+           "movl %%eax, (%[cpu_out])\n\t"
+           "cmpl %[cpu], %%eax\n\t"
+           "jne %l[failed]\n\t" PERCPU_RSEQ_CHECK_STOP
+           "addq %[arr0], %%rax\n\t"
+           "movl 8(%%rax), %%ecx\n\t"  // count
+           "cmpl 12(%%rax), %%ecx\n\t"
+           "jae %l[failed]\n\t"
+           "imulq %[bytes], %%rcx, %%rdx\n\t"
+           "addq (%%rax), %%rdx\n\t"  // &records[count]
+           // The copy, unrolled by the assembler: Words pairs of moves at
+           // offsets 0, 8, ... (.set may redefine the offset symbol, so
+           // every inlined copy of the statement can use it).
+           ".set .Lpercpu_record_offset, 0\n\t"
+           ".rept %c[words]\n\t"
+           "movq .Lpercpu_record_offset(%[record]), %%r8\n\t"
+           "movq %%r8, .Lpercpu_record_offset(%%rdx)\n\t"
+           ".set .Lpercpu_record_offset, .Lpercpu_record_offset + 8\n\t"
+           ".endr\n\t"
+           "orq %[bit], (%%rax, %[scoreboard_offset])\n\t"
+           "addl $1, %%ecx\n\t"
+           PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+           :
+           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [cpu] "r"(cpu), [record] "r"(record),
+             [scoreboard_offset] "r"(scoreboard_offset), [bit] "r"(bit), [cpu_out] "r"(cpu_out),
+             [bytes] "i"(Words * 8), [words] "i"(Words)
+           : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8"
+           : unregistered, stopped, aborted, failed);
+  PERCPU_RSEQ_RETURNS_WITH_FAILED
+}
+
 // The rseq area's cpu_id: the CPU this thread runs on, or a negative value
 // when the area is not registered.  A plain read of a field the kernel keeps
 // current on every return to user space.

@@ -248,4 +248,57 @@ inline std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out,
 }
 
 }  // namespace seq
+
+// ---- Keyed records (batch_queue) --------------------------------------------
+//
+// A per-CPU buffer of fixed-size records (queued operations) with a
+// scoreboard: a bitmap of hash(key) over the records pending on the CPU, so
+// that a reader on another CPU can tell, without stopping anyone, whether
+// the CPU may hold a record for a key.  `records` points at `capacity`
+// records of the structure's record size; `count` is the commit word.
+// Changed remotely only while the CPU is stopped (the scoreboard is also
+// read remotely without a stop).
+struct record_array {
+  static constexpr unsigned scoreboard_bits = 512;
+  std::uint64_t* records = nullptr;
+  std::uint32_t count = 0;
+  std::uint32_t capacity = 0;
+  std::uint64_t scoreboard[scoreboard_bits / 64] = {};
+};
+static_assert(offsetof(record_array, records) == 0 && offsetof(record_array, count) == 8 &&
+                  offsetof(record_array, capacity) == 12 &&
+                  offsetof(record_array, scoreboard) == 16,
+              "the rseq sequences hard-code this layout");
+
+namespace portable {
+bool push_record(record_array* arr0, std::uint32_t* stop0, unsigned cpu,
+                 const std::uint64_t* record, std::size_t words, unsigned scoreboard_bit,
+                 unsigned* cpu_out) noexcept;
+}  // namespace portable
+
+namespace seq {
+
+// Appends the Words-word record at `record` to CPU `cpu`'s array and sets
+// scoreboard bit `scoreboard_bit` (< record_array::scoreboard_bits) there,
+// if the thread runs on `cpu` (portable backend: if `cpu` is the slot the
+// thread would use now) and the array is not full.  Returns whether it did.
+// *cpu_out receives the CPU (slot) the thread runs on: on failure, a value
+// other than `cpu` means "moved", `cpu` itself means "full".
+template <unsigned Words>
+inline bool push_record(record_array* arr0, std::uint32_t* stop0, unsigned cpu,
+                        const std::uint64_t* record, unsigned scoreboard_bit,
+                        unsigned* cpu_out) noexcept {
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+  std::size_t offset = offsetof(record_array, scoreboard) + std::size_t{scoreboard_bit / 64} * 8;
+  std::uint64_t bit = std::uint64_t{1} << (scoreboard_bit % 64);
+  outcome o = run<rseq_x86_64::push_record<Words>>(stop0, static_cast<void*>(arr0),
+                                                   static_cast<const std::uint32_t*>(stop0), cpu,
+                                                   record, offset, bit, cpu_out);
+  if (o != outcome::portable) [[likely]]
+    return o == outcome::committed;
+#endif
+  return portable::push_record(arr0, stop0, cpu, record, Words, scoreboard_bit, cpu_out);
+}
+
+}  // namespace seq
 }  // namespace percpu::detail
