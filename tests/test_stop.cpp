@@ -36,17 +36,21 @@ TEST(Stop, StoppedCpuCommitsNothingAndNothingIsLost) {
   std::atomic<bool> done{false};
   std::vector<long> added(allowed.size(), 0);
   std::vector<std::thread> workers;
+  std::atomic<std::size_t> adding{0};
   for (std::size_t i = 0; i < allowed.size(); ++i) {
     workers.emplace_back([&, i] {
       pin(allowed[i]);
       long n = 0;
       while (!done.load(std::memory_order_relaxed)) {
         s.add(1);
-        ++n;
+        if (++n == 1000) adding.fetch_add(1);
       }
       added[i] = n;
     });
   }
+  // On a loaded machine the workers may start late: visit only once every
+  // one of them is adding.
+  while (adding.load() < workers.size()) std::this_thread::yield();
   std::int64_t drained = 0;
   long changed_while_stopped = 0;
   for (int round = 0; round < 300; ++round) {
