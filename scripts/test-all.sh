@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Builds and runs every test percpu has, the way CI does:
-#   1. release build: the whole suite once per backend configuration
+#   1. model: spin checks the models of the stop/fence/visit protocol and of
+#      pool_cache's invalidate, and that their broken variants fail
+#      (verify/run.sh; needs `apt-get install spin`);
+#   2. release build: the whole suite once per backend configuration
 #      (rseq with glibc's registration, rseq with the library's own,
 #      portable, portable simulating 64 CPUs) and the header-alone check;
-#   2. ASan + UBSan build: the same suite;
-#   3. TSan build: the same suite (TSan builds always use the portable backend);
-#   4. install: `cmake --install`, then a consumer built with
+#   3. ASan + UBSan build: the same suite;
+#   4. TSan build: the same suite (TSan builds always use the portable backend);
+#   5. install: `cmake --install`, then a consumer built with
 #      find_package(percpu CONFIG) and one built with pkg-config.
-# Usage: scripts/test-all.sh [release|asan|tsan|install ...]  (default: all)
+# Usage: scripts/test-all.sh [model|release|asan|tsan|install ...]  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(release asan tsan install)
+[ ${#stages[@]} -gt 0 ] || stages=(model release asan tsan install)
 
 run_preset() {
   local preset=$1
@@ -24,6 +27,10 @@ run_preset() {
 
 for stage in "${stages[@]}"; do
   case "$stage" in
+    model)
+      echo "=== model: spin on verify/*.pml"
+      verify/run.sh
+      ;;
     release | asan | tsan) run_preset "$stage" ;;
     install)
       echo "=== install: find_package and pkg-config consumers"
@@ -39,7 +46,7 @@ for stage in "${stages[@]}"; do
         $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig" pkg-config --cflags --libs percpu)
       LD_LIBRARY_PATH="$prefix/lib" build/consumer-pkgconfig
       ;;
-    *) echo "unknown stage '$stage' (release, asan, tsan, install)" >&2; exit 2 ;;
+    *) echo "unknown stage '$stage' (model, release, asan, tsan, install)" >&2; exit 2 ;;
   esac
 done
 echo "=== all tests passed"
