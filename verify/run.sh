@@ -39,7 +39,7 @@ check() {
   mkdir -p "$dir"
   cp "$here/$model" "$dir/"
   local out
-  if ! out=$(cd "$dir" && spin $define -a "$model" 2>&1 &&
+  if ! out=$(cd "$dir" && spin ${define:+"$define"} -a "$model" 2>&1 &&
     gcc -O2 -w -DSAFETY -DCOLLAPSE -DMEMLIM=2048 -o pan pan.c 2>&1 &&
     ./pan -m100000 2>&1); then
     echo "FAIL  $name: spin or pan did not run:"
@@ -77,7 +77,7 @@ check() {
   fi
   if [ "$trails" = 1 ] && [ "$errors" != 0 ] && [ -f "$dir/$model.trail" ]; then
     # The replay, less blank lines and the no-op steps of if/else and loops.
-    (cd "$dir" && spin $define -t -p "$model" 2>&1 |
+    (cd "$dir" && spin ${define:+"$define"} -t -p "$model" 2>&1 |
       grep -vE '^\s*$|\[\(1\)\]$|\[else\]$' | tail -40 | sed 's/^/      /')
   fi
 }
