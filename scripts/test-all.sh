@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Builds and runs every test percpu has, the way CI does:
-#   1. release build: the whole suite once per backend configuration
+#   1. model: spin checks the models of the stop/fence/visit protocol and of
+#      pool_cache's invalidate, and that their broken variants fail
+#      (verify/run.sh; needs `apt-get install spin`);
+#   2. release build: the whole suite once per backend configuration
 #      (rseq with glibc's registration, rseq with the library's own,
 #      portable, portable simulating 64 CPUs) and the header-alone check;
-#   2. ASan + UBSan build: the same suite;
-#   3. TSan build: the same suite (TSan builds always use the portable backend);
-#   4. install: `cmake --install`, then a consumer built with
+#   3. ASan + UBSan build: the same suite;
+#   4. TSan build: the same suite (TSan builds always use the portable backend);
+#   5. install: `cmake --install`, then a consumer built with
 #      find_package(percpu CONFIG) and one built with pkg-config;
-#   5. stress: `percpu stress` for PERCPU_STRESS_SECONDS (default 60) on each
+#   6. stress: `percpu stress` for PERCPU_STRESS_SECONDS (default 60) on each
 #      backend, and on the portable backend simulating 64 CPUs.
-# Usage: scripts/test-all.sh [release|asan|tsan|install|stress ...]  (default: all)
+# Usage: scripts/test-all.sh [model|release|asan|tsan|install|stress ...]  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(release asan tsan install stress)
+[ ${#stages[@]} -gt 0 ] || stages=(model release asan tsan install stress)
 
 run_preset() {
   local preset=$1
@@ -26,6 +29,10 @@ run_preset() {
 
 for stage in "${stages[@]}"; do
   case "$stage" in
+    model)
+      echo "=== model: spin on verify/*.pml"
+      verify/run.sh
+      ;;
     release | asan | tsan) run_preset "$stage" ;;
     install)
       echo "=== install: find_package and pkg-config consumers"
@@ -50,7 +57,7 @@ for stage in "${stages[@]}"; do
         build/release/tools/percpu stress --seconds "$seconds" $backend 2>/dev/null
       done
       ;;
-    *) echo "unknown stage '$stage' (release, asan, tsan, install, stress)" >&2; exit 2 ;;
+    *) echo "unknown stage '$stage' (model, release, asan, tsan, install, stress)" >&2; exit 2 ;;
   esac
 done
 echo "=== all tests passed"
