@@ -159,62 +159,129 @@ class progress_bar {
 
 }  // namespace
 
-std::vector<result> run(const std::vector<row>& rows, const options& opts) {
-  std::regex filter(opts.filter.empty() ? ".*" : opts.filter);
-  unsigned repetitions = opts.repetitions != 0 ? opts.repetitions : (opts.quick ? 7 : 15);
-  double target_ns = opts.quick ? 40e6 : 100e6;
+namespace {
 
-  // Groups: (name, threads) -> rows, in registration order.
-  std::vector<std::pair<std::pair<std::string, unsigned>, std::vector<const row*>>> groups;
-  unsigned max_threads = 1;
+// Quick runs spread this much measuring time over every selected
+// implementation, so that --quick stays within its two minutes (with the
+// build) however many rows the facilities define.
+constexpr double quick_budget_ns = 45e9;
+// One measurement never gets shorter than this (timer and scheduler noise
+// would dominate) nor, in a quick run, longer than the full run's target.
+constexpr double min_target_ns = 5e6;
+constexpr double quick_max_target_ns = 40e6;
+constexpr double full_target_ns = 100e6;
+// Calibration costs about one measurement, the warm-up one more.
+constexpr double extra_measurements = 2;
+
+struct group {
+  std::string name;
+  unsigned threads;
+  std::uint64_t size;
+  std::vector<const row*> members;
+};
+
+std::vector<group> select_groups(const std::vector<row>& rows, const options& opts) {
+  std::regex filter(opts.filter.empty() ? ".*" : opts.filter);
+  std::vector<group> groups;
   for (const auto& r : rows) {
     if (!std::regex_search(r.name + "/" + r.impl, filter)) continue;
     for (unsigned t : opts.threads.empty() ? r.threads : opts.threads) {
       if (t == 0) continue;
-      max_threads = std::max(max_threads, t);
-      auto key = std::make_pair(r.name, t);
-      auto it = std::find_if(groups.begin(), groups.end(), [&](auto& g) { return g.first == key; });
+      auto it = std::find_if(groups.begin(), groups.end(), [&](const group& g) {
+        return g.name == r.name && g.threads == t && g.size == r.size;
+      });
       if (it == groups.end()) {
-        groups.push_back({key, {}});
+        groups.push_back({r.name, t, r.size, {}});
         it = groups.end() - 1;
       }
-      it->second.push_back(&r);
+      it->members.push_back(&r);
     }
   }
-  std::size_t total = 0;
-  for (auto& g : groups) total += g.second.size() * (repetitions + 1);
+  return groups;
+}
+
+plan plan_for(const std::vector<group>& groups, const options& opts) {
+  plan p;
+  p.groups = groups.size();
+  for (const auto& g : groups) p.implementations += g.members.size();
+  p.repetitions = opts.repetitions != 0 ? opts.repetitions : (opts.quick ? 9 : 15);
+  double measurements =
+      static_cast<double>(p.implementations) * (p.repetitions + extra_measurements);
+  p.target_ns = full_target_ns;
+  if (opts.quick && measurements > 0) {
+    p.target_ns = std::clamp(quick_budget_ns / measurements, min_target_ns, quick_max_target_ns);
+  }
+  p.estimated_s = measurements * p.target_ns / 1e9;
+  return p;
+}
+
+double median_of(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  std::size_t n = values.size();
+  if (n == 0) return 0;
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+}  // namespace
+
+bool is_preferred_baseline(const std::string& impl) {
+  return impl == "percpu";
+}
+
+plan make_plan(const std::vector<row>& rows, const options& opts) {
+  return plan_for(select_groups(rows, opts), opts);
+}
+
+std::vector<result> run(const std::vector<row>& rows, const options& opts) {
+  auto groups = select_groups(rows, opts);
+  plan p = plan_for(groups, opts);
+  unsigned max_threads = 1;
+  for (const auto& g : groups) max_threads = std::max(max_threads, g.threads);
 
   pool workers(max_threads);
-  progress_bar bar(opts.progress, total);
+  progress_bar bar(opts.progress, p.implementations * (p.repetitions + 1));
   std::vector<result> results;
-  for (auto& [key, members] : groups) {
-    unsigned threads = key.second;
+  for (const auto& g : groups) {
+    std::string label = g.name + (g.size != 0 ? "/" + std::to_string(g.size) : "") + " x" +
+                        std::to_string(g.threads) + " ";
     std::vector<candidate> cands;
-    for (const row* r : members) {
-      candidate c{r, r->make(threads), 0, {}};
-      c.iterations = calibrate(workers, *c.b, threads, target_ns);
-      workers.measure(*c.b, threads, c.iterations);  // warm-up
-      bar.step(key.first + " " + r->impl);
+    for (const row* r : g.members) {
+      candidate c{r, r->make(g.threads), 0, {}};
+      c.iterations = calibrate(workers, *c.b, g.threads, p.target_ns);
+      workers.measure(*c.b, g.threads, c.iterations);  // warm-up
+      bar.step(label + r->impl);
       cands.push_back(std::move(c));
     }
-    for (unsigned rep = 0; rep < repetitions; ++rep) {
+    for (unsigned rep = 0; rep < p.repetitions; ++rep) {
       for (auto& c : cands) {  // interleaved: A B C, A B C, ...
-        double ns = workers.measure(*c.b, threads, c.iterations);
+        double ns = workers.measure(*c.b, g.threads, c.iterations);
         c.samples.push_back(ns / static_cast<double>(c.iterations));
-        bar.step(key.first + " " + c.r->impl);
+        bar.step(label + c.r->impl);
       }
     }
+    auto base = std::find_if(cands.begin(), cands.end(),
+                             [](const candidate& c) { return is_preferred_baseline(c.r->impl); });
+    if (base == cands.end()) base = cands.begin();
     for (auto& c : cands) {
-      std::sort(c.samples.begin(), c.samples.end());
       result res;
-      res.name = key.first;
+      res.name = g.name;
       res.impl = c.r->impl;
-      res.threads = threads;
-      std::size_t n = c.samples.size();
-      res.median_ns = n % 2 == 1 ? c.samples[n / 2] : (c.samples[n / 2 - 1] + c.samples[n / 2]) / 2;
-      res.min_ns = c.samples.front();
-      res.max_ns = c.samples.back();
-      res.repetitions = repetitions;
+      res.threads = g.threads;
+      res.size = g.size;
+      res.median_ns = median_of(c.samples);
+      res.min_ns = *std::min_element(c.samples.begin(), c.samples.end());
+      res.max_ns = *std::max_element(c.samples.begin(), c.samples.end());
+      res.repetitions = p.repetitions;
+      if (&c != &*base) {
+        // Pair by pair: each sample against the baseline's sample of the
+        // same repetition, measured just before or after it.
+        std::vector<double> ratios;
+        for (std::size_t i = 0; i < c.samples.size(); ++i) {
+          if (base->samples[i] > 0) ratios.push_back(c.samples[i] / base->samples[i]);
+        }
+        res.baseline = base->r->impl;
+        res.ratio = median_of(ratios);
+      }
       results.push_back(res);
     }
   }

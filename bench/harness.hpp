@@ -16,7 +16,11 @@
 //    then measured `repetitions` times; the figure is the median of
 //    (wall time of the slowest thread / operations per thread), with min and
 //    max beside it;
-//  - ratios are computed against the group's `percpu` implementation.
+//  - ratios are computed pair by pair: in each repetition an implementation's
+//    time is divided by the baseline's time measured next to it (the group's
+//    `percpu` implementation), and the row's ratio is the median of those;
+//  - the time each measurement takes is chosen so that the whole run fits a
+//    budget (--quick) however many rows the facilities define.
 #pragma once
 
 #include <cstdint>
@@ -37,30 +41,54 @@ class body {
 };
 
 struct row {
-  std::string name;               // "slot.add"
+  std::string name;               // "slot.add"; the facility is the part before the dot
   std::string impl;               // "percpu", "thread_local", ...
   std::vector<unsigned> threads;  // thread counts this row is measured at
   // Makes a fresh body for a measurement at `threads` threads.
   std::function<std::unique_ptr<body>(unsigned threads)> make;
+  // The row's size parameter (batch length, object size, ...) where it has
+  // one, 0 where it has none.  Rows of one name and different sizes form
+  // separate groups, measured and compared apart.
+  std::uint64_t size = 0;
 };
 
 struct result {
   std::string name;
   std::string impl;
   unsigned threads = 0;
-  double median_ns = 0;
+  std::uint64_t size = 0;  // 0: the row has no size
+  double median_ns = 0;    // median over the repetitions, ns per operation per thread
   double min_ns = 0;
   double max_ns = 0;
   unsigned repetitions = 0;
+  // The implementation this one is compared with (empty for the baseline
+  // itself) and the median of the per-repetition ratios time(this) /
+  // time(baseline): above 1, this one is slower than the baseline.
+  std::string baseline;
+  double ratio = 1;
 };
 
 struct options {
   bool quick = false;
-  unsigned repetitions = 0;       // 0: 7 (quick) or 15 (full)
+  unsigned repetitions = 0;       // 0: 9 (quick) or 15 (full)
   std::string filter;             // ECMAScript regex on "name/impl"
   std::vector<unsigned> threads;  // empty: each row's own list
   bool progress = true;           // progress bar on a terminal (stderr)
 };
+
+// What a run with `opts` will do: how many measurements, how long each, and
+// about how long the whole run takes.
+struct plan {
+  std::size_t groups = 0;
+  std::size_t implementations = 0;  // (row, threads) pairs measured
+  unsigned repetitions = 0;
+  double target_ns = 0;    // duration of one measurement
+  double estimated_s = 0;  // calibration, warm-up and repetitions, all rows
+};
+
+// The baseline of a group: its "percpu" implementation, or, where every
+// implementation is percpu's own (counter.read), the first registered.
+bool is_preferred_baseline(const std::string& impl);
 
 // A peer implementation that was not built because its library is missing.
 struct missing_peer {
@@ -77,7 +105,11 @@ row make_row(const char* name, const char* impl, std::vector<unsigned> threads) 
 // Every row the facilities define; peers not built are added to `missing`.
 std::vector<row> all_rows(std::vector<missing_peer>& missing);
 
-// Runs the selected rows; returns one result per (row, thread count).
+// The plan for running `rows` with `opts`.  Throws std::regex_error for a bad filter.
+plan make_plan(const std::vector<row>& rows, const options& opts);
+
+// Runs the selected rows; returns one result per (row, thread count), in
+// registration order, grouped by (name, threads, size).
 std::vector<result> run(const std::vector<row>& rows, const options& opts);
 
 // Rows in bench/rows_*.cpp add themselves here.
