@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,6 +30,13 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
+// This thread's involuntary context switches so far.
+long involuntary_switches() {
+  rusage usage{};
+  getrusage(RUSAGE_THREAD, &usage);
+  return usage.ru_nivcsw;
+}
+
 // Worker threads, pinned one per allowed CPU (round robin beyond that),
 // started once and fed one job at a time.
 class pool {
@@ -53,12 +61,19 @@ class pool {
   // Runs body->run(i, iterations) on workers 0..threads-1, started together;
   // returns the wall time from the common start to the last finish.
   double measure(body& b, unsigned threads, std::uint64_t iterations) {
+    return measure_counting(b, threads, iterations).first;
+  }
+
+  // As measure(); also returns how many times another process took a
+  // worker's CPU while it ran (involuntary context switches).
+  std::pair<double, long> measure_counting(body& b, unsigned threads, std::uint64_t iterations) {
     std::unique_lock<std::mutex> lock(mutex_);
     body_ = &b;
     active_ = threads;
     iterations_ = iterations;
     arrived_ = 0;
     finished_ = 0;
+    preemptions_ = 0;
     go_.store(false);
     ++generation_;
     wake_.notify_all();
@@ -67,7 +82,7 @@ class pool {
     go_.store(true, std::memory_order_release);
     done_.wait(lock, [&] { return finished_ == active_; });
     auto end = clock_type::now();
-    return std::chrono::duration<double, std::nano>(end - start).count();
+    return {std::chrono::duration<double, std::nano>(end - start).count(), preemptions_};
   }
 
  private:
@@ -95,8 +110,11 @@ class pool {
       }
       while (!go_.load(std::memory_order_acquire)) {
       }
+      long switches_before = involuntary_switches();
       b->run(index, iterations);
+      long switches = involuntary_switches() - switches_before;
       std::lock_guard<std::mutex> lock(mutex_);
+      preemptions_ += switches;
       if (++finished_ == active_) done_.notify_all();
     }
   }
@@ -112,6 +130,7 @@ class pool {
   unsigned active_ = 0;
   unsigned arrived_ = 0;
   unsigned finished_ = 0;
+  long preemptions_ = 0;
   std::uint64_t iterations_ = 0;
 };
 
@@ -120,6 +139,7 @@ struct candidate {
   std::unique_ptr<body> b;
   std::uint64_t iterations = 0;
   std::vector<double> samples;  // ns per operation
+  unsigned interrupted = 0;     // samples during which a worker was preempted
 };
 
 std::uint64_t calibrate(pool& p, body& b, unsigned threads, double target_ns) {
@@ -168,7 +188,12 @@ constexpr double quick_budget_ns = 45e9;
 // One measurement never gets shorter than this (timer and scheduler noise
 // would dominate) nor, in a quick run, longer than the full run's target.
 constexpr double min_target_ns = 5e6;
-constexpr double quick_max_target_ns = 40e6;
+constexpr double quick_max_target_ns = 20e6;
+// Many short repetitions rather than a few long ones: the ratios are
+// medians over pairs, and more pairs outvote more of the moments another
+// process took the CPU.
+constexpr unsigned quick_repetitions = 15;
+constexpr unsigned full_repetitions = 21;
 constexpr double full_target_ns = 100e6;
 // Calibration costs about one measurement, the warm-up one more.
 constexpr double extra_measurements = 2;
@@ -204,7 +229,8 @@ plan plan_for(const std::vector<group>& groups, const options& opts) {
   plan p;
   p.groups = groups.size();
   for (const auto& g : groups) p.implementations += g.members.size();
-  p.repetitions = opts.repetitions != 0 ? opts.repetitions : (opts.quick ? 9 : 15);
+  p.repetitions = opts.repetitions != 0 ? opts.repetitions
+                                        : (opts.quick ? quick_repetitions : full_repetitions);
   double measurements =
       static_cast<double>(p.implementations) * (p.repetitions + extra_measurements);
   p.target_ns = full_target_ns;
@@ -242,8 +268,14 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
   progress_bar bar(opts.progress, p.implementations * (p.repetitions + 1));
   std::vector<result> results;
   for (const auto& g : groups) {
-    std::string label = g.name + (g.size != 0 ? "/" + std::to_string(g.size) : "") + " x" +
-                        std::to_string(g.threads) + " ";
+    std::string label = g.name;
+    if (g.size != 0) {
+      label += '/';
+      label += std::to_string(g.size);
+    }
+    label += " x";
+    label += std::to_string(g.threads);
+    label += ' ';
     std::vector<candidate> cands;
     for (const row* r : g.members) {
       candidate c{r, r->make(g.threads), 0, {}};
@@ -253,9 +285,14 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       cands.push_back(std::move(c));
     }
     for (unsigned rep = 0; rep < p.repetitions; ++rep) {
-      for (auto& c : cands) {  // interleaved: A B C, A B C, ...
-        double ns = workers.measure(*c.b, g.threads, c.iterations);
+      // Interleaved, the order reversed every other repetition (A B C,
+      // C B A, ...) so that neither a drift nor the position after a given
+      // neighbour favours one implementation.
+      for (std::size_t k = 0; k < cands.size(); ++k) {
+        auto& c = cands[rep % 2 == 0 ? k : cands.size() - 1 - k];
+        auto [ns, preemptions] = workers.measure_counting(*c.b, g.threads, c.iterations);
         c.samples.push_back(ns / static_cast<double>(c.iterations));
+        if (preemptions != 0) ++c.interrupted;
         bar.step(label + c.r->impl);
       }
     }
@@ -272,6 +309,7 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       res.min_ns = *std::min_element(c.samples.begin(), c.samples.end());
       res.max_ns = *std::max_element(c.samples.begin(), c.samples.end());
       res.repetitions = p.repetitions;
+      res.interrupted = c.interrupted;
       if (&c != &*base) {
         // Pair by pair: each sample against the baseline's sample of the
         // same repetition, measured just before or after it.

@@ -9,9 +9,9 @@
 //  - every measurement runs on worker threads created once, pinned one per
 //    allowed CPU, so the process is multi-threaded (glibc skips atomics in a
 //    single-threaded process) and rows never measure thread creation;
-//  - rows with the same name and thread count form a group; the group's
-//    implementations are measured interleaved (A B C, A B C, ...), so drift
-//    in the machine's speed affects all of them;
+//  - rows with the same name, thread count and size form a group; the
+//    group's implementations are measured interleaved (A B C, C B A, ...),
+//    so drift in the machine's speed affects all of them;
 //  - each implementation is calibrated to a target duration, warmed up once,
 //    then measured `repetitions` times; the figure is the median of
 //    (wall time of the slowest thread / operations per thread), with min and
@@ -61,6 +61,10 @@ struct result {
   double min_ns = 0;
   double max_ns = 0;
   unsigned repetitions = 0;
+  // Repetitions during which another process took a worker's CPU: on a
+  // busy machine, multi-thread rows then measure threads that did not run
+  // at the same time.
+  unsigned interrupted = 0;
   // The implementation this one is compared with (empty for the baseline
   // itself) and the median of the per-repetition ratios time(this) /
   // time(baseline): above 1, this one is slower than the baseline.
@@ -70,7 +74,7 @@ struct result {
 
 struct options {
   bool quick = false;
-  unsigned repetitions = 0;       // 0: 9 (quick) or 15 (full)
+  unsigned repetitions = 0;       // 0: 15 (quick) or 21 (full)
   std::string filter;             // ECMAScript regex on "name/impl"
   std::vector<unsigned> threads;  // empty: each row's own list
   bool progress = true;           // progress bar on a terminal (stderr)

@@ -48,6 +48,10 @@ constexpr double even_band = 0.05;
 // result against its baseline; "baseline" for the baseline itself.
 std::string verdict(const percpu_bench::result& r);
 
+// A warning when other processes interrupted more than a tenth of the
+// measurements (involuntary context switches of the workers), else "".
+std::string busy_note(const report& rep);
+
 // The table, grouped by facility, with the ratio to the best peer and a verdict.
 void print_table(const report& rep);
 

@@ -12,6 +12,7 @@
 // The SVG is hand-written (no dependencies) and uses only what every
 // renderer supports: rect, line, text, g, title.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <stdexcept>
@@ -26,10 +27,11 @@ namespace percpu_tool {
 namespace {
 
 // Geometry (user units = pixels).
-constexpr double width = 980;
+constexpr double width = 1040;
 constexpr double margin = 20;
-constexpr double label_right = 210;  // impl names end here; bars start here
-constexpr double bar_area = 470;     // the widest bar (with its whisker)
+constexpr double label_right = 210;   // impl names end here; bars start here
+constexpr double bar_area = 470;      // the widest bar (with its whisker)
+constexpr double verdict_left = 770;  // verdicts line up here, after the value labels
 constexpr double bar_height = 16;
 constexpr double bar_gap = 5;
 constexpr double group_header = 24;
@@ -42,6 +44,8 @@ const char* const percpu_variant_colour = "#6fa8e6";
 const char* const peer_colours[] = {"#8d949c", "#b4b9bf"};
 const char* const ink = "#1d2228";
 const char* const muted = "#5b636b";
+const char* const faster_colour = "#1b7a3a";
+const char* const slower_colour = "#b0440e";
 
 std::string escape(const std::string& s) {
   std::string out;
@@ -120,6 +124,15 @@ const char* colour_of(const percpu_bench::result& r, unsigned& peer_index) {
   return peer_colours[peer_index++ % 2];
 }
 
+// Green where percpu wins, orange where it loses, grey for even or for a
+// comparison between percpu's own variants.
+const char* verdict_colour(const percpu_bench::result& r) {
+  if (!percpu_bench::is_preferred_baseline(r.baseline) || std::fabs(r.ratio - 1) <= even_band) {
+    return muted;
+  }
+  return r.ratio > 1 ? faster_colour : slower_colour;
+}
+
 using group_key = std::tuple<std::string, unsigned, std::uint64_t>;
 
 struct group {
@@ -181,6 +194,11 @@ void write_svg(const std::string& path, const report& rep) {
     y += 18;
     body += text_element({margin, y, 13, "#a33a00", "start", false, missing});
   }
+  std::string busy = busy_note(rep);
+  if (!busy.empty()) {
+    y += 18;
+    body += text_element({margin, y, 13, slower_colour, "start", false, busy});
+  }
   // Legend.
   y += 24;
   body += rect(margin, y - 11, 14, 12, percpu_colour) + "/>\n";
@@ -237,7 +255,8 @@ void write_svg(const std::string& path, const report& rep) {
         double label_x = std::max(x0 + w, x_max) + 8;
         body += text_element({label_x, mid + 4.5, 13, ink, "start", true, ns_text(r->median_ns)});
         if (!r->baseline.empty()) {
-          body += text_element({label_x + 72, mid + 4.5, 12, muted, "start", false, verdict(*r)});
+          body += text_element(
+              {verdict_left, mid + 4.5, 13, verdict_colour(*r), "start", false, verdict(*r)});
         }
         y += bar_height + bar_gap;
       }
