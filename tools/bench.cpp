@@ -105,6 +105,11 @@ int bench(const std::vector<std::string>& args) {
   std::printf("%zu measurements in %zu groups, %u repetitions of %.0f ms each: about %.0f s\n",
               plan.implementations, plan.groups, plan.repetitions, plan.target_ns / 1e6,
               plan.estimated_s);
+  if (!rep.missing_peers.empty()) {
+    std::string names;
+    for (const auto& m : rep.missing_peers) names += (names.empty() ? "" : ", ") + m.impl;
+    std::printf("not installed, not measured: %s (how to get them: at the end)\n", names.c_str());
+  }
   std::fflush(stdout);
   auto start = std::chrono::steady_clock::now();
   rep.results = percpu_bench::run(rows, opts);

@@ -81,7 +81,7 @@ class validator {
       }
     } else if (keyword == "dependentRequired") {
       if (v.type != kind::object) return;
-      for (const auto& [present, needed] : rule.object) {
+      for (const auto& [present, needed] : rule.object) {  // present -> members it needs
         if (v.find(present) == nullptr) continue;
         for (const auto& name : needed.array) {
           if (v.find(name.string) == nullptr) {
@@ -91,15 +91,22 @@ class validator {
       }
     } else if (keyword == "properties") {
       if (v.type != kind::object) return;
-      for (const auto& [name, member] : v.object) {
-        if (const value* sub = rule.find(name)) check(*sub, member, path + "." + name);
+      for (const auto& [name, content] : v.object) {
+        if (const value* sub = rule.find(name)) {
+          std::string member_path = path;
+          member_path += '.';
+          member_path += name;
+          check(*sub, content, member_path);
+        }
       }
     } else if (keyword == "additionalProperties") {
       if (v.type != kind::object) return;
-      if (rule.type != kind::boolean)
+      if (rule.type != kind::boolean) {
         throw std::runtime_error("additionalProperties must be a boolean here");
+      }
       const value* declared = schema.find("properties");
-      for (const auto& [name, member] : v.object) {
+      for (const auto& member : v.object) {
+        const std::string& name = member.name;
         if (!rule.boolean && (declared == nullptr || declared->find(name) == nullptr)) {
           fail(path, "unexpected member \"" + name + "\"");
         }
@@ -173,10 +180,11 @@ unsigned check_svg(const std::string& text) {
     for (++gt; gt < text.size(); ++gt) {
       char c = text[gt];
       if (quote != 0) {
-        if (c == quote)
+        if (c == quote) {
           quote = 0;
-        else if (c == '<')
+        } else if (c == '<') {
           fail("'<' in an attribute");
+        }
       } else if (c == '"' || c == '\'') {
         quote = c;
       } else if (c == '>') {

@@ -9,8 +9,8 @@
 namespace percpu_tool::json {
 
 const value* value::find(const std::string& key) const {
-  for (const auto& [name, member] : object) {
-    if (name == key) return &member;
+  for (const auto& [name, content] : object) {
+    if (name == key) return &content;
   }
   return nullptr;
 }
@@ -92,7 +92,7 @@ class parser {
         skip_space();
         std::string key = string_literal();
         expect(':');
-        v.object.emplace_back(std::move(key), any());
+        v.object.push_back({std::move(key), any()});
       } while (take(','));
       expect('}');
     } else if (c == '[') {

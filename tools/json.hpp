@@ -7,10 +7,11 @@
 #pragma once
 
 #include <string>
-#include <utility>
 #include <vector>
 
 namespace percpu_tool::json {
+
+struct member;
 
 struct value {
   enum class kind { null, boolean, number, string, array, object };
@@ -19,12 +20,17 @@ struct value {
   double number = 0;
   std::string string;
   std::vector<value> array;
-  std::vector<std::pair<std::string, value>> object;
+  std::vector<member> object;  // in file order
 
   // The member named `key` of an object, or nullptr.
   const value* find(const std::string& key) const;
   // Whether a number is integral.
   bool is_integer() const;
+};
+
+struct member {
+  std::string name;
+  value content;
 };
 
 // The JSON type name of `v`'s kind ("null", "boolean", "number", "string",
