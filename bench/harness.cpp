@@ -1,5 +1,6 @@
 #include "harness.hpp"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -30,11 +31,35 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-// This thread's involuntary context switches so far.
-long involuntary_switches() {
+// What the scheduler did to the calling thread so far: how often another
+// task took its CPU (involuntary context switches) and how long it waited,
+// runnable, for a CPU (run_delay in /proc/thread-self/schedstat; -1 where
+// that file cannot be read).
+struct schedule_sample {
+  long involuntary_switches = 0;
+  double waited_ns = -1;
+};
+
+// Reads the sample through `schedstat_fd`, the calling thread's
+// /proc/thread-self/schedstat opened by that thread (or -1).
+schedule_sample sample_schedule(int schedstat_fd) {
+  schedule_sample s;
   rusage usage{};
   getrusage(RUSAGE_THREAD, &usage);
-  return usage.ru_nivcsw;
+  s.involuntary_switches = usage.ru_nivcsw;
+  char text[128];
+  if (schedstat_fd >= 0) {
+    ssize_t n = pread(schedstat_fd, text, sizeof text - 1, 0);
+    unsigned long long running = 0;
+    unsigned long long waiting = 0;
+    if (n > 0) {
+      text[n] = '\0';
+      if (std::sscanf(text, "%llu %llu", &running, &waiting) == 2) {
+        s.waited_ns = static_cast<double>(waiting);
+      }
+    }
+  }
+  return s;
 }
 
 // Worker threads, pinned one per allowed CPU (round robin beyond that),
@@ -58,15 +83,19 @@ class pool {
     for (auto& w : workers_) w.join();
   }
 
-  // Runs body->run(i, iterations) on workers 0..threads-1, started together;
-  // returns the wall time from the common start to the last finish.
-  double measure(body& b, unsigned threads, std::uint64_t iterations) {
-    return measure_counting(b, threads, iterations).first;
-  }
+  struct measurement {
+    double ns = 0;         // the duration the operations took
+    long preemptions = 0;  // times another task took a worker's CPU meanwhile
+  };
 
-  // As measure(); also returns how many times another process took a
-  // worker's CPU while it ran (involuntary context switches).
-  std::pair<double, long> measure_counting(body& b, unsigned threads, std::uint64_t iterations) {
+  // Runs body->run(i, iterations) on workers 0..threads-1, started together.
+  // The duration is the longest worker's time less the time it waited,
+  // runnable, while another task held its CPU: on a shared machine that
+  // time belongs to others, not to the operation (time the operation
+  // itself spends blocked still counts).  Where the scheduler statistics
+  // cannot be read, it is the wall time from the common start to the last
+  // finish.
+  measurement measure(body& b, unsigned threads, std::uint64_t iterations) {
     std::unique_lock<std::mutex> lock(mutex_);
     body_ = &b;
     active_ = threads;
@@ -74,6 +103,8 @@ class pool {
     arrived_ = 0;
     finished_ = 0;
     preemptions_ = 0;
+    longest_ns_ = 0;
+    all_sampled_ = true;
     go_.store(false);
     ++generation_;
     wake_.notify_all();
@@ -82,7 +113,8 @@ class pool {
     go_.store(true, std::memory_order_release);
     done_.wait(lock, [&] { return finished_ == active_; });
     auto end = clock_type::now();
-    return {std::chrono::duration<double, std::nano>(end - start).count(), preemptions_};
+    double wall = std::chrono::duration<double, std::nano>(end - start).count();
+    return {all_sampled_ ? longest_ns_ : wall, preemptions_};
   }
 
  private:
@@ -93,6 +125,7 @@ class pool {
       CPU_SET(cpu, &set);
       sched_setaffinity(0, sizeof(set), &set);
     }
+    int schedstat_fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
     std::uint64_t seen = 0;
     for (;;) {
       body* b;
@@ -101,7 +134,10 @@ class pool {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return generation_ != seen; });
         seen = generation_;
-        if (stopping_) return;
+        if (stopping_) {
+          if (schedstat_fd >= 0) close(schedstat_fd);
+          return;
+        }
         if (index >= active_) continue;
         b = body_;
         iterations = iterations_;
@@ -110,11 +146,20 @@ class pool {
       }
       while (!go_.load(std::memory_order_acquire)) {
       }
-      long switches_before = involuntary_switches();
+      // The samples lie inside the timed window, so the wait they measure
+      // is part of it.
+      auto start = clock_type::now();
+      schedule_sample before = sample_schedule(schedstat_fd);
       b->run(index, iterations);
-      long switches = involuntary_switches() - switches_before;
+      schedule_sample after = sample_schedule(schedstat_fd);
+      auto end = clock_type::now();
+      double ran = std::chrono::duration<double, std::nano>(end - start).count();
+      bool sampled = before.waited_ns >= 0 && after.waited_ns >= 0;
+      if (sampled) ran = std::max(ran - (after.waited_ns - before.waited_ns), 0.0);
       std::lock_guard<std::mutex> lock(mutex_);
-      preemptions_ += switches;
+      preemptions_ += after.involuntary_switches - before.involuntary_switches;
+      longest_ns_ = std::max(longest_ns_, ran);
+      all_sampled_ = all_sampled_ && sampled;
       if (++finished_ == active_) done_.notify_all();
     }
   }
@@ -131,6 +176,8 @@ class pool {
   unsigned arrived_ = 0;
   unsigned finished_ = 0;
   long preemptions_ = 0;
+  double longest_ns_ = 0;
+  bool all_sampled_ = true;
   std::uint64_t iterations_ = 0;
 };
 
@@ -145,7 +192,7 @@ struct candidate {
 std::uint64_t calibrate(pool& p, body& b, unsigned threads, double target_ns) {
   std::uint64_t iterations = 1000;
   for (;;) {
-    double ns = p.measure(b, threads, iterations);
+    double ns = p.measure(b, threads, iterations).ns;
     if (ns >= target_ns / 4 || iterations >= (1ull << 34)) {
       double per_op = ns / static_cast<double>(iterations);
       return std::max<std::uint64_t>(
@@ -290,7 +337,7 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       // neighbour favours one implementation.
       for (std::size_t k = 0; k < cands.size(); ++k) {
         auto& c = cands[rep % 2 == 0 ? k : cands.size() - 1 - k];
-        auto [ns, preemptions] = workers.measure_counting(*c.b, g.threads, c.iterations);
+        auto [ns, preemptions] = workers.measure(*c.b, g.threads, c.iterations);
         c.samples.push_back(ns / static_cast<double>(c.iterations));
         if (preemptions != 0) ++c.interrupted;
         bar.step(label + c.r->impl);

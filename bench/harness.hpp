@@ -14,8 +14,10 @@
 //    so drift in the machine's speed affects all of them;
 //  - each implementation is calibrated to a target duration, warmed up once,
 //    then measured `repetitions` times; the figure is the median of
-//    (wall time of the slowest thread / operations per thread), with min and
-//    max beside it;
+//    (time of the slowest thread / operations per thread), with min and max
+//    beside it, where a thread's time is its wall time less the time it
+//    waited, runnable, while another process held its CPU (the kernel's
+//    run_delay): on a shared machine that time is not the operation's;
 //  - ratios are computed pair by pair: in each repetition an implementation's
 //    time is divided by the baseline's time measured next to it (the group's
 //    `percpu` implementation), and the row's ratio is the median of those;
