@@ -209,19 +209,25 @@ class progress_bar {
     ++done_;
     if (!enabled_) return;
     int width = 30;
-    int filled = static_cast<int>(static_cast<double>(done_) / static_cast<double>(total_) * width);
-    std::fprintf(stderr, "\r[%.*s%*s] %zu/%zu %-40.40s", filled, "##############################",
-                 width - filled, "", done_, total_, label.c_str());
+    double fraction = static_cast<double>(done_) / static_cast<double>(total_);
+    int filled = static_cast<int>(fraction * width);
+    // Time left, extrapolated from the time spent so far.
+    double elapsed = std::chrono::duration<double>(clock_type::now() - start_).count();
+    double left = elapsed * (1 - fraction) / fraction;
+    std::fprintf(stderr, "\r[%.*s%*s] %zu/%zu %3.0f s left  %-36.36s", filled,
+                 "##############################", width - filled, "", done_, total_, left,
+                 label.c_str());
     std::fflush(stderr);
   }
   ~progress_bar() {
-    if (enabled_) std::fprintf(stderr, "\r%*s\r", 90, "");
+    if (enabled_) std::fprintf(stderr, "\r%*s\r", 100, "");
   }
 
  private:
   bool enabled_;
   std::size_t total_;
   std::size_t done_ = 0;
+  clock_type::time_point start_ = clock_type::now();
 };
 
 }  // namespace
@@ -231,7 +237,7 @@ namespace {
 // Quick runs spread this much measuring time over every selected
 // implementation, so that --quick stays within its two minutes (with the
 // build) however many rows the facilities define.
-constexpr double quick_budget_ns = 45e9;
+constexpr double quick_budget_ns = 30e9;
 // One measurement never gets shorter than this (timer and scheduler noise
 // would dominate) nor, in a quick run, longer than the full run's target.
 constexpr double min_target_ns = 5e6;

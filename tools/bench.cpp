@@ -102,9 +102,10 @@ int bench(const std::vector<std::string>& args) {
   std::printf("%s: %s, %u CPUs, Linux %s, backend %s, %s\n", command.c_str(),
               rep.machine.cpu_model.c_str(), rep.machine.cpus, rep.machine.kernel.c_str(),
               rep.machine.backend.c_str(), rep.date.c_str());
-  std::printf("%zu measurements in %zu groups, %u repetitions of %.0f ms each: about %.0f s\n",
-              plan.implementations, plan.groups, plan.repetitions, plan.target_ns / 1e6,
-              plan.estimated_s);
+  std::printf(
+      "%zu measurements in %zu groups, %u repetitions of %.0f ms each: about %.0f s "
+      "(more on a busy machine)\n",
+      plan.implementations, plan.groups, plan.repetitions, plan.target_ns / 1e6, plan.estimated_s);
   if (!rep.missing_peers.empty()) {
     std::string names;
     for (const auto& m : rep.missing_peers) names += (names.empty() ? "" : ", ") + m.impl;
