@@ -10,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <regex>
@@ -49,14 +50,15 @@ schedule_sample sample_schedule(int schedstat_fd) {
   s.involuntary_switches = usage.ru_nivcsw;
   char text[128];
   if (schedstat_fd >= 0) {
+    // "<ns on the CPU> <ns waiting for it> <timeslices>"
     ssize_t n = pread(schedstat_fd, text, sizeof text - 1, 0);
-    unsigned long long running = 0;
-    unsigned long long waiting = 0;
     if (n > 0) {
       text[n] = '\0';
-      if (std::sscanf(text, "%llu %llu", &running, &waiting) == 2) {
-        s.waited_ns = static_cast<double>(waiting);
-      }
+      char* end = nullptr;
+      std::strtoull(text, &end, 10);
+      char* waiting_end = nullptr;
+      unsigned long long waiting = std::strtoull(end, &waiting_end, 10);
+      if (end != text && waiting_end != end) s.waited_ns = static_cast<double>(waiting);
     }
   }
   return s;
