@@ -61,6 +61,7 @@ int bench(const std::vector<std::string>& args) {
     } else if (a == "--svg") {
       svg_path = value();
     } else if (a == "--compare") {
+      if (i + 2 >= args.size()) throw std::invalid_argument("--compare needs two JSON files");
       const std::string& first = value();
       const std::string& second = value();
       if (i + 1 != args.size())
