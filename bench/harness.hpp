@@ -108,6 +108,14 @@ row make_row(const char* name, const char* impl, std::vector<unsigned> threads) 
   return row{name, impl, std::move(threads), [](unsigned) { return std::make_unique<Body>(); }};
 }
 
+// A row with a size: its body is constructed from the size, as Body(size).
+template <class Body>
+row make_sized_row(const char* name, const char* impl, std::vector<unsigned> threads,
+                   std::uint64_t size) {
+  return row{name, impl, std::move(threads),
+             [size](unsigned) { return std::make_unique<Body>(size); }, size};
+}
+
 // Every row the facilities define; peers not built are added to `missing`.
 std::vector<row> all_rows(std::vector<missing_peer>& missing);
 
