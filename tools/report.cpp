@@ -4,6 +4,7 @@
 
 #include <sys/utsname.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -133,9 +134,17 @@ std::string busy_note(const report& rep) {
 
 void print_table(const report& rep) {
   bool sized = false;
-  for (const auto& r : rep.results) sized = sized || r.size != 0;
-  std::printf("%-16s %3s %*s %-16s %10s  %-19s %7s  %s\n", "row", "thr", sized ? 7 : 0,
-              sized ? "size" : "", "impl", "median ns", "min - max", "ratio", "verdict");
+  int name_width = 16;  // columns widen to the longest row and impl names
+  int impl_width = 16;
+  for (const auto& r : rep.results) {
+    sized = sized || r.size != 0;
+    name_width = std::max(name_width, static_cast<int>(r.name.size()));
+    impl_width = std::max(impl_width, static_cast<int>(r.impl.size()));
+  }
+  int size_width = sized ? 7 : 0;
+  std::printf("%-*s %3s %*s %-*s %10s  %-19s %7s  %s\n", name_width, "row", "thr", size_width,
+              sized ? "size" : "", impl_width, "impl", "median ns", "min - max", "ratio",
+              "verdict");
   std::string facility;
   for (const auto& r : rep.results) {
     if (facility_of(r.name) != facility) {
@@ -147,9 +156,9 @@ void print_table(const report& rep) {
     std::snprintf(range, sizeof range, "%.2f - %.2f", r.min_ns, r.max_ns);
     std::string size = r.size != 0 ? std::to_string(r.size) : "";
     std::string text = r.baseline.empty() ? against_best_peer(r, rep.results) : verdict(r);
-    std::printf("%-16s %3u %*s %-16s %10.2f  %-19s %7.2f  %s\n", r.name.c_str(), r.threads,
-                sized ? 7 : 0, size.c_str(), r.impl.c_str(), r.median_ns, range, r.ratio,
-                text.c_str());
+    std::printf("%-*s %3u %*s %-*s %10.2f  %-19s %7.2f  %s\n", name_width, r.name.c_str(),
+                r.threads, size_width, size.c_str(), impl_width, r.impl.c_str(), r.median_ns, range,
+                r.ratio, text.c_str());
   }
   std::printf(
       "ratio: time / time of the group's baseline, median of the pairs measured side by "

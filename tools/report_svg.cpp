@@ -76,6 +76,13 @@ std::string fmt(const char* format, double a) {
   return buf;
 }
 
+// An implementation name that fits the label column (the bar's tooltip
+// keeps the full name).
+std::string shortened(const std::string& impl) {
+  constexpr std::size_t fits = 24;
+  return impl.size() <= fits ? impl : impl.substr(0, fits - 1) + "\xe2\x80\xa6";
+}
+
 // The figure for a bar's label: three significant digits or so.
 std::string ns_text(double ns) {
   if (ns >= 100) return fmt("%.0f ns", ns);
@@ -241,7 +248,7 @@ void write_svg(const std::string& path, const report& rep) {
         double mid = y + bar_height / 2;
         body += text_element({label_right - 8, mid + 4.5, 13,
                               r->impl.rfind("percpu", 0) == 0 ? percpu_colour : ink, "end",
-                              r->impl == "percpu", r->impl});
+                              r->impl == "percpu", shortened(r->impl)});
         body += "<g>" + rect(x0, y, w, bar_height, colour_of(*r, peer_index), " class=\"bar\"") +
                 "><title>" +
                 escape(r->impl + ": median " + ns_text(r->median_ns) + ", min " +
