@@ -88,6 +88,7 @@ class pool {
   struct measurement {
     double ns = 0;         // the duration the operations took
     long preemptions = 0;  // times another task took a worker's CPU meanwhile
+    double wall_ns = 0;    // common start to last finish, other tasks included
   };
 
   // Runs body->run(i, iterations) on workers 0..threads-1, started together.
@@ -116,7 +117,7 @@ class pool {
     done_.wait(lock, [&] { return finished_ == active_; });
     auto end = clock_type::now();
     double wall = std::chrono::duration<double, std::nano>(end - start).count();
-    return {all_sampled_ ? longest_ns_ : wall, preemptions_};
+    return {all_sampled_ ? longest_ns_ : wall, preemptions_, wall};
   }
 
  private:
@@ -191,6 +192,8 @@ struct candidate {
   unsigned interrupted = 0;     // samples during which a worker was preempted
 };
 
+// The iteration count whose measurement lasts about `target_ns` (the
+// operations' own time, as measure() counts it).
 std::uint64_t calibrate(pool& p, body& b, unsigned threads, double target_ns) {
   std::uint64_t iterations = 1000;
   for (;;) {
@@ -240,6 +243,9 @@ namespace {
 // implementation, so that --quick stays within its two minutes (with the
 // build) however many rows the facilities define.
 constexpr double quick_budget_ns = 30e9;
+// ... and on a busy machine shortens them further to stay within this much
+// wall time.
+constexpr double quick_wall_budget_ns = 75e9;
 // One measurement never gets shorter than this (timer and scheduler noise
 // would dominate) nor, in a quick run, longer than the full run's target.
 constexpr double min_target_ns = 5e6;
@@ -296,11 +302,16 @@ plan plan_for(const std::vector<group>& groups, const options& opts) {
   return p;
 }
 
-double median_of(std::vector<double> values) {
+// The `fraction` quantile of `values` (0.5: the median), interpolated
+// between the two nearest values; 0 for no values.
+double quantile(std::vector<double> values, double fraction) {
   std::sort(values.begin(), values.end());
-  std::size_t n = values.size();
-  if (n == 0) return 0;
-  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+  if (values.empty()) return 0;
+  double position = fraction * static_cast<double>(values.size() - 1);
+  auto below = static_cast<std::size_t>(position);
+  std::size_t above = std::min(below + 1, values.size() - 1);
+  double weight = position - static_cast<double>(below);
+  return values[below] * (1 - weight) + values[above] * weight;
 }
 
 }  // namespace
@@ -322,7 +333,27 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
   pool workers(max_threads);
   progress_bar bar(opts.progress, p.implementations * (p.repetitions + 1));
   std::vector<result> results;
+  auto started = clock_type::now();
+  double planned_ns = 0;  // measuring time the groups so far were planned for
+  std::size_t measurements_left = p.implementations;
   for (const auto& g : groups) {
+    // On a busy machine a measurement takes longer than its target (others
+    // hold the CPU part of the time).  A quick run shortens the remaining
+    // measurements by the slowdown seen so far, so that it stays within
+    // its wall-time budget.
+    double target_ns = p.target_ns;
+    double elapsed_ns =
+        std::chrono::duration<double, std::nano>(clock_type::now() - started).count();
+    if (opts.quick && planned_ns > 0) {
+      double slowdown = std::max(1.0, elapsed_ns / planned_ns);
+      double per_measurement =
+          (quick_wall_budget_ns - elapsed_ns) / (static_cast<double>(measurements_left) *
+                                                 (p.repetitions + extra_measurements) * slowdown);
+      target_ns = std::clamp(per_measurement, min_target_ns, p.target_ns);
+    }
+    planned_ns +=
+        static_cast<double>(g.members.size()) * (p.repetitions + extra_measurements) * target_ns;
+    measurements_left -= g.members.size();
     std::string label = g.name;
     if (g.size != 0) {
       label += '/';
@@ -334,7 +365,7 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
     std::vector<candidate> cands;
     for (const row* r : g.members) {
       candidate c{r, r->make(g.threads), 0, {}};
-      c.iterations = calibrate(workers, *c.b, g.threads, p.target_ns);
+      c.iterations = calibrate(workers, *c.b, g.threads, target_ns);
       workers.measure(*c.b, g.threads, c.iterations);  // warm-up
       bar.step(label + r->impl);
       cands.push_back(std::move(c));
@@ -345,9 +376,9 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       // neighbour favours one implementation.
       for (std::size_t k = 0; k < cands.size(); ++k) {
         auto& c = cands[rep % 2 == 0 ? k : cands.size() - 1 - k];
-        auto [ns, preemptions] = workers.measure(*c.b, g.threads, c.iterations);
-        c.samples.push_back(ns / static_cast<double>(c.iterations));
-        if (preemptions != 0) ++c.interrupted;
+        auto m = workers.measure(*c.b, g.threads, c.iterations);
+        c.samples.push_back(m.ns / static_cast<double>(c.iterations));
+        if (m.preemptions != 0) ++c.interrupted;
         bar.step(label + c.r->impl);
       }
     }
@@ -360,7 +391,7 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       res.impl = c.r->impl;
       res.threads = g.threads;
       res.size = g.size;
-      res.median_ns = median_of(c.samples);
+      res.median_ns = quantile(c.samples, 0.5);
       res.min_ns = *std::min_element(c.samples.begin(), c.samples.end());
       res.max_ns = *std::max_element(c.samples.begin(), c.samples.end());
       res.repetitions = p.repetitions;
@@ -373,7 +404,9 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
           if (base->samples[i] > 0) ratios.push_back(c.samples[i] / base->samples[i]);
         }
         res.baseline = base->r->impl;
-        res.ratio = median_of(ratios);
+        res.ratio = quantile(ratios, 0.5);
+        res.ratio_q1 = quantile(ratios, 0.25);
+        res.ratio_q3 = quantile(ratios, 0.75);
       }
       results.push_back(res);
     }

@@ -22,7 +22,8 @@
 //    time is divided by the baseline's time measured next to it (the group's
 //    `percpu` implementation), and the row's ratio is the median of those;
 //  - the time each measurement takes is chosen so that the whole run fits a
-//    budget (--quick) however many rows the facilities define.
+//    budget (--quick) however many rows the facilities define, and shortened
+//    as the run goes when other processes slow it down.
 #pragma once
 
 #include <cstdint>
@@ -72,6 +73,9 @@ struct result {
   // time(baseline): above 1, this one is slower than the baseline.
   std::string baseline;
   double ratio = 1;
+  // The quartiles of those ratios: where the middle half of the pairs lie.
+  double ratio_q1 = 1;
+  double ratio_q3 = 1;
 };
 
 struct options {

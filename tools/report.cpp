@@ -45,13 +45,23 @@ std::string facility_of(const std::string& row_name) {
   return row_name.substr(0, row_name.find('.'));
 }
 
+int direction(double ratio, double ratio_q1, double ratio_q3) {
+  if (std::fabs(ratio - 1) <= even_band) return 0;
+  if (ratio > 1) return ratio_q1 > 1 ? 1 : 0;
+  return ratio_q3 < 1 ? -1 : 0;
+}
+
+int direction(const percpu_bench::result& r) {
+  return direction(r.ratio, r.ratio_q1, r.ratio_q3);
+}
+
 std::string verdict(const percpu_bench::result& r) {
   if (r.baseline.empty()) return "baseline";
   char text[96];
   if (!percpu_bench::is_preferred_baseline(r.baseline)) {
     std::snprintf(text, sizeof text, "%.2fx the time of %s", r.ratio, r.baseline.c_str());
-  } else if (std::fabs(r.ratio - 1) <= even_band) {
-    std::snprintf(text, sizeof text, "even (within %.0f%%)", even_band * 100);
+  } else if (direction(r) == 0) {
+    std::snprintf(text, sizeof text, "even (%.2fx)", r.ratio);
   } else {
     std::snprintf(text, sizeof text, "percpu %.2fx %s", r.ratio >= 1 ? r.ratio : 1 / r.ratio,
                   r.ratio >= 1 ? "faster" : "slower");
@@ -104,7 +114,7 @@ std::string against_best_peer(const percpu_bench::result& base,
   }
   if (best == nullptr) return "baseline";
   char text[96];
-  if (std::fabs(best->ratio - 1) <= even_band) {
+  if (direction(*best) == 0) {
     std::snprintf(text, sizeof text, "even with best peer %s", best->impl.c_str());
   } else {
     std::snprintf(text, sizeof text, "%.2fx %s than best peer %s",
@@ -197,7 +207,8 @@ void write_json(const std::string& path, const report& rep) {
     out << ", \"ns_per_op\": " << number << ", \"repetitions\": " << r.repetitions
         << ", \"interrupted\": " << r.interrupted;
     if (!r.baseline.empty()) {
-      std::snprintf(number, sizeof number, "%.4f", r.ratio);
+      std::snprintf(number, sizeof number, "%.4f, \"ratio_q1\": %.4f, \"ratio_q3\": %.4f", r.ratio,
+                    r.ratio_q1, r.ratio_q3);
       out << ", \"baseline\": " << quoted(r.baseline) << ", \"ratio\": " << number;
     }
     out << "}";
@@ -212,6 +223,8 @@ namespace {
 struct compared {
   double median_ns = 0;
   double ratio = 0;
+  double ratio_q1 = 0;
+  double ratio_q3 = 0;
 };
 
 double number_member(const json::value& v, const char* key, double otherwise) {
@@ -239,15 +252,11 @@ std::map<result_key, compared> ratios_in(const std::string& path) {
     result_key key{string_member(r, "name"), static_cast<unsigned>(number_member(r, "threads", 0)),
                    static_cast<std::uint64_t>(number_member(r, "size", 0)),
                    string_member(r, "impl")};
-    out[key] = {number_member(r, "ns_per_op", 0), number_member(r, "ratio", 0)};
+    double ratio = number_member(r, "ratio", 0);
+    out[key] = {number_member(r, "ns_per_op", 0), ratio, number_member(r, "ratio_q1", ratio),
+                number_member(r, "ratio_q3", ratio)};
   }
   return out;
-}
-
-// -1 faster than the baseline, 0 even, +1 slower.
-int direction(double ratio) {
-  if (std::fabs(ratio - 1) <= even_band) return 0;
-  return ratio > 1 ? 1 : -1;
 }
 
 }  // namespace
@@ -269,8 +278,8 @@ int compare_reports(const std::string& first_path, const std::string& second_pat
     double change = b.ratio / a.ratio - 1;
     bool slow_rows = a.median_ns > checked_above && b.median_ns > checked_above;
     std::string status = "ok";
-    int da = direction(a.ratio);
-    int db = direction(b.ratio);
+    int da = direction(a.ratio, a.ratio_q1, a.ratio_q3);
+    int db = direction(b.ratio, b.ratio_q1, b.ratio_q3);
     if (da != 0 && db != 0 && da != db) {
       status = "DIRECTION DIFFERS";
     } else if (slow_rows && std::fabs(change) > agreement) {
@@ -291,8 +300,8 @@ int compare_reports(const std::string& first_path, const std::string& second_pat
   std::printf("%u ratios compared, %u disagree: %s\n", checked, failed,
               failed == 0 ? "REPRODUCED" : "NOT REPRODUCED");
   std::printf(
-      "(direction: faster or slower than the baseline, ratios within %.0f%% of 1 count "
-      "as even and agree with either)\n",
+      "(direction: faster or slower than the baseline; a ratio within %.0f%% of 1, or whose "
+      "pairs' middle half straddles 1, is even and agrees with either)\n",
       even_band * 100);
   return failed == 0 ? 0 : 1;
 }

@@ -44,7 +44,14 @@ std::string facility_of(const std::string& row_name);
 // faster or slower: one run on a shared machine cannot tell them apart.
 constexpr double even_band = 0.05;
 
-// "percpu 3.37x faster", "percpu 1.07x slower", "even (within 5%)" for a
+// Which way a comparison points: +1 where the implementation is slower than
+// its baseline (ratio above 1), -1 where it is faster, 0 (even) where the
+// run cannot tell - the median ratio is within even_band of 1, or the
+// middle half of the pair-by-pair ratios (q1 to q3) straddles 1.
+int direction(double ratio, double ratio_q1, double ratio_q3);
+int direction(const percpu_bench::result& r);
+
+// "percpu 3.37x faster", "percpu 1.07x slower", "even (1.03x)" for a
 // result against its baseline; "baseline" for the baseline itself.
 std::string verdict(const percpu_bench::result& r);
 
