@@ -245,7 +245,7 @@ namespace {
 constexpr double quick_budget_ns = 30e9;
 // ... and on a busy machine shortens them further to stay within this much
 // wall time.
-constexpr double quick_wall_budget_ns = 75e9;
+constexpr double quick_wall_budget_ns = 45e9;
 // One measurement never gets shorter than this (timer and scheduler noise
 // would dominate) nor, in a quick run, longer than the full run's target.
 constexpr double min_target_ns = 5e6;
