@@ -10,7 +10,8 @@
 // Workers (2 per allowed CPU, at least 4) pick operations at random from a
 // seeded generator: per-CPU storage adds and growth, counter adds,
 // big-reader lock sections, cross-CPU calls, stopped-CPU visits that drain a
-// storage, pool cache gets and puts with invalidates and reclaims.  Faults:
+// storage, pool cache gets and puts with invalidates and reclaims, operation
+// queue updates and reads.  Faults:
 // workers migrate every few hundred operations; a signaller interrupts them
 // every ~20 us and the handler uses the async-signal-safe operations; workers
 // exit and are replaced; the CPUs the workers may use shrink to one and grow
@@ -34,15 +35,18 @@
 #include <mutex>
 #include <random>
 #include <shared_mutex>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "commands.hpp"
 #include "percpu/counter.hpp"
 #include "percpu/cpu.hpp"
 #include "percpu/pool_cache.hpp"
+#include "percpu/queue.hpp"
 #include "percpu/rwlock.hpp"
 #include "percpu/storage.hpp"
 #include "percpu/xcall.hpp"
@@ -67,9 +71,9 @@ struct tally {
   }
 };
 
-enum facility { storage_f, counter_f, rwlock_f, xcall_f, visit_f, pool_f, facility_count };
-tally tallies[facility_count] = {{"storage"}, {"counter"}, {"rwlock"},
-                                 {"xcall"},   {"visit"},   {"pool_cache"}};
+enum facility { storage_f, counter_f, rwlock_f, xcall_f, visit_f, pool_f, queue_f, facility_count };
+tally tallies[facility_count] = {{"storage"}, {"counter"},    {"rwlock"}, {"xcall"},
+                                 {"visit"},   {"pool_cache"}, {"queue"}};
 
 enum fault { migrations, signals, thread_exits, cpu_shrinks, forks, invalidates, fault_count };
 const char* const fault_names[fault_count] = {"migrations",   "signals", "thread exits",
@@ -93,6 +97,22 @@ struct pooled {
   ~pooled() { mark = 0; }
 };
 
+// A queued operation: thread `key`'s n-th update.  apply() checks that each
+// thread's updates arrive in order, none lost or repeated.
+struct numbered {
+  std::uint64_t key;
+  std::uint64_t n;
+};
+std::unordered_map<std::uint64_t, std::uint64_t> applied;  // under the queue's target lock
+
+void apply_numbered(std::span<const numbered> ops) {
+  for (const numbered& op : ops) {
+    std::uint64_t& last = applied[op.key];
+    tallies[queue_f].check(op.n == last + 1);
+    last = op.n;
+  }
+}
+
 struct shared_state {
   // storage: every add (workers and handlers) is counted; visits move slot
   // values into `drained`; at the end slots + drained == added.
@@ -110,6 +130,15 @@ struct shared_state {
   std::atomic<int> writers_inside{0};
   // pool
   percpu::pool_cache<pooled> pool{"stress"};
+  // queue: per-thread order, read-your-writes, nothing lost at the end
+  percpu::batch_queue<numbered> queue{apply_numbered, [] {
+                                        percpu::queue_options o;
+                                        o.capacity = 64;
+                                        return o;
+                                      }()};
+  std::atomic<std::uint64_t> next_queue_key{1};
+  std::mutex finals_mutex;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> queue_finals;  // (key, last n)
   // workers may use these CPUs now (shrunk and restored by the fault thread)
   std::mutex cpus_mutex;
   std::vector<unsigned> usable;
@@ -248,6 +277,8 @@ void storage_growth(std::mt19937_64& rng) {
 
 void worker(std::uint64_t seed, clock_type::time_point until, std::atomic<bool>& stop) {
   std::mt19937_64 rng(seed);
+  std::uint64_t queue_key = state->next_queue_key.fetch_add(1);
+  std::uint64_t queued = 0;
   std::vector<pooled*> held;
   std::uint64_t steps = 0;
   auto lifetime_end = clock_type::now() + std::chrono::milliseconds(50 + rng() % 400);
@@ -285,7 +316,19 @@ void worker(std::uint64_t seed, clock_type::time_point until, std::atomic<bool>&
       without_signals(visit_step);
     } else if (pick < 955) {
       storage_growth(rng);
+    } else if (pick < 995) {
+      state->queue.enqueue(numbered{queue_key, ++queued});
+      tallies[queue_f].operations.fetch_add(1, std::memory_order_relaxed);
+    } else if (pick < 997 && queued != 0) {
+      // Read-your-writes: every update this thread enqueued is applied.
+      std::uint64_t seen = state->queue.read(queue_key, [&] { return applied[queue_key]; });
+      tallies[queue_f].check(seen == queued);
+      tallies[queue_f].operations.fetch_add(1, std::memory_order_relaxed);
     }
+  }
+  {
+    std::lock_guard g(state->finals_mutex);
+    state->queue_finals.emplace_back(queue_key, queued);
   }
   for (pooled* p : held) checked_put(p);
 }
@@ -476,6 +519,7 @@ int stress(const std::vector<std::string>& args) {
       invalidates_returned.fetch_add(1);
       count(invalidates);
       if (frng() % 8 == 0) shared.pool.reclaim();
+      if (frng() % 4 == 0) shared.queue.flush_all();  // idle CPUs' buffers too
       if (clock_type::now() > next_fork) {
         fork_once(forks_tally);
         next_fork = clock_type::now() + std::chrono::milliseconds(700 + frng() % 600);
@@ -521,6 +565,10 @@ int stress(const std::vector<std::string>& args) {
   tallies[visit_f].check(slot_sum + shared.drained.load() == shared.slots_added.load());
   tallies[counter_f].check(shared.count.read() + shared.count_taken.load() ==
                            shared.count_added.load());
+  shared.queue.flush_all();
+  for (auto [key, last] : shared.queue_finals) {
+    tallies[queue_f].check(last == 0 || applied[key] == last);
+  }
   percpu::pool_stats ps = shared.pool.stats();
   tallies[pool_f].check(ps.constructions - ps.destructions == ps.objects_cached &&
                         ps.objects_in_use == 0);
