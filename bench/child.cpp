@@ -78,8 +78,8 @@ child_body::child_body(const std::string& row_name, std::size_t size, unsigned t
   std::string size_arg = std::to_string(size);
   std::string threads_arg = std::to_string(threads);
   std::string name = row_name;
-  char* argv[] = {exe.data(), command.data(), name.data(), size_arg.data(), threads_arg.data(),
-                  nullptr};
+  char* argv[] = {exe.data(),      command.data(),     name.data(),
+                  size_arg.data(), threads_arg.data(), nullptr};
   int rc = posix_spawn(&pid_, exe.c_str(), &actions, nullptr, argv, env.data());
   posix_spawn_file_actions_destroy(&actions);
   close(down[0]);
@@ -109,8 +109,7 @@ child_body::~child_body() {
 void child_body::run(unsigned thread, std::uint64_t iterations) {
   if (thread != 0) return;
   std::string reply;
-  if (!write_all(to_child_, std::to_string(iterations) + "\n") ||
-      !read_line(from_child_, reply)) {
+  if (!write_all(to_child_, std::to_string(iterations) + "\n") || !read_line(from_child_, reply)) {
     std::fprintf(stderr, "bench: a child process died\n");
     std::abort();
   }

@@ -280,7 +280,8 @@ constexpr preloaded_peer preloaded_peers[] = {
 template <class Source>
 std::unique_ptr<body> allocator_body(const std::string& row_name, std::size_t size) {
   if (row_name == "pool.get_put") return std::make_unique<get_put<Source>>(size);
-  if (row_name == "pool.producer_consumer") return std::make_unique<producer_consumer<Source>>(size);
+  if (row_name == "pool.producer_consumer")
+    return std::make_unique<producer_consumer<Source>>(size);
   return nullptr;
 }
 
@@ -304,9 +305,9 @@ void add_allocator_rows(std::vector<row>& rows, std::vector<missing_peer>& missi
                          },
                          size});
     }
-    rows.push_back(row{name, "pmr_sync_pool", threads,
-                       [name, size](unsigned) { return allocator_body<pmr_sync_source>(name, size); },
-                       size});
+    rows.push_back(
+        row{name, "pmr_sync_pool", threads,
+            [name, size](unsigned) { return allocator_body<pmr_sync_source>(name, size); }, size});
   }
 }
 

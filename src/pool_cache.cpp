@@ -119,7 +119,7 @@ registry& the_registry() {
 // The puts a signal handler made while its thread held this cache's locks.
 struct deferred_puts {
   static constexpr unsigned capacity = 64;
-  const pool_core* held = nullptr;  // the cache whose depot/slab lock this thread holds
+  const pool_core* held = nullptr;              // the cache whose depot/slab lock this thread holds
   const raw_pool_cache* in_callback = nullptr;  // the cache whose ctor/dtor runs here
   unsigned count = 0;
   void* objects[capacity];
@@ -789,7 +789,8 @@ struct pool_internals {
 
 void pool_check_get(const raw_pool_cache* cache, void* object) noexcept {
   pool_header* h = pool_object_header(object);
-  if (h->state != pool_object_state::cached) misuse("get found a corrupted cached object", cache, object);
+  if (h->state != pool_object_state::cached)
+    misuse("get found a corrupted cached object", cache, object);
   h->state = pool_object_state::in_use;
 }
 
@@ -810,12 +811,17 @@ void pool_check_put(const raw_pool_cache* cache, void* object) noexcept {
       }
     }
   }
-  if (owner == 0) misuse("put of a pointer no pool_cache handed out (foreign pointer)", cache, object);
-  if (!at_object_start) misuse("put of a pointer into the middle of an object (foreign pointer)", cache, object);
-  if (owner != cache->id()) misuse("put to the wrong cache (the object belongs to another)", cache, object);
+  if (owner == 0)
+    misuse("put of a pointer no pool_cache handed out (foreign pointer)", cache, object);
+  if (!at_object_start)
+    misuse("put of a pointer into the middle of an object (foreign pointer)", cache, object);
+  if (owner != cache->id())
+    misuse("put to the wrong cache (the object belongs to another)", cache, object);
   pool_header* h = pool_object_header(object);
-  if (h->state == pool_object_state::cached) misuse("double put (the object is already cached)", cache, object);
-  if (h->state != pool_object_state::in_use) misuse("put of an object that is not in use", cache, object);
+  if (h->state == pool_object_state::cached)
+    misuse("double put (the object is already cached)", cache, object);
+  if (h->state != pool_object_state::in_use)
+    misuse("put of an object that is not in use", cache, object);
   h->state = pool_object_state::cached;
 }
 
@@ -836,7 +842,8 @@ raw_pool_cache::raw_pool_cache(pool_options options)
     throw std::invalid_argument(
         "percpu::pool_cache: alignment must be a power of two no larger than 4096");
   }
-  unsigned magazine = options_.magazine_size != 0 ? options_.magazine_size : detail::default_magazine;
+  unsigned magazine =
+      options_.magazine_size != 0 ? options_.magazine_size : detail::default_magazine;
   magazine = std::clamp(magazine, detail::min_magazine, detail::max_magazine);
   magazine_size_.store(magazine, std::memory_order_relaxed);
 
@@ -877,8 +884,7 @@ raw_pool_cache::~raw_pool_cache() {
 #if PERCPU_POOL_CHECKS
   std::uint64_t live = c.constructions.load() - c.destructions.load();
   if (live != 0) {
-    std::fprintf(stderr,
-                 "percpu::pool_cache \"%s\": destroyed with %llu objects still in use\n",
+    std::fprintf(stderr, "percpu::pool_cache \"%s\": destroyed with %llu objects still in use\n",
                  options_.name.c_str(), static_cast<unsigned long long>(live));
   }
 #endif
@@ -929,7 +935,8 @@ pool_stats raw_pool_cache::stats() const {
     std::lock_guard g(c.depot_lock);
     s.depot_full = c.full_count;
     s.depot_empty = c.empty_count;
-    for (const detail::magazine* m = c.full; m != nullptr; m = m->next) s.objects_cached += m->count;
+    for (const detail::magazine* m = c.full; m != nullptr; m = m->next)
+      s.objects_cached += m->count;
   }
   {
     std::lock_guard g(c.slab_lock);

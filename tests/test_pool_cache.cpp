@@ -65,7 +65,7 @@ TEST(PoolCache, ObjectsStayConstructedAndAreReused) {
       a->payload[0] = 42;
       cache.put(a);
       counted* b = cache.get();
-      EXPECT_EQ(b, a);  // the same CPU's array hands back the last object put
+      EXPECT_EQ(b, a);                // the same CPU's array hands back the last object put
       EXPECT_EQ(b->payload[0], 42u);  // still constructed, not re-initialised
       cache.put(b);
       for (int i = 0; i < 10000; ++i) cache.put(cache.get());
@@ -355,9 +355,9 @@ TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
     for (auto& w : workers) w.join();
     allow_all();
 
-    EXPECT_EQ(violations.load(), 0) << dead_objects.load() << " not constructed, "
-                                    << handed_out_twice.load() << " handed out twice, "
-                                    << stale_objects.load() << " from before an invalidate";
+    EXPECT_EQ(violations.load(), 0)
+        << dead_objects.load() << " not constructed, " << handed_out_twice.load()
+        << " handed out twice, " << stale_objects.load() << " from before an invalidate";
     EXPECT_GT(invalidations, 100);
     EXPECT_GT(handler_gets.load(), 0);
     percpu::pool_stats s = cache.stats();
@@ -367,10 +367,11 @@ TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
     EXPECT_EQ(s.objects_in_use, 0u);
     cache.invalidate();
     EXPECT_EQ(tortured::constructed.load(), tortured::destroyed.load());
-    std::printf("torture: %ld gets, %ld handler gets, %ld signals, %ld invalidations, "
-                "%llu constructions\n",
-                gets.load(), handler_gets.load(), signals.sent(), invalidations,
-                static_cast<unsigned long long>(s.constructions));
+    std::printf(
+        "torture: %ld gets, %ld handler gets, %ld signals, %ld invalidations, "
+        "%llu constructions\n",
+        gets.load(), handler_gets.load(), signals.sent(), invalidations,
+        static_cast<unsigned long long>(s.constructions));
     torture_cache = nullptr;
   }
 }

@@ -407,7 +407,8 @@ options parse(const std::vector<std::string>& args) {
       if (o.slots == 0 || o.slots > 4096) throw std::invalid_argument("--slots must be 1..4096");
     } else if (a == "--threads") {
       o.threads = static_cast<unsigned>(number(value()));
-      if (o.threads == 0 || o.threads > 1024) throw std::invalid_argument("--threads must be 1..1024");
+      if (o.threads == 0 || o.threads > 1024)
+        throw std::invalid_argument("--threads must be 1..1024");
     } else {
       throw std::invalid_argument("unknown option " + a);
     }
@@ -440,13 +441,16 @@ int stress(const std::vector<std::string>& args) {
   if ((!o.backend.empty() || o.slots != 0) && std::getenv("PERCPU_STRESS_CHILD") == nullptr) {
     reexec_with(o, args);
   }
-  if (!o.seed_given) o.seed = static_cast<std::uint64_t>(clock_type::now().time_since_epoch().count());
+  if (!o.seed_given)
+    o.seed = static_cast<std::uint64_t>(clock_type::now().time_since_epoch().count());
   const auto& b = percpu::backend();
   std::vector<unsigned> all_cpus = percpu::allowed_cpus();
-  unsigned threads = o.threads != 0 ? o.threads : std::max(4u, 2 * static_cast<unsigned>(all_cpus.size()));
-  std::printf("percpu stress: %.0f s, seed %" PRIu64 ", backend %s (%u slots), %u workers, %zu CPUs\n",
-              o.seconds, o.seed, b.kind == percpu::backend_kind::rseq ? "rseq" : "portable", b.slots,
-              threads, all_cpus.size());
+  unsigned threads =
+      o.threads != 0 ? o.threads : std::max(4u, 2 * static_cast<unsigned>(all_cpus.size()));
+  std::printf("percpu stress: %.0f s, seed %" PRIu64
+              ", backend %s (%u slots), %u workers, %zu CPUs\n",
+              o.seconds, o.seed, b.kind == percpu::backend_kind::rseq ? "rseq" : "portable",
+              b.slots, threads, all_cpus.size());
   std::fflush(stdout);
 
   shared_state shared;
@@ -546,8 +550,9 @@ int stress(const std::vector<std::string>& args) {
         ops += t.operations.load();
         bad += t.violations.load();
       }
-      std::fprintf(stderr, "  %5.0f s  %12" PRIu64 " operations  %8" PRIu64 " faults  %" PRIu64
-                           " violations\n",
+      std::fprintf(stderr,
+                   "  %5.0f s  %12" PRIu64 " operations  %8" PRIu64 " faults  %" PRIu64
+                   " violations\n",
                    std::chrono::duration<double>(last_report - start).count(), ops,
                    faults[signals].load() + faults[migrations].load(), bad);
     }

@@ -70,7 +70,7 @@ struct pool_cpu_stats {
 struct pool_stats {
   std::string name;
   std::size_t object_size = 0;
-  unsigned magazine_size = 0;  // objects per magazine now
+  unsigned magazine_size = 0;        // objects per magazine now
   std::vector<pool_cpu_stats> cpus;  // CPUs whose array is or was in use
   std::uint64_t depot_full = 0;      // full magazines in the depot
   std::uint64_t depot_empty = 0;     // empty magazines in the depot
@@ -82,8 +82,8 @@ struct pool_stats {
   std::uint64_t objects_cached = 0;  // constructed, in a CPU array or the depot
   std::uint64_t objects_in_use = 0;  // constructed and handed out
   std::uint64_t slabs = 0;
-  std::uint64_t bytes_in_use = 0;  // object bytes handed out
-  std::uint64_t bytes_cached = 0;  // object bytes constructed and cached
+  std::uint64_t bytes_in_use = 0;    // object bytes handed out
+  std::uint64_t bytes_cached = 0;    // object bytes constructed and cached
   std::uint64_t bytes_reserved = 0;  // slab memory held from the system
   std::uint64_t invalidations = 0;
   std::uint64_t trims = 0;
@@ -143,7 +143,8 @@ class raw_pool_cache {
     detail::pool_check_put(this, object);
 #endif
     detail::seq::guard current{&generation_, detail::pool_object_header(object)->generation};
-    if (detail::seq::push(arrays0_, stops_.words(), object, current)) [[likely]] return;
+    if (detail::seq::push(arrays0_, stops_.words(), object, current)) [[likely]]
+      return;
     put_slow(object);
   }
 
@@ -169,8 +170,12 @@ class raw_pool_cache {
   std::size_t reclaim();
 
   [[nodiscard]] pool_stats stats() const;
-  [[nodiscard]] std::size_t object_size() const noexcept { return size_; }
-  [[nodiscard]] const std::string& name() const noexcept { return options_.name; }
+  [[nodiscard]] std::size_t object_size() const noexcept {
+    return size_;
+  }
+  [[nodiscard]] const std::string& name() const noexcept {
+    return options_.name;
+  }
 
   // A process-unique number naming this cache (debug messages, statistics).
   [[nodiscard]] std::uint32_t id() const noexcept;
@@ -185,8 +190,8 @@ class raw_pool_cache {
   void* get_slow() noexcept;
   void put_slow(void* object) noexcept;
 
-  detail::cpu_array* arrays0_;   // per-CPU arrays, CPU 0's copy
-  stop_state stops_;             // per-CPU stop words of the arrays
+  detail::cpu_array* arrays0_;    // per-CPU arrays, CPU 0's copy
+  stop_state stops_;              // per-CPU stop words of the arrays
   std::uint64_t generation_ = 1;  // the guard of put's push (atomic_ref)
   std::size_t size_;
   pool_options options_;

@@ -107,9 +107,9 @@ enum class status : std::uint8_t {
 // instructions and %r11.
 #if !defined(NDEBUG) && !defined(PERCPU_NO_FAULT_INJECTION)
 #define PERCPU_FAULT_INJECTION 1
-#define PERCPU_RSEQ_INJECT                                    \
+#define PERCPU_RSEQ_INJECT                                 \
   "movq percpu_fault_countdown@gottpoff(%%rip), %%r11\n\t" \
-  "subl $1, %%fs:(%%r11)\n\t"                               \
+  "subl $1, %%fs:(%%r11)\n\t"                              \
   "jz 4f\n\t"
 #define PERCPU_RSEQ_CLOBBERS "memory", "cc", "r11"
 #else
@@ -153,8 +153,8 @@ enum class status : std::uint8_t {
 // read the word with ldar for the same reason).
 inline status add(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t v) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-           "leaq (%[slot0], %%rax), %%rdx\n\t"
-           PERCPU_RSEQ_INJECT "addq %[v], (%%rdx)\n\t" PERCPU_RSEQ_END
+           "leaq (%[slot0], %%rax), %%rdx\n\t" PERCPU_RSEQ_INJECT
+           "addq %[v], (%%rdx)\n\t" PERCPU_RSEQ_END
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "er"(v)
            : PERCPU_RSEQ_CLOBBERS, "rax", "rdx"
@@ -172,8 +172,7 @@ inline status add_return(std::int64_t* slot0, const std::uint32_t* stop0, std::i
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "leaq (%[slot0], %%rax), %%rdx\n\t"
            "movq (%%rdx), %%rcx\n\t"
-           "addq %[v], %%rcx\n\t"
-           PERCPU_RSEQ_INJECT "movq %%rcx, (%%rdx)\n\t" PERCPU_RSEQ_END
+           "addq %[v], %%rcx\n\t" PERCPU_RSEQ_INJECT "movq %%rcx, (%%rdx)\n\t" PERCPU_RSEQ_END
            "movq %%rcx, (%[value_out])\n\t"
            "shrq %[shift], %%rax\n\t"
            "movl %%eax, (%[cpu_out])\n\t"
@@ -195,8 +194,7 @@ inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
            "jne %l[failed]\n\t" PERCPU_RSEQ_CHECK_STOP
            "leaq (%[slot0], %%rax), %%rdx\n\t"
            "cmpq %[expected], (%%rdx)\n\t"
-           "jne %l[failed]\n\t"
-           PERCPU_RSEQ_INJECT "movq %[desired], (%%rdx)\n\t" PERCPU_RSEQ_END
+           "jne %l[failed]\n\t" PERCPU_RSEQ_INJECT "movq %[desired], (%%rdx)\n\t" PERCPU_RSEQ_END
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [cpu] "r"(cpu),
              [expected] "r"(expected), [desired] "r"(desired)
@@ -217,8 +215,8 @@ inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
 // or committed before it, where the visit that follows sees the item.  The
 // item store is speculative (above count, invisible until the commit); the
 // count store commits.
-inline status push(void* arr0, const std::uint32_t* stop0, void* item,
-                   const std::uint64_t* guard, std::uint64_t expected) noexcept {
+inline status push(void* arr0, const std::uint32_t* stop0, void* item, const std::uint64_t* guard,
+                   std::uint64_t expected) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "movq (%[guard]), %%rcx\n\t"
            "cmpq %[expected], %%rcx\n\t"
@@ -230,8 +228,7 @@ inline status push(void* arr0, const std::uint32_t* stop0, void* item,
            "movq (%%rax), %%rdx\n\t"
            "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
            "movq %[item], (%%rdx)\n\t"
-           "addl $1, %%ecx\n\t"
-           PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+           "addl $1, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [item] "r"(item), [guard] "r"(guard),
              [expected] "r"(expected)
@@ -254,8 +251,7 @@ inline status pop(void* arr0, const std::uint32_t* stop0, void** out) noexcept {
            "subl $1, %%ecx\n\t"
            "movq (%%rax), %%rdx\n\t"
            "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
-           "movq (%%rdx), %[item]\n\t"
-           PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+           "movq (%%rdx), %[item]\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            : [item] "=r"(item)
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0)
            : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx"
@@ -288,8 +284,7 @@ inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std:
       "movq %%r10, (%[out], %%r9, 8)\n\t"
       "addq $1, %%r9\n\t"
       "jmp 5b\n\t"
-      "6:\n\t"
-      PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+      "6:\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
       :
       : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [out] "r"(out), [n] "r"(n), [moved] "r"(moved)
       : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
@@ -304,38 +299,36 @@ inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std:
 inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in, std::size_t n,
                          std::size_t* moved, const std::uint64_t* guard,
                          std::uint64_t expected) noexcept {
-  asm goto(
-      PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-      "movq (%[guard]), %%rcx\n\t"
-      "cmpq %[expected], %%rcx\n\t"
-      "jne %l[failed]\n\t"
-      "addq %[arr0], %%rax\n\t"
-      "movl 8(%%rax), %%ecx\n\t"   // count
-      "movl 12(%%rax), %%edx\n\t"  // capacity
-      "cmpl %%ecx, %%edx\n\t"
-      "jbe %l[failed]\n\t"
-      "subl %%ecx, %%edx\n\t"  // room
-      "cmpq %[n], %%rdx\n\t"
-      "cmovaq %[n], %%rdx\n\t"  // k = min(room, n)
-      "movq %%rdx, (%[moved])\n\t"
-      "movq (%%rax), %%r8\n\t"
-      "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first free item
-      "xorl %%r9d, %%r9d\n\t"
-      "5:\n\t"
-      "cmpq %%rdx, %%r9\n\t"
-      "jae 6f\n\t"
-      "movq (%[in], %%r9, 8), %%r10\n\t"
-      "movq %%r10, (%%r8, %%r9, 8)\n\t"
-      "addq $1, %%r9\n\t"
-      "jmp 5b\n\t"
-      "6:\n\t"
-      "addl %%edx, %%ecx\n\t"
-      PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
-      :
-      : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "r"(n), [moved] "r"(moved),
-        [guard] "r"(guard), [expected] "rm"(expected)
-      : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
-      : unregistered, stopped, aborted, failed);
+  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
+           "movq (%[guard]), %%rcx\n\t"
+           "cmpq %[expected], %%rcx\n\t"
+           "jne %l[failed]\n\t"
+           "addq %[arr0], %%rax\n\t"
+           "movl 8(%%rax), %%ecx\n\t"   // count
+           "movl 12(%%rax), %%edx\n\t"  // capacity
+           "cmpl %%ecx, %%edx\n\t"
+           "jbe %l[failed]\n\t"
+           "subl %%ecx, %%edx\n\t"  // room
+           "cmpq %[n], %%rdx\n\t"
+           "cmovaq %[n], %%rdx\n\t"  // k = min(room, n)
+           "movq %%rdx, (%[moved])\n\t"
+           "movq (%%rax), %%r8\n\t"
+           "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first free item
+           "xorl %%r9d, %%r9d\n\t"
+           "5:\n\t"
+           "cmpq %%rdx, %%r9\n\t"
+           "jae 6f\n\t"
+           "movq (%[in], %%r9, 8), %%r10\n\t"
+           "movq %%r10, (%%r8, %%r9, 8)\n\t"
+           "addq $1, %%r9\n\t"
+           "jmp 5b\n\t"
+           "6:\n\t"
+           "addl %%edx, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+           :
+           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "r"(n),
+             [moved] "r"(moved), [guard] "r"(guard), [expected] "rm"(expected)
+           : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
+           : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
 
@@ -380,8 +373,7 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
            ".set .Lpercpu_record_offset, .Lpercpu_record_offset + 8\n\t"
            ".endr\n\t"
            "orq %[bit], (%%rax, %[scoreboard_offset])\n\t"
-           "addl $1, %%ecx\n\t"
-           PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+           "addl $1, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [cpu] "r"(cpu), [record] "r"(record),
              [scoreboard_offset] "r"(scoreboard_offset), [bit] "r"(bit), [cpu_out] "r"(cpu_out),

@@ -192,12 +192,11 @@ inline constexpr guard unguarded{&always_zero, 0};
 
 // Pushes `item` on the current CPU's array; false when it is full or the
 // guard does not hold.
-inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item,
-                 guard g = unguarded) noexcept {
+inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, guard g = unguarded) noexcept {
 #if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-  outcome o = run<rseq_x86_64::push>(stop0, static_cast<void*>(arr0),
-                                     static_cast<const std::uint32_t*>(stop0), item, g.word,
-                                     g.expected);
+  outcome o =
+      run<rseq_x86_64::push>(stop0, static_cast<void*>(arr0),
+                             static_cast<const std::uint32_t*>(stop0), item, g.word, g.expected);
   if (o != outcome::portable) [[likely]]
     return o == outcome::committed;
 #endif
@@ -218,8 +217,8 @@ inline void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept {
 
 // Appends up to n items from `in` to the current CPU's array; returns how
 // many were moved (the first ones of `in`; none when the guard does not hold).
-inline std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in,
-                              std::size_t n, guard g = unguarded) noexcept {
+inline std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in, std::size_t n,
+                              guard g = unguarded) noexcept {
   if (n == 0) return 0;
 #if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
   std::size_t moved = 0;
