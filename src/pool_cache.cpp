@@ -32,6 +32,7 @@
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "percpu/pool_cache.hpp"
@@ -112,6 +113,19 @@ struct registry {
 registry& the_registry() {
   static auto* r = new registry;  // never destroyed: caches may outlive static destructors
   return *r;
+}
+
+// `cache "NAME"` for the live cache with `id`, for a misuse message; it
+// does not wait for the registry (the caller is about to abort).
+std::string cache_named(std::uint32_t id) {
+  registry& r = the_registry();
+  std::unique_lock g(r.caches_lock, std::try_to_lock);
+  if (g.owns_lock()) {
+    for (const raw_pool_cache* c : r.caches) {
+      if (c->id() == id) return "cache \"" + c->name() + "\"";
+    }
+  }
+  return "another cache, destroyed or busy";
 }
 
 // The puts a signal handler made while its thread held this cache's locks.
@@ -692,7 +706,11 @@ struct pool_internals {
 
 void pool_check_get(const raw_pool_cache* cache, void* object) noexcept {
   pool_header* h = pool_object_header(object);
-  if (h->state != pool_object_state::cached) misuse("get found a corrupted cached object", cache, object);
+  if (h->state != pool_object_state::cached) {
+    misuse("get found a cached object whose header was overwritten (a write before the start of "
+           "an object, or a put compiled without PERCPU_POOL_CHECKS)",
+           cache, object);
+  }
   h->state = pool_object_state::in_use;
 }
 
@@ -711,10 +729,20 @@ void pool_check_put(const raw_pool_cache* cache, void* object) noexcept {
   }
   if (owner == 0) misuse("put of a pointer no pool_cache handed out (foreign pointer)", cache, object);
   pool_header* h = pool_object_header(object);
-  if (h->owner != owner) misuse("put of a pointer into the middle of a slab (foreign pointer)", cache, object);
-  if (owner != cache->id()) misuse("put to the wrong cache (the object belongs to another)", cache, object);
+  if (h->owner != owner) {
+    misuse("put of a pointer into the middle of a slab, not one get() returned (foreign pointer)",
+           cache, object);
+  }
+  if (owner != cache->id()) {
+    std::string what = "put to the wrong cache (the object belongs to " + cache_named(owner) + ")";
+    misuse(what.c_str(), cache, object);
+  }
   if (h->state == pool_object_state::cached) misuse("double put (the object is already cached)", cache, object);
-  if (h->state != pool_object_state::in_use) misuse("put of an object that is not in use", cache, object);
+  if (h->state != pool_object_state::in_use) {
+    misuse("put of an object that is not in use (a double put of an object the cache has since "
+           "destructed, or an overwritten header)",
+           cache, object);
+  }
   h->state = pool_object_state::cached;
 }
 
