@@ -45,8 +45,10 @@ int main() {
   constexpr int threads = 4;
   // One index per thread, alive until the table is printed.
   std::vector<std::pmr::map<int, std::pmr::string>> indexes;
+  indexes.reserve(threads);
   for (int t = 0; t < threads; ++t) indexes.emplace_back(&maps_memory);
   std::vector<std::thread> workers;
+  workers.reserve(threads);
   std::vector<record*> kept;  // records still in use when the table is printed
   std::mutex kept_lock;
   for (int t = 0; t < threads; ++t) {

@@ -707,9 +707,10 @@ struct pool_internals {
 void pool_check_get(const raw_pool_cache* cache, void* object) noexcept {
   pool_header* h = pool_object_header(object);
   if (h->state != pool_object_state::cached) {
-    misuse("get found a cached object whose header was overwritten (a write before the start of "
-           "an object, or a put compiled without PERCPU_POOL_CHECKS)",
-           cache, object);
+    misuse(
+        "get found a cached object whose header was overwritten (a write before the start of "
+        "an object, or a put compiled without PERCPU_POOL_CHECKS)",
+        cache, object);
   }
   h->state = pool_object_state::in_use;
 }
@@ -739,9 +740,10 @@ void pool_check_put(const raw_pool_cache* cache, void* object) noexcept {
   }
   if (h->state == pool_object_state::cached) misuse("double put (the object is already cached)", cache, object);
   if (h->state != pool_object_state::in_use) {
-    misuse("put of an object that is not in use (a double put of an object the cache has since "
-           "destructed, or an overwritten header)",
-           cache, object);
+    misuse(
+        "put of an object that is not in use (a double put of an object the cache has since "
+        "destructed, or an overwritten header)",
+        cache, object);
   }
   h->state = pool_object_state::cached;
 }

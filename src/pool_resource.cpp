@@ -56,7 +56,9 @@ raw_pool_cache& pool_resource::cache_for(std::size_t index) {
   // Acquire pairs with the release store below: a thread that sees the
   // pointer sees the constructed cache.
   raw_pool_cache* cache = caches_[index].load(std::memory_order_acquire);
-  if (cache != nullptr) [[likely]] return *cache;
+  if (cache != nullptr) [[likely]] {
+    return *cache;
+  }
   std::lock_guard creating(creation_);
   cache = caches_[index].load(std::memory_order_relaxed);  // written only under creation_
   if (cache == nullptr) {
@@ -96,7 +98,8 @@ bool pool_resource::do_is_equal(const std::pmr::memory_resource& other) const no
 std::vector<pool_stats> pool_resource::stats() const {
   std::vector<pool_stats> out;
   for (const auto& slot : caches_) {
-    if (const raw_pool_cache* cache = slot.load(std::memory_order_acquire)) out.push_back(cache->stats());
+    if (const raw_pool_cache* cache = slot.load(std::memory_order_acquire))
+      out.push_back(cache->stats());
   }
   return out;
 }
@@ -113,8 +116,11 @@ std::size_t pool_resource::release() {
 }
 
 pool_resource* default_pool_resource() noexcept {
+  // Built in static storage and never destroyed (see the header).  Its
+  // constructor allocates nothing: the name fits the string's own buffer.
+  alignas(pool_resource) static unsigned char storage[sizeof(pool_resource)];
   static pool_resource* const resource =
-      new pool_resource(std::pmr::new_delete_resource(), "default_pool");
+      ::new (storage) pool_resource(std::pmr::new_delete_resource(), "default_pool");
   return resource;
 }
 

@@ -40,8 +40,9 @@ void format_pool_stats(std::ostream& out, const std::vector<pool_stats>& caches)
     in_use += s.bytes_in_use;
     cached += s.bytes_cached;
   }
-  std::snprintf(row, sizeof row, "%zu caches: %llu KiB reserved, %llu KiB in use, %llu KiB cached\n",
-                caches.size(), u(reserved / 1024), u(in_use / 1024), u(cached / 1024));
+  std::snprintf(row, sizeof row,
+                "%zu caches: %llu KiB reserved, %llu KiB in use, %llu KiB cached\n", caches.size(),
+                u(reserved / 1024), u(in_use / 1024), u(cached / 1024));
   out << row;
 }
 

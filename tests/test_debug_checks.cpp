@@ -61,8 +61,9 @@ TEST(PoolCacheDebugDeathTest, ForeignPointersAreReported) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   percpu::raw_pool_cache cache(raw_options("checked"));
   void* from_malloc = std::malloc(64);
-  EXPECT_DEATH(cache.put(from_malloc), "pool_cache \"checked\": put of a pointer no pool_cache "
-                                       "handed out \\(foreign pointer\\)");
+  EXPECT_DEATH(cache.put(from_malloc),
+               "pool_cache \"checked\": put of a pointer no pool_cache "
+               "handed out \\(foreign pointer\\)");
   std::free(from_malloc);
   alignas(16) unsigned char on_stack[64] = {};
   EXPECT_DEATH(cache.put(on_stack + 16), "pool_cache \"checked\": .*\\(foreign pointer\\)");
@@ -125,8 +126,9 @@ TEST(PoolCacheDebugDeathTest, OverwrittenHeaderIsReportedByGet) {
   // A write just before the object (an underflow of the one before it)
   // reaches the header's state word.
   std::memset(static_cast<char*>(object) - 4, 0, 4);
-  EXPECT_DEATH((void)cache.get(), "pool_cache \"checked\": get found a cached object whose header "
-                                  "was overwritten");
+  EXPECT_DEATH((void)cache.get(),
+               "pool_cache \"checked\": get found a cached object whose header "
+               "was overwritten");
 }
 
 TEST(PoolCacheDebug, CorrectUseIsQuiet) {

@@ -156,12 +156,14 @@ TEST(PoolResource, EveryClassServesItsSizesAndAlignments) {
   std::vector<percpu::pool_stats> stats = resource.stats();
   ASSERT_EQ(stats.size(), 2 * percpu::pool_resource::class_sizes.size());
   for (std::size_t i = 0; i < stats.size(); ++i) {
-    std::size_t size = percpu::pool_resource::class_sizes[i % percpu::pool_resource::class_sizes.size()];
+    std::size_t size =
+        percpu::pool_resource::class_sizes[i % percpu::pool_resource::class_sizes.size()];
     EXPECT_EQ(stats[i].object_size, size);
     EXPECT_EQ(stats[i].objects_in_use, i < stats.size() / 2 ? 3u * 5 : 3u * 2) << stats[i].name;
   }
   // Larger sizes and alignments go upstream.
-  for (std::size_t bytes : {std::size_t{4097}, std::size_t{10000}, std::size_t{1} << 20, std::size_t{64}}) {
+  for (std::size_t bytes :
+       {std::size_t{4097}, std::size_t{10000}, std::size_t{1} << 20, std::size_t{64}}) {
     for (std::size_t alignment : {std::size_t{8}, std::size_t{128}, std::size_t{4096}}) {
       if (bytes == 64 && alignment == 8) continue;  // that one is a class's
       void* p = resource.allocate(bytes, alignment);
@@ -298,8 +300,9 @@ TEST(PoolResource, ReleaseLeavesBlocksInUseAlone) {
 
 // ---- pool_allocator -----------------------------------------------------------
 
-static_assert(std::is_same_v<std::allocator_traits<percpu::pool_allocator<int>>::rebind_alloc<double>,
-                             percpu::pool_allocator<double>>);
+static_assert(
+    std::is_same_v<std::allocator_traits<percpu::pool_allocator<int>>::rebind_alloc<double>,
+                   percpu::pool_allocator<double>>);
 
 TEST(PoolAllocator, ListAndMapUseTheResource) {
   percpu::pool_resource resource;
