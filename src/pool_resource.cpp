@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <system_error>
 
 namespace percpu {
 
@@ -68,7 +69,11 @@ raw_pool_cache& pool_resource::cache_for(std::size_t index) {
     options.size = size;
     options.alignment = aligned ? max_class_alignment : base_alignment;
     options.name = name_ + "." + std::to_string(size) + (aligned ? "a64" : "");
-    cache = new raw_pool_cache(std::move(options));
+    try {
+      cache = new raw_pool_cache(std::move(options));
+    } catch (const std::system_error&) {
+      throw std::bad_alloc();  // no address space for per-CPU memory: a memory resource's error
+    }
     caches_[index].store(cache, std::memory_order_release);
   }
   return *cache;

@@ -77,12 +77,18 @@ class pool_resource final : public std::pmr::memory_resource {
  private:
   static constexpr std::size_t class_count = class_sizes.size();
 
+  // A block of at least `bytes` aligned to `alignment`, from its class or
+  // upstream (see the class comment).  Throws std::bad_alloc when memory
+  // runs out, or what upstream throws.
   void* do_allocate(std::size_t bytes, std::size_t alignment) override;
+  // Returns a block; `bytes` and `alignment` must be those given to
+  // allocate (they select the class).
   void do_deallocate(void* p, std::size_t bytes, std::size_t alignment) override;
+  // Identity: only this resource frees what it allocated.
   [[nodiscard]] bool do_is_equal(const std::pmr::memory_resource& other) const noexcept override;
 
-  // The cache serving (bytes, alignment); created on first use.  Throws
-  // std::bad_alloc when it cannot be created.
+  // The cache with index `index` (see caches_); created on first use.
+  // Throws std::bad_alloc when it cannot be created.
   raw_pool_cache& cache_for(std::size_t index);
 
   std::pmr::memory_resource* upstream_;
