@@ -57,16 +57,24 @@ percpu::pool_options raw_options(const char* name) {
   return o;
 }
 
+// A pointer the compiler cannot see through (a put of null or of a small
+// foreign block would draw an array-bounds warning for the header access
+// after the check).
+void* opaque(void* p) {
+  void* volatile hidden = p;
+  return hidden;
+}
+
 TEST(PoolCacheDebugDeathTest, ForeignPointersAreReported) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   percpu::raw_pool_cache cache(raw_options("checked"));
   void* from_malloc = std::malloc(64);
-  EXPECT_DEATH(cache.put(from_malloc),
+  EXPECT_DEATH(cache.put(opaque(from_malloc)),
                "pool_cache \"checked\": put of a pointer no pool_cache "
                "handed out \\(foreign pointer\\)");
   std::free(from_malloc);
   alignas(16) unsigned char on_stack[64] = {};
-  EXPECT_DEATH(cache.put(on_stack + 16), "pool_cache \"checked\": .*\\(foreign pointer\\)");
+  EXPECT_DEATH(cache.put(opaque(on_stack + 16)), "pool_cache \"checked\": .*\\(foreign pointer\\)");
   // Inside an object the cache handed out: what precedes the pointer is
   // object data, not a header of this cache.
   void* object = cache.get();
@@ -75,13 +83,6 @@ TEST(PoolCacheDebugDeathTest, ForeignPointersAreReported) {
   EXPECT_DEATH(cache.put(static_cast<char*>(object) + 32),
                "pool_cache \"checked\": put of a pointer into the middle of a slab");
   cache.put(object);
-}
-
-// A pointer the compiler cannot see through (a put of a literal null would
-// draw an array-bounds warning for the header access after the check).
-void* opaque(void* p) {
-  void* volatile hidden = p;
-  return hidden;
 }
 
 TEST(PoolCacheDebugDeathTest, NullPointerIsReported) {
