@@ -22,6 +22,7 @@ std::vector<row> all_rows(std::vector<missing_peer>& missing) {
   std::vector<row> rows;
   add_foundation_rows(rows);
   add_counter_rows(rows, missing);
+  add_pool_resource_rows(rows);
   return rows;
 }
 

@@ -83,5 +83,6 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts);
 // Rows in bench/rows_*.cpp add themselves here.
 void add_foundation_rows(std::vector<row>& rows);
 void add_counter_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
+void add_pool_resource_rows(std::vector<row>& rows);
 
 }  // namespace percpu_bench
