@@ -116,9 +116,10 @@ class pool_allocator {
 
   pool_allocator() noexcept : resource_(default_pool_resource()) {}
   explicit pool_allocator(pool_resource* resource) noexcept : resource_(resource) {}
+  // Implicit, as the Allocator requirements want: containers convert to
+  // their node type's allocator.
   template <class U>
-  pool_allocator(const pool_allocator<U>& other) noexcept  // NOLINT(google-explicit-constructor)
-      : resource_(other.resource()) {}
+  pool_allocator(const pool_allocator<U>& other) noexcept : resource_(other.resource()) {}
 
   // Memory for n objects of T, uninitialised.  Throws std::bad_array_new_length
   // when n * sizeof(T) overflows, std::bad_alloc when memory runs out.
