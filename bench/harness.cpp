@@ -28,6 +28,7 @@ std::vector<row> all_rows(std::vector<missing_peer>& missing) {
   add_pool_rows(rows, missing);
   add_xcall_rows(rows);
   add_queue_rows(rows);
+  add_pool_resource_rows(rows);
   return rows;
 }
 

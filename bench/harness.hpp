@@ -157,5 +157,6 @@ void add_counter_rows(std::vector<row>& rows, std::vector<missing_peer>& missing
 void add_pool_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
 void add_xcall_rows(std::vector<row>& rows);
 void add_queue_rows(std::vector<row>& rows);
+void add_pool_resource_rows(std::vector<row>& rows);
 
 }  // namespace percpu_bench

@@ -31,6 +31,7 @@
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "percpu/pool_cache.hpp"
@@ -116,6 +117,8 @@ registry& the_registry() {
   return *r;
 }
 
+// `cache "NAME"` for the live cache with `id`, for a misuse message; it
+// does not wait for the registry (the caller is about to abort).
 // The puts a signal handler made while its thread held this cache's locks.
 struct deferred_puts {
   static constexpr unsigned capacity = 64;
@@ -789,8 +792,12 @@ struct pool_internals {
 
 void pool_check_get(const raw_pool_cache* cache, void* object) noexcept {
   pool_header* h = pool_object_header(object);
-  if (h->state != pool_object_state::cached)
-    misuse("get found a corrupted cached object", cache, object);
+  if (h->state != pool_object_state::cached) {
+    misuse(
+        "get found a cached object whose header was overwritten (a write before the start of "
+        "an object, or a put compiled without PERCPU_POOL_CHECKS)",
+        cache, object);
+  }
   h->state = pool_object_state::in_use;
 }
 
@@ -799,6 +806,7 @@ void pool_check_put(const raw_pool_cache* cache, void* object) noexcept {
   // Which cache's slab holds the address, if any (walks every slab: the
   // checks are for debugging, not for speed).
   std::uint32_t owner = 0;
+  std::string owner_name;
   bool at_object_start = false;
   {
     registry& r = the_registry();
@@ -807,21 +815,32 @@ void pool_check_put(const raw_pool_cache* cache, void* object) noexcept {
       pool_internals in(*c);
       if (in.holds(object, at_object_start)) {
         owner = c->id();
+        owner_name = c->name();
         break;
       }
     }
   }
-  if (owner == 0)
+  if (owner == 0) {
     misuse("put of a pointer no pool_cache handed out (foreign pointer)", cache, object);
-  if (!at_object_start)
-    misuse("put of a pointer into the middle of an object (foreign pointer)", cache, object);
-  if (owner != cache->id())
-    misuse("put to the wrong cache (the object belongs to another)", cache, object);
+  }
+  if (!at_object_start) {
+    misuse("put of a pointer into the middle of a slab, not one get() returned (foreign pointer)",
+           cache, object);
+  }
+  if (owner != cache->id()) {
+    std::string what = "put to the wrong cache (the object belongs to cache \"" + owner_name + "\")";
+    misuse(what.c_str(), cache, object);
+  }
   pool_header* h = pool_object_header(object);
-  if (h->state == pool_object_state::cached)
+  if (h->state == pool_object_state::cached) {
     misuse("double put (the object is already cached)", cache, object);
-  if (h->state != pool_object_state::in_use)
-    misuse("put of an object that is not in use", cache, object);
+  }
+  if (h->state != pool_object_state::in_use) {
+    misuse(
+        "put of an object that is not in use (a double put of an object the cache has since "
+        "destructed, or an overwritten header)",
+        cache, object);
+  }
   h->state = pool_object_state::cached;
 }
 
