@@ -12,6 +12,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 
 extern char** environ;
 
@@ -71,6 +72,7 @@ child_body::child_body(const std::string& row_name, std::size_t size, unsigned t
   }
   if (!preload.empty()) env_strings.push_back("LD_PRELOAD=" + preload);
   std::vector<char*> env;
+  env.reserve(env_strings.size() + 1);
   for (auto& s : env_strings) env.push_back(s.data());
   env.push_back(nullptr);
   std::string exe = "/proc/self/exe";
@@ -90,7 +92,7 @@ child_body::child_body(const std::string& row_name, std::size_t size, unsigned t
     close(to_child_);
     close(from_child_);
     throw std::runtime_error("bench: cannot start a child process: " +
-                             std::string(std::strerror(rc)));
+                             std::generic_category().message(rc));
   }
   std::string ready;
   if (!read_line(from_child_, ready) || ready != "ready") {

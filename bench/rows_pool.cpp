@@ -76,6 +76,12 @@ class pmr_sync_source {
   std::pmr::synchronized_pool_resource resource_;
 };
 
+// Makes `p` (and what it points to) visible to the outside: the compiler may
+// neither drop the allocation nor the stores into the object before it.
+inline void escape(void* p) {
+  asm volatile("" : : "r"(p) : "memory");
+}
+
 // Every thread gets an object and puts it back, n times.
 template <class Source>
 class get_put final : public body {
@@ -84,7 +90,7 @@ class get_put final : public body {
   void run(unsigned, std::uint64_t n) override {
     for (std::uint64_t i = 0; i < n; ++i) {
       void* p = source_.get(size_);
-      keep(p);
+      escape(p);
       source_.put(p, size_);
     }
   }
@@ -132,12 +138,6 @@ class producer_consumer final : public body {
 };
 
 // ---- constructor-heavy objects -------------------------------------------------
-
-// Forces the object's stores to happen: the compiler may not drop them as
-// dead before the delete.
-inline void escape(void* p) {
-  asm volatile("" : : "r"(p) : "memory");
-}
 
 struct heavy {
   heavy() {

@@ -45,10 +45,10 @@ namespace {
 constexpr unsigned min_magazine = 4;
 constexpr unsigned max_magazine = 128;
 constexpr unsigned default_magazine = 32;
-constexpr std::size_t min_slab_bytes = 64 * 1024;
+constexpr std::size_t min_slab_bytes = std::size_t{64} * 1024;
 constexpr std::size_t max_object_size = std::size_t{1} << 30;
 constexpr std::uint64_t maintenance_period_ns = 1'000'000'000;
-constexpr std::size_t magazine_chunk_bytes = 64 * 1024;
+constexpr std::size_t magazine_chunk_bytes = std::size_t{64} * 1024;
 
 // A CPU's part of a cache: its array of cached objects (two magazines'
 // worth at most) and its slow-path counts.  arrays0_ points at CPU 0's copy.
@@ -828,7 +828,8 @@ void pool_check_put(const raw_pool_cache* cache, void* object) noexcept {
            cache, object);
   }
   if (owner != cache->id()) {
-    std::string what = "put to the wrong cache (the object belongs to cache \"" + owner_name + "\")";
+    std::string what =
+        "put to the wrong cache (the object belongs to cache \"" + owner_name + "\")";
     misuse(what.c_str(), cache, object);
   }
   pool_header* h = pool_object_header(object);

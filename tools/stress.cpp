@@ -417,21 +417,35 @@ options parse(const std::vector<std::string>& args) {
 }
 
 // The backend is chosen at start-up: run again with the environment set.
-[[noreturn]] void reexec_with(const options& o, const std::vector<std::string>& args) {
-  if (!o.backend.empty()) setenv("PERCPU_BACKEND", o.backend.c_str(), 1);
-  if (o.slots != 0) {
-    setenv("PERCPU_BACKEND", "portable", 1);
-    setenv("PERCPU_SLOTS", std::to_string(o.slots).c_str(), 1);
+// Returns only when the exec failed.
+int reexec_with(const options& o, const std::vector<std::string>& args) {
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string entry = *e;
+    if (entry.rfind("PERCPU_BACKEND=", 0) != 0 && entry.rfind("PERCPU_SLOTS=", 0) != 0) {
+      env_strings.push_back(std::move(entry));
+    }
   }
-  setenv("PERCPU_STRESS_CHILD", "1", 1);
+  if (o.slots != 0) {
+    env_strings.emplace_back("PERCPU_BACKEND=portable");
+    env_strings.push_back("PERCPU_SLOTS=" + std::to_string(o.slots));
+  } else {
+    env_strings.push_back("PERCPU_BACKEND=" + o.backend);
+  }
+  env_strings.emplace_back("PERCPU_STRESS_CHILD=1");
   std::vector<std::string> argv_strings{"percpu", "stress"};
   argv_strings.insert(argv_strings.end(), args.begin(), args.end());
   std::vector<char*> argv;
-  for (auto& s : argv_strings) argv.push_back(s.data());
+  std::vector<char*> env;
+  argv.reserve(argv_strings.size() + 1);
+  env.reserve(env_strings.size() + 1);
+  for (auto& a : argv_strings) argv.push_back(a.data());
+  for (auto& e : env_strings) env.push_back(e.data());
   argv.push_back(nullptr);
-  execve("/proc/self/exe", argv.data(), environ);
+  env.push_back(nullptr);
+  execve("/proc/self/exe", argv.data(), env.data());
   std::perror("percpu stress: exec");
-  std::exit(2);
+  return 2;
 }
 
 }  // namespace
@@ -439,7 +453,7 @@ options parse(const std::vector<std::string>& args) {
 int stress(const std::vector<std::string>& args) {
   options o = parse(args);
   if ((!o.backend.empty() || o.slots != 0) && std::getenv("PERCPU_STRESS_CHILD") == nullptr) {
-    reexec_with(o, args);
+    return reexec_with(o, args);
   }
   if (!o.seed_given)
     o.seed = static_cast<std::uint64_t>(clock_type::now().time_since_epoch().count());
