@@ -404,9 +404,10 @@ class program {
       case op::counter_exchange: {
         auto desired = in_.ConsumeIntegralInRange<std::int64_t>(-5000, 5000);
         std::int64_t before = events_.exchange(desired);
-        if (!concurrent_)
+        if (!concurrent_) {
           check(before == counter_added_ + counter_set_ - counter_taken_,
                 "counter::exchange returned a wrong total");
+        }
         counter_taken_ += before;
         counter_set_ += desired;
         break;
@@ -747,8 +748,9 @@ class program {
       return;
     }
     if (allocations_.size() >= 16) return;
-    raw_allocation a{static_cast<unsigned char*>(percpu::allocate_raw(size, alignment)), size,
-                     static_cast<unsigned char>(1 + allocations_.size() + 17 * next_fill_++)};
+    raw_allocation a{
+        static_cast<unsigned char*>(percpu::allocate_raw(size, alignment)), size,
+        static_cast<unsigned char>(1 + allocations_.size() + std::size_t{17} * next_fill_++)};
     check(reinterpret_cast<std::uintptr_t>(a.p0) % alignment == 0, "allocate_raw misaligned");
     for_each_sampled_byte(a, [](unsigned char& b) {
       check(b == 0, "allocate_raw returned memory that is not zero");
