@@ -74,7 +74,7 @@ run_fuzz() {
     grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
     if [ $rc -ne 0 ]; then
       tail -n 60 "$log"
-      echo "fuzz: failed with the $backend backend; the input is in $artifacts (log: $log)" >&2
+      echo "fuzz: failed with the $backend backend (log: $log; a new input is kept in $artifacts)" >&2
       return 1
     fi
   done
