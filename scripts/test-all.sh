@@ -11,13 +11,21 @@
 #   5. install: `cmake --install`, then a consumer built with
 #      find_package(percpu CONFIG) and one built with pkg-config;
 #   6. stress: `percpu stress` for PERCPU_STRESS_SECONDS (default 60) on each
-#      backend, and on the portable backend simulating 64 CPUs.
-# Usage: scripts/test-all.sh [model|release|asan|tsan|install|stress ...]  (default: all)
+#      backend, and on the portable backend simulating 64 CPUs;
+#   7. fuzz: the libFuzzer target (preset `fuzz`, clang 14, ASan + UBSan)
+#      over the committed corpus and the committed crash reproducers, half
+#      of PERCPU_FUZZ_SECONDS (default 60) with the portable backend, half
+#      with the default one; any crash or broken invariant fails the stage;
+#   8. valgrind: memcheck (errors and leaks) on a subset of the suite from
+#      the release build; under valgrind the library picks the portable
+#      backend, which the stage checks first.
+# Usage: scripts/test-all.sh [model|release|asan|tsan|install|stress|fuzz|valgrind ...]
+#        (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(model release asan tsan install stress)
+[ ${#stages[@]} -gt 0 ] || stages=(model release asan tsan install stress fuzz valgrind)
 
 run_preset() {
   local preset=$1
@@ -25,6 +33,76 @@ run_preset() {
   cmake --preset "$preset" >/dev/null
   cmake --build --preset "$preset" -j "$jobs"
   ctest --preset "$preset" -j 1
+}
+
+# The release build without running its tests (for stages that use it).
+ensure_release_build() {
+  [ -x build/release/tests/percpu_tests ] && [ -x build/release/tools/percpu ] && return
+  cmake --preset release >/dev/null
+  cmake --build --preset release -j "$jobs"
+}
+
+# The valgrind subset: everything but the stress tests (storms, tortures,
+# contention under migration: memcheck checks memory, not races, and its
+# one-thread-at-a-time scheduler makes their targets take minutes or miss
+# their deadlines), what runs the test program again as a child (valgrind
+# would run the child natively or not at all) or limits its address space
+# (which valgrind's own mappings share), and the fork-during-calls test,
+# whose forked child reports a call run off its CPU under valgrind only.
+valgrind_filter='Storage.*:Sequences.*:Stop.*:Counter.*:CounterArray.*:Rwlock.*:PoolCache.*'\
+':Xcall.*:CpuList.*:Topology.*:Backend.CurrentCpuIsBelowCount'\
+'-PoolCache.Torture*:Counter.ExactUnder*:Counter.ApproximateReadStaysInsideItsBound'\
+':Sequences.AddsAreExactUnderContentionAndSignals:Rwlock.ReadersNeverSeeAWriterHalfway*'\
+':Rwlock.WriterIsNotStarvedByAStreamOfReaders:Xcall.VisitAllStopsEveryListedStructure'\
+':Storage.ExhaustedAddressSpace*:Xcall.ProgramExit*:Xcall.ForkDuring*'
+
+run_fuzz() {
+  local seconds=${PERCPU_FUZZ_SECONDS:-60}
+  echo "=== fuzz: libFuzzer target, ${seconds} s over tests/fuzz/corpus (portable, then default backend)"
+  cmake --preset fuzz >/dev/null
+  cmake --build --preset fuzz -j "$jobs"
+  local fuzzer=build/fuzz/tests/fuzz/percpu_fuzz_api
+  # New inputs go to a scratch directory, never into the tree.
+  local work=build/fuzz/corpus-work artifacts=build/fuzz/artifacts/
+  rm -rf "$work" "$artifacts"
+  mkdir -p "$work" "$artifacts"
+  local backend
+  for backend in portable default; do
+    local env=()
+    [ "$backend" = default ] || env=(PERCPU_BACKEND="$backend")
+    echo "--- $backend backend: crash reproducers, then $((seconds / 2)) s of fuzzing"
+    local log=build/fuzz/fuzz-$backend.log rc=0
+    env "${env[@]}" "$fuzzer" tests/fuzz/crashes/* >"$log" 2>&1 || rc=$?
+    [ $rc -ne 0 ] || env "${env[@]}" "$fuzzer" -max_total_time=$((seconds / 2)) -timeout=10 \
+      -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$artifacts" \
+      "$work" tests/fuzz/corpus >>"$log" 2>&1 || rc=$?
+    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
+    if [ $rc -ne 0 ]; then
+      tail -n 60 "$log"
+      echo "fuzz: failed with the $backend backend (log: $log; a new input is kept in $artifacts)" >&2
+      return 1
+    fi
+  done
+}
+
+run_valgrind() {
+  echo "=== valgrind: memcheck on a subset of the suite (release build)"
+  command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; return 1; }
+  ensure_release_build
+  # The library must notice valgrind (no rseq there) and use the portable backend.
+  valgrind -q build/release/tools/percpu info | grep -E '^backend +portable$' >/dev/null ||
+    { echo "valgrind: the library did not choose the portable backend" >&2; return 1; }
+  # --child-silent-after-fork: forked children (fork tests) end without the
+  #   parent's other threads, whose thread-local memory then looks lost;
+  # --soname-synonyms=somalloc=nouserintercepts: the test program replaces
+  #   operator new/delete (tests/test_xcall.cpp counts allocations); memcheck
+  #   must not intercept the replacements, or inlined calls of them pair its
+  #   new with a plain free;
+  # suppressions: process-lifetime memory, each entry explained in the file.
+  valgrind --tool=memcheck --error-exitcode=1 --leak-check=full \
+    --errors-for-leak-kinds=definite,possible --child-silent-after-fork=yes \
+    --soname-synonyms=somalloc=nouserintercepts --suppressions=tests/valgrind.supp \
+    build/release/tests/percpu_tests --gtest_filter="$valgrind_filter" --gtest_brief=1
 }
 
 for stage in "${stages[@]}"; do
@@ -36,7 +114,7 @@ for stage in "${stages[@]}"; do
     release | asan | tsan) run_preset "$stage" ;;
     install)
       echo "=== install: find_package and pkg-config consumers"
-      [ -d build/release ] || { cmake --preset release >/dev/null && cmake --build --preset release -j "$jobs"; }
+      ensure_release_build
       prefix=$PWD/build/install-test
       rm -rf "$prefix" build/consumer-cmake
       cmake --install build/release --prefix "$prefix" >/dev/null
@@ -49,7 +127,7 @@ for stage in "${stages[@]}"; do
       LD_LIBRARY_PATH="$prefix/lib" build/consumer-pkgconfig
       ;;
     stress)
-      [ -x build/release/tools/percpu ] || { cmake --preset release >/dev/null && cmake --build --preset release -j "$jobs"; }
+      ensure_release_build
       seconds=${PERCPU_STRESS_SECONDS:-60}
       for backend in "--backend rseq" "--backend portable" "--slots 64"; do
         echo "=== stress: $seconds s, $backend"
@@ -57,7 +135,9 @@ for stage in "${stages[@]}"; do
         build/release/tools/percpu stress --seconds "$seconds" $backend 2>/dev/null
       done
       ;;
-    *) echo "unknown stage '$stage' (model, release, asan, tsan, install, stress)" >&2; exit 2 ;;
+    fuzz) run_fuzz ;;
+    valgrind) run_valgrind ;;
+    *) echo "unknown stage '$stage' (model, release, asan, tsan, install, stress, fuzz, valgrind)" >&2; exit 2 ;;
   esac
 done
 echo "=== all tests passed"

@@ -273,6 +273,9 @@ std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t 
 
 bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
                        std::int64_t expected, std::int64_t desired) noexcept {
+  // No thread runs on a CPU past the slots: fail as the rseq sequence does,
+  // instead of locking a word outside the structure.
+  if (cpu >= runtime.slots) return false;
   return locked_with(
       stop0, false,
       [stop0, cpu](unsigned& slot) {

@@ -126,6 +126,15 @@ TEST(Storage, BadInputIsAClearError) {
   percpu::storage<long> s;
   EXPECT_THROW(s.on(s.cpus()), std::out_of_range);
   EXPECT_THROW(s.visit(s.cpus(), [](long&) {}), std::out_of_range);
+  // A CPU past the end fails and changes nothing, in every backend (the
+  // portable one used to lock a word outside the structure; found by
+  // tests/fuzz, input tests/fuzz/crashes/portable-compare-and-store-cpu-past-end).
+  for (unsigned cpu : {s.cpus(), s.cpus() + 1, ~0u}) {
+    EXPECT_FALSE(s.compare_and_store(cpu, 0, 7));
+  }
+  long sum = 0;
+  s.for_each_cpu([&](unsigned, long& v) { sum += v; });
+  EXPECT_EQ(sum, 0);
   try {
     percpu::allocate_raw(8, 6);
   } catch (const std::invalid_argument& e) {

@@ -206,7 +206,9 @@ class raw_pool_cache {
 template <class T>
 class pool_cache {
  public:
-  explicit pool_cache(std::string name = "pool") : raw_(make_options(std::move(name))) {}
+  // Objects made with T() (T must be default-constructible).
+  explicit pool_cache(std::string name = "pool") requires std::is_default_constructible_v<T>
+      : raw_(make_options(std::move(name))) {}
   template <class Factory>
   pool_cache(std::string name, Factory factory)
       : factory_(std::make_unique<factory_holder<Factory>>(std::move(factory))),
@@ -255,11 +257,13 @@ class pool_cache {
   static bool construct(void* memory, void* self) {
     try {
       auto* cache = static_cast<pool_cache*>(self);
-      if (cache->factory_) {
-        cache->factory_->make(memory);
-      } else {
-        ::new (memory) T();
+      if constexpr (std::is_default_constructible_v<T>) {
+        if (!cache->factory_) {
+          ::new (memory) T();
+          return true;
+        }
       }
+      cache->factory_->make(memory);
       return true;
     } catch (...) {
       constructor_error() = std::current_exception();

@@ -153,7 +153,8 @@ class storage {
   // If the thread runs on `cpu` and that CPU's copy equals `expected`,
   // stores `desired` and returns true.  Otherwise returns false and changes
   // nothing (re-read and retry).  The portable backend does not check the
-  // CPU the thread runs on: any slot may be used by any thread there.
+  // CPU the thread runs on: any slot may be used by any thread there.  A
+  // `cpu` >= cpus() always fails.
   [[nodiscard]] bool compare_and_store(unsigned cpu, T expected,
                                        T desired) noexcept requires slot_value<T> {
     return detail::seq::compare_and_store(slot0(), stops_.words(), cpu,
