@@ -221,6 +221,12 @@ struct pool_internals {
   decltype(auto) locked(std::mutex& lock, F&& f) {
     const pool_core* outer = this_thread.held;
     this_thread.held = &core;
+    // In the portable backend, a signal handler on this thread must not
+    // wait for a slot lock while this thread holds a cache lock: the slot's
+    // holder may be a handler waiting for this very lock.  Counting as
+    // inside a portable operation makes the handler's operations take one
+    // attempt instead (a failed pop or push then comes here, nested).
+    portable_enter();
     std::atomic_signal_fence(std::memory_order_seq_cst);
     struct release {
       std::mutex& lock;
@@ -229,6 +235,7 @@ struct pool_internals {
       ~release() {
         lock.unlock();
         std::atomic_signal_fence(std::memory_order_seq_cst);
+        portable_leave();
         this_thread.held = outer;
         std::atomic_signal_fence(std::memory_order_seq_cst);
         if (outer != &self.core) self.apply_deferred_puts();

@@ -391,4 +391,12 @@ namespace percpu::detail {
 bool portable_in_operation() noexcept {
   return portable::nest.depth > 0;
 }
+void portable_enter() noexcept {
+  ++portable::nest.depth;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+void portable_leave() noexcept {
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  --portable::nest.depth;
+}
 }  // namespace percpu::detail

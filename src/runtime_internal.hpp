@@ -12,6 +12,12 @@ unsigned portable_slot() noexcept;
 // signal handler that interrupted one runs with this true): such a thread
 // may hold a slot lock, so it must not stop a CPU.
 bool portable_in_operation() noexcept;
+// Count the calling thread as inside a portable-backend operation, and stop
+// counting it (nest like the operations themselves): while it counts, a
+// signal handler's operations on this thread make one attempt at a slot lock
+// and never wait.
+void portable_enter() noexcept;
+void portable_leave() noexcept;
 
 // One step of a polite spin: pause at first, then yield the CPU.
 void relax(unsigned spins) noexcept;
