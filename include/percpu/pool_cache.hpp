@@ -216,7 +216,11 @@ class pool_cache {
 
   // A constructed T.  Throws what the constructor threw, or std::bad_alloc.
   [[nodiscard]] T* get() {
+    bool& keep = keep_constructor_error();
+    bool outer = keep;
+    keep = true;
     void* p = raw_.get();
+    keep = outer;
     if (p == nullptr) [[unlikely]] {
       std::exception_ptr error = std::exchange(constructor_error(), nullptr);
       if (error) std::rethrow_exception(error);
@@ -225,9 +229,14 @@ class pool_cache {
     return static_cast<T*>(p);
   }
   // A constructed T, or nullptr when memory or the constructor failed.
+  // Async-signal-safe like raw_pool_cache::get() (it touches no
+  // thread-local object that needs registration or destruction).
   [[nodiscard]] T* try_get() noexcept {
+    bool& keep = keep_constructor_error();
+    bool outer = keep;
+    keep = false;
     void* p = raw_.get();
-    if (p == nullptr) constructor_error() = nullptr;
+    keep = outer;
     return static_cast<T*>(p);
   }
   void put(T* object) noexcept { raw_.put(object); }
@@ -250,9 +259,17 @@ class pool_cache {
     Factory factory;
   };
 
+  // The exception of a failed constructor, kept for get() to rethrow;
+  // only get() asks for it (keep_constructor_error), so try_get() - which
+  // signal handlers may call - never touches this thread-local object,
+  // whose first use registers a destructor (not async-signal-safe).
   static std::exception_ptr& constructor_error() noexcept {
     static thread_local std::exception_ptr error;
     return error;
+  }
+  static bool& keep_constructor_error() noexcept {
+    static thread_local bool keep = false;
+    return keep;
   }
   static bool construct(void* memory, void* self) {
     try {
@@ -266,7 +283,7 @@ class pool_cache {
       cache->factory_->make(memory);
       return true;
     } catch (...) {
-      constructor_error() = std::current_exception();
+      if (keep_constructor_error()) constructor_error() = std::current_exception();
       return false;
     }
   }
