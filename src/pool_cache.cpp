@@ -286,17 +286,21 @@ struct pool_internals {
   };
 
   // Runs the destructor of n objects (all at once when the cache has a
-  // batch destructor).
+  // batch destructor); the caller counts them and marks the callback scope.
+  void call_destructors(void* const* objects, std::size_t n) const noexcept {
+    const pool_options& o = cache.options_;
+    if (o.destroy_batch != nullptr) {
+      o.destroy_batch(objects, n, o.arg);
+    } else if (o.destroy != nullptr) {
+      for (std::size_t i = 0; i < n; ++i) o.destroy(objects[i], o.arg);
+    }
+  }
+
   void run_destructors(void* const* objects, std::size_t n) noexcept {
     if (n == 0) return;
-    const pool_options& o = cache.options_;
-    if (o.destroy_batch != nullptr || o.destroy != nullptr) {
+    {
       in_callback scope(&cache);
-      if (o.destroy_batch != nullptr) {
-        o.destroy_batch(objects, n, o.arg);
-      } else {
-        for (std::size_t i = 0; i < n; ++i) o.destroy(objects[i], o.arg);
-      }
+      call_destructors(objects, n);
     }
     core.destructions.fetch_add(n, std::memory_order_relaxed);
   }
@@ -316,10 +320,19 @@ struct pool_internals {
   void retire(magazine* list) noexcept {
     if (list == nullptr) return;
     magazine* last = list;
-    for (magazine* m = list; m != nullptr; m = m->next) {
-      run_destructors(m->items, m->count);
-      last = m;
+    std::uint64_t destructed = 0;
+    {
+      // One callback scope and one count for the whole list: the magazines
+      // were last written on other CPUs, and per-magazine bookkeeping adds
+      // up over hundreds of them.
+      in_callback scope(&cache);
+      for (magazine* m = list; m != nullptr; m = m->next) {
+        call_destructors(m->items, m->count);
+        destructed += m->count;
+        last = m;
+      }
     }
+    core.destructions.fetch_add(destructed, std::memory_order_relaxed);
     locked(core.slab_lock, [&] {
       last->next = core.unconstructed;
       core.unconstructed = list;
