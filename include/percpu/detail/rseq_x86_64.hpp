@@ -286,7 +286,7 @@ inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std:
       "jmp 5b\n\t"
       "6:\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
       :
-      : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [out] "r"(out), [n] "r"(n), [moved] "r"(moved)
+      : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [out] "r"(out), [n] "rm"(n), [moved] "r"(moved)
       : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
       : unregistered, stopped, aborted);
   PERCPU_RSEQ_RETURNS
@@ -325,7 +325,7 @@ inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in
            "6:\n\t"
            "addl %%edx, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            :
-           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "r"(n),
+           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "rm"(n),
              [moved] "r"(moved), [guard] "r"(guard), [expected] "rm"(expected)
            : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
            : unregistered, stopped, aborted, failed);
@@ -375,7 +375,7 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
            "orq %[bit], (%%rax, %[scoreboard_offset])\n\t"
            "addl $1, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            :
-           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [cpu] "r"(cpu), [record] "r"(record),
+           : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [cpu] "rm"(cpu), [record] "r"(record),
              [scoreboard_offset] "r"(scoreboard_offset), [bit] "r"(bit), [cpu_out] "r"(cpu_out),
              [bytes] "i"(Words * 8), [words] "i"(Words)
            : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8"
