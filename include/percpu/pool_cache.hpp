@@ -125,14 +125,18 @@ class raw_pool_cache {
   // failed.  Async-signal-safe (see docs/pool-cache.md for the one case in
   // which a handler's get may return nullptr).
   [[nodiscard]] void* get() noexcept {
+    void* object = get_cached();
+    return object != nullptr ? object : get_slow();
+  }
+
+  // get()'s fast path alone: an object from this CPU's array, or nullptr
+  // (no depot visit, no construction).  Async-signal-safe.
+  [[nodiscard]] void* get_cached() noexcept {
     void* object = detail::seq::pop(arrays0_, stops_.words());
-    if (object != nullptr) [[likely]] {
 #if PERCPU_POOL_CHECKS
-      detail::pool_check_get(this, object);
+    if (object != nullptr) detail::pool_check_get(this, object);
 #endif
-      return object;
-    }
-    return get_slow();
+    return object;
   }
 
   // Returns an object that get() handed out.  Never fails: an object that
@@ -216,6 +220,8 @@ class pool_cache {
 
   // A constructed T.  Throws what the constructor threw, or std::bad_alloc.
   [[nodiscard]] T* get() {
+    if (void* cached = raw_.get_cached()) [[likely]]
+      return static_cast<T*>(cached);
     bool& keep = keep_constructor_error();
     bool outer = keep;
     keep = true;
@@ -232,6 +238,8 @@ class pool_cache {
   // Async-signal-safe like raw_pool_cache::get() (it touches no
   // thread-local object that needs registration or destruction).
   [[nodiscard]] T* try_get() noexcept {
+    if (void* cached = raw_.get_cached()) [[likely]]
+      return static_cast<T*>(cached);
     bool& keep = keep_constructor_error();
     bool outer = keep;
     keep = false;
