@@ -220,13 +220,7 @@ class pool_cache {
 
   // A constructed T.  Throws what the constructor threw, or std::bad_alloc.
   [[nodiscard]] T* get() {
-    if (void* cached = raw_.get_cached()) [[likely]]
-      return static_cast<T*>(cached);
-    bool& keep = keep_constructor_error();
-    bool outer = keep;
-    keep = true;
-    void* p = raw_.get();
-    keep = outer;
+    void* p = get_keeping_error(true);
     if (p == nullptr) [[unlikely]] {
       std::exception_ptr error = std::exchange(constructor_error(), nullptr);
       if (error) std::rethrow_exception(error);
@@ -237,16 +231,7 @@ class pool_cache {
   // A constructed T, or nullptr when memory or the constructor failed.
   // Async-signal-safe like raw_pool_cache::get() (it touches no
   // thread-local object that needs registration or destruction).
-  [[nodiscard]] T* try_get() noexcept {
-    if (void* cached = raw_.get_cached()) [[likely]]
-      return static_cast<T*>(cached);
-    bool& keep = keep_constructor_error();
-    bool outer = keep;
-    keep = false;
-    void* p = raw_.get();
-    keep = outer;
-    return static_cast<T*>(p);
-  }
+  [[nodiscard]] T* try_get() noexcept { return static_cast<T*>(get_keeping_error(false)); }
   void put(T* object) noexcept { raw_.put(object); }
 
   void invalidate() { raw_.invalidate(); }
@@ -278,6 +263,18 @@ class pool_cache {
   static bool& keep_constructor_error() noexcept {
     static thread_local bool keep = false;
     return keep;
+  }
+  // raw_.get(), with a failed constructor's exception kept for the caller
+  // or not; the flag is touched only off the fast path.
+  void* get_keeping_error(bool keep_error) noexcept {
+    if (void* cached = raw_.get_cached()) [[likely]]
+      return cached;
+    bool& keep = keep_constructor_error();
+    bool outer = keep;
+    keep = keep_error;
+    void* p = raw_.get();
+    keep = outer;
+    return p;
   }
   static bool construct(void* memory, void* self) {
     try {

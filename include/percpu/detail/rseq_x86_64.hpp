@@ -89,6 +89,13 @@ enum class status : std::uint8_t {
   "cmpl $0, (%[stop0], %%rax)\n\t" \
   "jne %l[stopped]\n\t"
 
+// The guard of push and push_batch: leaves through `failed` unless the word
+// at %[guard] holds %[expected] (read after the stop test; clobbers %rcx).
+#define PERCPU_RSEQ_CHECK_GUARD \
+  "movq (%[guard]), %%rcx\n\t"  \
+  "cmpq %[expected], %%rcx\n\t" \
+  "jne %l[failed]\n\t"
+
 // End of every sequence: the post-commit label and the signed abort handler.
 #define PERCPU_RSEQ_END                      \
   "2:\n\t"                                   \
@@ -217,10 +224,7 @@ inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
 // count store commits.
 inline status push(void* arr0, const std::uint32_t* stop0, void* item, const std::uint64_t* guard,
                    std::uint64_t expected) noexcept {
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-           "movq (%[guard]), %%rcx\n\t"
-           "cmpq %[expected], %%rcx\n\t"
-           "jne %l[failed]\n\t"
+  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP PERCPU_RSEQ_CHECK_GUARD
            "addq %[arr0], %%rax\n\t"
            "movl 8(%%rax), %%ecx\n\t"
            "cmpl 12(%%rax), %%ecx\n\t"
@@ -299,10 +303,7 @@ inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std:
 inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in, std::size_t n,
                          std::size_t* moved, const std::uint64_t* guard,
                          std::uint64_t expected) noexcept {
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-           "movq (%[guard]), %%rcx\n\t"
-           "cmpq %[expected], %%rcx\n\t"
-           "jne %l[failed]\n\t"
+  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP PERCPU_RSEQ_CHECK_GUARD
            "addq %[arr0], %%rax\n\t"
            "movl 8(%%rax), %%ecx\n\t"   // count
            "movl 12(%%rax), %%edx\n\t"  // capacity
@@ -396,6 +397,7 @@ inline int cpu_id() noexcept {
 
 #undef PERCPU_RSEQ_BEGIN
 #undef PERCPU_RSEQ_CHECK_STOP
+#undef PERCPU_RSEQ_CHECK_GUARD
 #undef PERCPU_RSEQ_END
 #undef PERCPU_RSEQ_INJECT
 #undef PERCPU_RSEQ_CLOBBERS
