@@ -149,6 +149,18 @@ Result locked(std::uint32_t* stop0, Result busy, Op op) noexcept {
       stop0, busy, [stop0](unsigned& slot) { return try_lock_any(stop0, slot); }, op);
 }
 
+// locked_with() on slot `cpu` only (operations bound to one CPU).
+template <class Op>
+bool locked_on(std::uint32_t* stop0, unsigned cpu, Op op) noexcept {
+  return locked_with(
+      stop0, false,
+      [stop0, cpu](unsigned& slot) {
+        slot = cpu;
+        return try_lock(stop0, cpu);
+      },
+      op);
+}
+
 // Applies the adds that handlers deferred while this thread's operations
 // were in progress.  Called by an outermost operation as it ends, with no
 // slot held.
@@ -276,20 +288,14 @@ bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
   // No thread runs on a CPU past the slots: fail as the rseq sequence does,
   // instead of locking a word outside the structure.
   if (cpu >= runtime.slots) return false;
-  return locked_with(
-      stop0, false,
-      [stop0, cpu](unsigned& slot) {
-        slot = cpu;
-        return try_lock(stop0, cpu);
-      },
-      [&](unsigned slot) {
-        // Every writer holds the lock, so the read may be plain; the store is
-        // atomic for the readers that do not take it (see add_to_slot).
-        std::int64_t* value = copy_on(slot0, slot);
-        if (*value != expected) return false;
-        std::atomic_ref<std::int64_t>(*value).store(desired, std::memory_order_release);
-        return true;
-      });
+  return locked_on(stop0, cpu, [&](unsigned slot) {
+    // Every writer holds the lock, so the read may be plain; the store is
+    // atomic for the readers that do not take it (see add_to_slot).
+    std::int64_t* value = copy_on(slot0, slot);
+    if (*value != expected) return false;
+    std::atomic_ref<std::int64_t>(*value).store(desired, std::memory_order_release);
+    return true;
+  });
 }
 
 // The guard word is changed by a remote party before it takes every slot
@@ -362,27 +368,19 @@ bool push_record(record_array* arr0, std::uint32_t* stop0, unsigned cpu,
   unsigned here = portable_slot();
   *cpu_out = here;
   if (here != cpu) return false;
-  return locked_with(
-      stop0, false,
-      [stop0, cpu](unsigned& slot) {
-        slot = cpu;
-        return try_lock(stop0, cpu);
-      },
-      [&](unsigned slot) {
-        record_array* arr = copy_on(arr0, slot);
-        std::uint32_t count = arr->count;
-        if (count >= arr->capacity) return false;
-        std::memcpy(arr->records + std::size_t{count} * words, record,
-                    words * sizeof(std::uint64_t));
-        std::atomic_ref<std::uint64_t> board(arr->scoreboard[scoreboard_bit / 64]);
-        board.store(
-            board.load(std::memory_order_relaxed) | (std::uint64_t{1} << (scoreboard_bit % 64)),
-            std::memory_order_relaxed);
-        // Release: a reader that loads the new count without the lock also
-        // sees the scoreboard bit stored above.
-        std::atomic_ref<std::uint32_t>(arr->count).store(count + 1, std::memory_order_release);
-        return true;
-      });
+  return locked_on(stop0, cpu, [&](unsigned slot) {
+    record_array* arr = copy_on(arr0, slot);
+    std::uint32_t count = arr->count;
+    if (count >= arr->capacity) return false;
+    std::memcpy(arr->records + std::size_t{count} * words, record, words * sizeof(std::uint64_t));
+    std::atomic_ref<std::uint64_t> board(arr->scoreboard[scoreboard_bit / 64]);
+    board.store(board.load(std::memory_order_relaxed) | (std::uint64_t{1} << (scoreboard_bit % 64)),
+                std::memory_order_relaxed);
+    // Release: a reader that loads the new count without the lock also
+    // sees the scoreboard bit stored above.
+    std::atomic_ref<std::uint32_t>(arr->count).store(count + 1, std::memory_order_release);
+    return true;
+  });
 }
 
 }  // namespace percpu::detail::portable
