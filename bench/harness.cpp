@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -155,6 +156,7 @@ class pool {
       }
       while (!go_.load(std::memory_order_acquire)) {
       }
+      b->warm_up(index, iterations);
       // The samples lie inside the timed window, so the wait they measure
       // is part of it.
       auto start = clock_type::now();
@@ -196,6 +198,7 @@ struct candidate {
   std::uint64_t iterations = 0;
   std::vector<double> samples;  // ns per operation
   unsigned interrupted = 0;     // samples during which a worker was preempted
+  std::string note;             // the body's note() after its last measurement
 };
 
 // The iteration count whose measurement lasts about `target_ns` (the
@@ -220,7 +223,7 @@ class progress_bar {
     ++done_;
     if (!enabled_) return;
     int width = 30;
-    double fraction = static_cast<double>(done_) / static_cast<double>(total_);
+    double fraction = std::min(1.0, static_cast<double>(done_) / static_cast<double>(total_));
     int filled = static_cast<int>(fraction * width);
     // Time left, extrapolated from the time spent so far.
     double elapsed = std::chrono::duration<double>(clock_type::now() - start_).count();
@@ -248,22 +251,34 @@ namespace {
 // Quick runs spread this much measuring time over every selected
 // implementation, so that --quick stays within its two minutes (with the
 // build) however many rows the facilities define.
-constexpr double quick_budget_ns = 30e9;
+constexpr double quick_budget_ns = 25e9;
 // ... and on a busy machine shortens them further to stay within this much
 // wall time.
-constexpr double quick_wall_budget_ns = 45e9;
+constexpr double quick_wall_budget_ns = 50e9;
 // One measurement never gets shorter than this (timer and scheduler noise
 // would dominate) nor, in a quick run, longer than the full run's target.
-constexpr double min_target_ns = 5e6;
+constexpr double min_target_ns = 2e6;
 constexpr double quick_max_target_ns = 20e6;
-// Many short repetitions rather than a few long ones: the ratios are
-// medians over pairs, and more pairs outvote more of the moments another
-// process took the CPU.
-constexpr unsigned quick_repetitions = 15;
-constexpr unsigned full_repetitions = 21;
-constexpr double full_target_ns = 100e6;
-// Calibration costs about one measurement, the warm-up one more.
-constexpr double extra_measurements = 2;
+// Many short repetitions rather than a few long ones: the two sides of a
+// short pair mostly run in the same state of the machine, and more pairs
+// outvote more of the moments another process (or another tenant of the
+// physical core) slowed one side.  With 15 repetitions of 20 ms, each group
+// measured in one stretch, two consecutive quick runs on the development VM
+// disagreed by more than 25 % on 4 to 11 of 68 ratios (docs/benchmarks.md
+// has the figures of the present method).
+constexpr unsigned quick_repetitions = 45;
+constexpr unsigned full_repetitions = 100;
+constexpr double full_target_ns = 20e6;
+// A group's ratio leaves out this fraction of its pairs at each end.
+constexpr double ratio_trim = 0.05;
+// A group whose ratios are known less well than this (the standard error of
+// their mean logarithm: two runs then agree within 25 % about 19 times in
+// 20) gets more passes, up to extra_repetitions_factor times its
+// repetitions in all, while a quick run's wall-time budget allows.
+constexpr double ratio_log_error_goal = 0.08;
+constexpr unsigned extra_repetitions_factor = 5;
+// The repetitions are measured in passes of this many (see run()).
+constexpr unsigned repetitions_per_pass = 5;
 
 struct group {
   std::string name;
@@ -298,8 +313,9 @@ plan plan_for(const std::vector<group>& groups, const options& opts) {
   for (const auto& g : groups) p.implementations += g.members.size();
   p.repetitions = opts.repetitions != 0 ? opts.repetitions
                                         : (opts.quick ? quick_repetitions : full_repetitions);
-  double measurements =
-      static_cast<double>(p.implementations) * (p.repetitions + extra_measurements);
+  p.passes = (p.repetitions + repetitions_per_pass - 1) / repetitions_per_pass;
+  // Calibration costs about one measurement, and every pass warms up with one.
+  double measurements = static_cast<double>(p.implementations) * (p.repetitions + 1 + p.passes);
   p.target_ns = full_target_ns;
   if (opts.quick && measurements > 0) {
     p.target_ns = std::clamp(quick_budget_ns / measurements, min_target_ns, quick_max_target_ns);
@@ -320,6 +336,44 @@ double quantile(std::vector<double> values, double fraction) {
   return values[below] * (1 - weight) + values[above] * weight;
 }
 
+// The geometric mean of `values` (positive) without their lowest and
+// highest `trim` fraction, and the standard error of its logarithm (how far
+// another run's mean may fall, as a factor: e^(2 error) covers 95 % of
+// them).  For the ratios of a group: on a machine that alternates between
+// two speeds, a median of pairs flips from one state's ratio to the other's
+// as their mix crosses one half, while a mean moves with the mix; the
+// trimming keeps the weight of the rare wild pair low.
+struct mean_estimate {
+  double mean = 0;
+  double log_error = 0;
+};
+mean_estimate trimmed_geometric_mean(std::vector<double> values, double trim) {
+  std::sort(values.begin(), values.end());
+  auto cut = static_cast<std::size_t>(trim * static_cast<double>(values.size()));
+  std::vector<double> logs;
+  for (std::size_t i = cut; i + cut < values.size(); ++i) {
+    if (values[i] > 0) logs.push_back(std::log(values[i]));
+  }
+  if (logs.empty()) return {};
+  auto n = static_cast<double>(logs.size());
+  double sum = 0;
+  for (double l : logs) sum += l;
+  double mean = sum / n;
+  double squares = 0;
+  for (double l : logs) squares += (l - mean) * (l - mean);
+  double error = logs.size() > 1 ? std::sqrt(squares / (n - 1) / n) : 0;
+  return {std::exp(mean), error};
+}
+
+// The ratios time(c) / time(base) of the pairs measured side by side.
+std::vector<double> pair_ratios(const std::vector<double>& c, const std::vector<double>& base) {
+  std::vector<double> ratios;
+  for (std::size_t i = 0; i < c.size() && i < base.size(); ++i) {
+    if (base[i] > 0 && c[i] > 0) ratios.push_back(c[i] / base[i]);
+  }
+  return ratios;
+}
+
 }  // namespace
 
 bool is_preferred_baseline(const std::string& impl) {
@@ -337,60 +391,146 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
   for (const auto& g : groups) max_threads = std::max(max_threads, g.threads);
 
   pool workers(max_threads);
-  progress_bar bar(opts.progress, p.implementations * (p.repetitions + 1));
-  std::vector<result> results;
+  progress_bar bar(opts.progress, p.implementations * (p.repetitions + p.passes));
   auto started = clock_type::now();
-  double planned_ns = 0;  // measuring time the groups so far were planned for
-  std::size_t measurements_left = p.implementations;
-  for (const auto& g : groups) {
-    // On a busy machine a measurement takes longer than its target (others
-    // hold the CPU part of the time).  A quick run shortens the remaining
-    // measurements by the slowdown seen so far, so that it stays within
-    // its wall-time budget.
-    double target_ns = p.target_ns;
-    double elapsed_ns =
-        std::chrono::duration<double, std::nano>(clock_type::now() - started).count();
-    if (opts.quick && planned_ns > 0) {
-      double slowdown = std::max(1.0, elapsed_ns / planned_ns);
-      double per_measurement =
-          (quick_wall_budget_ns - elapsed_ns) / (static_cast<double>(measurements_left) *
-                                                 (p.repetitions + extra_measurements) * slowdown);
-      target_ns = std::clamp(per_measurement, min_target_ns, p.target_ns);
-    }
-    planned_ns +=
-        static_cast<double>(g.members.size()) * (p.repetitions + extra_measurements) * target_ns;
-    measurements_left -= g.members.size();
-    std::string label = g.name;
-    if (g.size != 0) {
-      label += '/';
-      label += std::to_string(g.size);
-    }
-    label += " x";
-    label += std::to_string(g.threads);
-    label += ' ';
+  auto elapsed_ns = [&] {
+    return std::chrono::duration<double, std::nano>(clock_type::now() - started).count();
+  };
+
+  struct measured_group {
+    const group* g;
+    std::string label;  // "name/size xthreads "
     std::vector<candidate> cands;
-    for (const row* r : g.members) {
-      candidate c{r, r->make(g.threads), 0, {}};
-      c.iterations = calibrate(workers, *c.b, g.threads, target_ns);
-      workers.measure(*c.b, g.threads, c.iterations);  // warm-up
-      bar.step(label + r->impl);
-      cands.push_back(std::move(c));
+  };
+  std::vector<measured_group> measured;
+  for (const auto& g : groups) {
+    measured_group m{&g, g.name, {}};
+    if (g.size != 0) {
+      m.label += '/';
+      m.label += std::to_string(g.size);
     }
-    for (unsigned rep = 0; rep < p.repetitions; ++rep) {
-      // Interleaved, the order reversed every other repetition (A B C,
-      // C B A, ...) so that neither a drift nor the position after a given
-      // neighbour favours one implementation.
+    m.label += " x";
+    m.label += std::to_string(g.threads);
+    m.label += ' ';
+    for (const row* r : g.members) m.cands.push_back(candidate{r, nullptr, 0, {}, 0, {}});
+    measured.push_back(std::move(m));
+  }
+
+  // The repetitions are split into passes over the whole selection, so
+  // that a group's repetitions are spread over the run instead of lying
+  // within one second of it.  On this kind of machine the speed of whole
+  // code paths changes for seconds at a time (another virtual machine on
+  // the same physical core), and a phase that slows the peer but not
+  // percpu, or the other way round, would decide a group measured inside
+  // it; spread over the run, every group sees a similar mix of phases in
+  // every run.  A group's bodies live for one pass only (some keep a
+  // thread spinning or a child process, which must not disturb the other
+  // groups): made, calibrated on the first pass, warmed up, measured
+  // repetitions_per_pass times, destroyed.  Within a pass the group's
+  // implementations are measured in turn, the order reversed every other
+  // repetition (A B C, C B A, ...), so that neither a drift nor the
+  // position after a given neighbour favours one of them; the groups'
+  // order is reversed every other pass.
+  // One pass of group `m`: its bodies made (and calibrated, the first
+  // time), warmed up, measured `count` times, destroyed.
+  auto measure_pass = [&](measured_group& m, unsigned count, double measurement_ns) {
+    unsigned threads = m.g->threads;
+    auto& cands = m.cands;
+    for (auto& c : cands) {
+      c.b = c.r->make(threads);
+      if (c.iterations == 0) c.iterations = calibrate(workers, *c.b, threads, measurement_ns);
+      workers.measure(*c.b, threads, c.iterations);  // warm-up
+      bar.step(m.label + c.r->impl);
+    }
+    for (unsigned i = 0; i < count; ++i) {
+      bool reversed = cands.front().samples.size() % 2 != 0;
       for (std::size_t k = 0; k < cands.size(); ++k) {
-        auto& c = cands[rep % 2 == 0 ? k : cands.size() - 1 - k];
-        auto m = workers.measure(*c.b, g.threads, c.iterations);
-        c.samples.push_back(m.ns / static_cast<double>(c.iterations));
-        if (m.preemptions != 0) ++c.interrupted;
-        bar.step(label + c.r->impl);
+        auto& c = cands[reversed ? cands.size() - 1 - k : k];
+        auto res = workers.measure(*c.b, threads, c.iterations);
+        c.samples.push_back(res.ns / static_cast<double>(c.iterations));
+        if (res.preemptions != 0) ++c.interrupted;
+        bar.step(m.label + c.r->impl);
       }
     }
+    for (auto& c : cands) {
+      c.note = c.b->note();
+      c.b.reset();
+    }
+  };
+
+  double measurement_ns = p.target_ns;  // what the measurements are calibrated for
+  unsigned rep = 0;
+  for (unsigned pass = 0; pass < p.passes; ++pass) {
+    unsigned count = std::min(repetitions_per_pass, p.repetitions - rep);
+    if (opts.quick && pass > 0) {
+      // A busy machine makes the passes longer than planned (others hold
+      // the CPU part of the time).  A quick run then shortens the
+      // measurements left, so that it stays within its wall-time budget.
+      double per_pass = elapsed_ns() / pass;
+      double fits = (quick_wall_budget_ns - elapsed_ns()) / (p.passes - pass);
+      if (per_pass > fits && measurement_ns > min_target_ns) {
+        double scale = std::max(fits / per_pass, min_target_ns / measurement_ns);
+        measurement_ns *= scale;
+        for (auto& m : measured) {
+          for (auto& c : m.cands) {
+            c.iterations = std::max<std::uint64_t>(
+                100, static_cast<std::uint64_t>(static_cast<double>(c.iterations) * scale));
+          }
+        }
+      }
+    }
+    for (std::size_t gi = 0; gi < measured.size(); ++gi) {
+      measure_pass(measured[pass % 2 == 0 ? gi : measured.size() - 1 - gi], count, measurement_ns);
+    }
+    rep += count;
+  }
+
+  // Groups whose pairs spread widely (a peer that alternates between two
+  // behaviours, such as a semaphore that sometimes spins and sometimes
+  // sleeps, or a lock that two threads sometimes share politely and
+  // sometimes fight over) need more pairs for the same certainty: the
+  // error of a mean shrinks with the square root of their number.
+  auto baseline_of = [](const std::vector<candidate>& cands) {
     auto base = std::find_if(cands.begin(), cands.end(),
                              [](const candidate& c) { return is_preferred_baseline(c.r->impl); });
-    if (base == cands.end()) base = cands.begin();
+    return base == cands.end() ? cands.begin() : base;
+  };
+  auto needs_more = [&](const measured_group& m) {
+    auto base = baseline_of(m.cands);
+    if (base->samples.size() >= std::size_t{extra_repetitions_factor} * p.repetitions) return false;
+    for (const auto& c : m.cands) {
+      if (&c == &*base) continue;
+      auto ratios = pair_ratios(c.samples, base->samples);
+      if (trimmed_geometric_mean(ratios, ratio_trim).log_error > ratio_log_error_goal) return true;
+      // The pairs of one pass share the machine's state of the moment, so
+      // the passes' means must agree as well: their spread, not only the
+      // pairs', says how well the run knows the ratio.
+      std::vector<double> pass_means;
+      for (std::size_t i = 0; i + repetitions_per_pass <= ratios.size();
+           i += repetitions_per_pass) {
+        std::vector<double> pass(
+            ratios.begin() + static_cast<std::ptrdiff_t>(i),
+            ratios.begin() + static_cast<std::ptrdiff_t>(i + repetitions_per_pass));
+        pass_means.push_back(trimmed_geometric_mean(pass, 0).mean);
+      }
+      if (trimmed_geometric_mean(pass_means, 0).log_error > ratio_log_error_goal) return true;
+    }
+    return false;
+  };
+  for (;;) {
+    std::vector<measured_group*> chosen;
+    for (auto& m : measured) {
+      if (needs_more(m)) chosen.push_back(&m);
+    }
+    if (chosen.empty() || (opts.quick && elapsed_ns() > quick_wall_budget_ns)) break;
+    for (auto* m : chosen) measure_pass(*m, repetitions_per_pass, measurement_ns);
+  }
+
+  std::vector<result> results;
+  for (auto& m : measured) {
+    const group& g = *m.g;
+    auto& cands = m.cands;
+    auto base = baseline_of(cands);
     for (auto& c : cands) {
       result res;
       res.name = g.name;
@@ -400,18 +540,15 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       res.median_ns = quantile(c.samples, 0.5);
       res.min_ns = *std::min_element(c.samples.begin(), c.samples.end());
       res.max_ns = *std::max_element(c.samples.begin(), c.samples.end());
-      res.repetitions = p.repetitions;
+      res.repetitions = static_cast<unsigned>(c.samples.size());
       res.interrupted = c.interrupted;
-      res.note = c.b->note();
+      res.note = c.note;
       if (&c != &*base) {
         // Pair by pair: each sample against the baseline's sample of the
         // same repetition, measured just before or after it.
-        std::vector<double> ratios;
-        for (std::size_t i = 0; i < c.samples.size(); ++i) {
-          if (base->samples[i] > 0) ratios.push_back(c.samples[i] / base->samples[i]);
-        }
+        auto ratios = pair_ratios(c.samples, base->samples);
         res.baseline = base->r->impl;
-        res.ratio = quantile(ratios, 0.5);
+        res.ratio = trimmed_geometric_mean(ratios, ratio_trim).mean;
         res.ratio_q1 = quantile(ratios, 0.25);
         res.ratio_q3 = quantile(ratios, 0.75);
       }

@@ -12,15 +12,28 @@
 //  - rows with the same name, thread count and size form a group; the
 //    group's implementations are measured interleaved (A B C, C B A, ...),
 //    so drift in the machine's speed affects all of them;
-//  - each implementation is calibrated to a target duration, warmed up once,
-//    then measured `repetitions` times; the figure is the median of
+//  - the repetitions are split into passes over every group, so that each
+//    group's measurements are spread over the whole run rather than taken
+//    within one second of it (the speed of a virtual machine's core changes
+//    for seconds at a time); a group's bodies live for one pass;
+//  - each implementation is calibrated to a target duration once, warmed up
+//    at the start of each pass, and measured `repetitions` times in all
+//    (many short measurements: 45 of about 5 ms in a quick run, 100 of
+//    20 ms in a full one); the figure is the median of
 //    (time of the slowest thread / operations per thread), with min and max
 //    beside it, where a thread's time is its wall time less the time it
 //    waited, runnable, while another process held its CPU (the kernel's
 //    run_delay): on a shared machine that time is not the operation's;
 //  - ratios are computed pair by pair: in each repetition an implementation's
 //    time is divided by the baseline's time measured next to it (the group's
-//    `percpu` implementation), and the row's ratio is the median of those;
+//    `percpu` implementation), and the row's ratio is the geometric mean of
+//    those, the lowest and highest 5 % left out (a median flips between the
+//    two states of a machine that alternates between two speeds; a mean moves
+//    with their mix);
+//  - a group whose ratios the run knows less well than it should (their
+//    spread, or the spread of the passes' means, too wide for the number of
+//    pairs) gets more passes, up to five times its repetitions, within the
+//    quick run's time budget;
 //  - the time each measurement takes is chosen so that the whole run fits a
 //    budget (--quick) however many rows the facilities define, and shortened
 //    as the run goes when other processes slow it down.
@@ -46,6 +59,11 @@ class body {
   // nanoseconds the last run() spent in timed work, measured by the body
   // itself; negative to let the harness time run() (the default).
   virtual double timed_ns() const { return -1; }
+  // Untimed work each worker does right before its timed run() (waking a
+  // partner thread that slept since the last measurement); the default
+  // does nothing.  A multi-thread body's workers then start their timed
+  // work at slightly different moments.
+  virtual void warm_up(unsigned /*thread*/, std::uint64_t /*iterations*/) {}
   // A remark the table prints beside the row, read after the last
   // measurement (e.g. how often a read had to flush); empty for none.
   virtual std::string note() const { return {}; }
@@ -78,8 +96,9 @@ struct result {
   unsigned interrupted = 0;
   std::string note;  // body::note() after the last measurement
   // The implementation this one is compared with (empty for the baseline
-  // itself) and the median of the per-repetition ratios time(this) /
-  // time(baseline): above 1, this one is slower than the baseline.
+  // itself) and the geometric mean of the per-repetition ratios time(this) /
+  // time(baseline), the lowest and highest 5 % left out: above 1, this one
+  // is slower than the baseline.
   std::string baseline;
   double ratio = 1;
   // The quartiles of those ratios: where the middle half of the pairs lie.
@@ -89,7 +108,7 @@ struct result {
 
 struct options {
   bool quick = false;
-  unsigned repetitions = 0;       // 0: 15 (quick) or 21 (full)
+  unsigned repetitions = 0;       // 0: 45 (quick) or 100 (full)
   std::string filter;             // ECMAScript regex on "name/impl"
   std::vector<unsigned> threads;  // empty: each row's own list
   bool progress = true;           // progress bar on a terminal (stderr)
@@ -101,6 +120,7 @@ struct plan {
   std::size_t groups = 0;
   std::size_t implementations = 0;  // (row, threads) pairs measured
   unsigned repetitions = 0;
+  unsigned passes = 0;     // over the whole selection, the repetitions split among them
   double target_ns = 0;    // duration of one measurement
   double estimated_s = 0;  // calibration, warm-up and repetitions, all rows
 };

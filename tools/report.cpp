@@ -171,8 +171,8 @@ void print_table(const report& rep) {
                 r.ratio, text.c_str(), r.note.empty() ? "" : "; ", r.note.c_str());
   }
   std::printf(
-      "ratio: time / time of the group's baseline, median of the pairs measured side by "
-      "side\n");
+      "ratio: time / time of the group's baseline, geometric mean of the pairs measured side "
+      "by side\n");
   std::string busy = busy_note(rep);
   if (!busy.empty()) std::printf("%s\n", busy.c_str());
 }
