@@ -77,13 +77,15 @@ class unicast_percpu final : public round_trips<unicast_percpu> {
     percpu::xcall::unicast_sync(cpu_, [] {});
   }
   void trip() {
-    percpu::xcall::unicast_sync(cpu_, [this] { ++ran_; });
-    keep(ran_);
+    // The callee writes a word of the caller's stack, as the caller's
+    // own data: not a line the caller reads for the next call.
+    std::uint64_t ran = 0;
+    percpu::xcall::unicast_sync(cpu_, [&ran] { ++ran; });
+    keep(ran);
   }
 
  private:
   unsigned cpu_;
-  std::uint64_t ran_ = 0;
 };
 
 // A partner thread pinned to the other CPU answers each request.
