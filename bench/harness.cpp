@@ -416,21 +416,6 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
     measured.push_back(std::move(m));
   }
 
-  // The repetitions are split into passes over the whole selection, so
-  // that a group's repetitions are spread over the run instead of lying
-  // within one second of it.  On this kind of machine the speed of whole
-  // code paths changes for seconds at a time (another virtual machine on
-  // the same physical core), and a phase that slows the peer but not
-  // percpu, or the other way round, would decide a group measured inside
-  // it; spread over the run, every group sees a similar mix of phases in
-  // every run.  A group's bodies live for one pass only (some keep a
-  // thread spinning or a child process, which must not disturb the other
-  // groups): made, calibrated on the first pass, warmed up, measured
-  // repetitions_per_pass times, destroyed.  Within a pass the group's
-  // implementations are measured in turn, the order reversed every other
-  // repetition (A B C, C B A, ...), so that neither a drift nor the
-  // position after a given neighbour favours one of them; the groups'
-  // order is reversed every other pass.
   // One pass of group `m`: its bodies made (and calibrated, the first
   // time), warmed up, measured `count` times, destroyed.
   auto measure_pass = [&](measured_group& m, unsigned count, double measurement_ns) {
@@ -458,6 +443,21 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
     }
   };
 
+  // The repetitions are split into passes over the whole selection, so
+  // that a group's repetitions are spread over the run instead of lying
+  // within one second of it.  On this kind of machine the speed of whole
+  // code paths changes for seconds at a time (another virtual machine on
+  // the same physical core), and a phase that slows the peer but not
+  // percpu, or the other way round, would decide a group measured inside
+  // it; spread over the run, every group sees a similar mix of phases in
+  // every run.  A group's bodies live for one pass only (some keep a
+  // thread spinning or a child process, which must not disturb the other
+  // groups): made, calibrated on the first pass, warmed up, measured
+  // repetitions_per_pass times, destroyed.  Within a pass the group's
+  // implementations are measured in turn, the order reversed every other
+  // repetition (A B C, C B A, ...), so that neither a drift nor the
+  // position after a given neighbour favours one of them; the groups'
+  // order is reversed every other pass.
   double measurement_ns = p.target_ns;  // what the measurements are calibrated for
   unsigned rep = 0;
   for (unsigned pass = 0; pass < p.passes; ++pass) {
@@ -504,7 +504,9 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       if (trimmed_geometric_mean(ratios, ratio_trim).log_error > ratio_log_error_goal) return true;
       // The pairs of one pass share the machine's state of the moment, so
       // the passes' means must agree as well: their spread, not only the
-      // pairs', says how well the run knows the ratio.
+      // pairs', says how well the run knows the ratio.  (Blocks of
+      // repetitions_per_pass pairs are its passes when the repetitions are
+      // a multiple of it, as by default.)
       std::vector<double> pass_means;
       for (std::size_t i = 0; i + repetitions_per_pass <= ratios.size();
            i += repetitions_per_pass) {
