@@ -95,4 +95,43 @@ class signaller {
   std::atomic<long> sent_{0};
 };
 
+// Worker threads under a signal storm.  The constructor starts `count`
+// threads, each of which enrolls with `signals` and then runs
+// body(t, stopping) until `stopping` reads true; once every worker is
+// enrolled it starts the storm.  stop() (or the destructor) ends the storm
+// and joins the workers.
+class storm_workers {
+ public:
+  template <class Body>
+  storm_workers(signaller& signals, int count, Body body) : signals_(signals) {
+    threads_.reserve(static_cast<std::size_t>(count));
+    for (int t = 0; t < count; ++t) {
+      threads_.emplace_back([this, t, body] {
+        signals_.enroll();
+        ready_.fetch_add(1);
+        body(t, static_cast<const std::atomic<bool>&>(stopping_));
+      });
+    }
+    while (ready_.load() < count) std::this_thread::yield();
+    signals_.start();
+  }
+  ~storm_workers() { stop(); }
+  storm_workers(const storm_workers&) = delete;
+  storm_workers& operator=(const storm_workers&) = delete;
+
+  bool stopping() const { return stopping_.load(std::memory_order_relaxed); }
+  void stop() {
+    stopping_ = true;
+    signals_.stop();
+    for (auto& th : threads_) th.join();
+    threads_.clear();
+  }
+
+ private:
+  signaller& signals_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> ready_{0};
+  std::vector<std::thread> threads_;
+};
+
 }  // namespace percpu_test

@@ -310,37 +310,31 @@ TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
     torture_cache = &cache;
     percpu_test::scoped_handler handler(SIGUSR1, torture_handler);
     percpu_test::signaller signals(SIGUSR1);
-    std::atomic<bool> stop{false};
     std::atomic<long> gets{0};
     std::vector<unsigned> allowed = percpu::allowed_cpus();
-    std::vector<std::thread> workers;
-    for (unsigned t = 0; t < 4; ++t) {
-      workers.emplace_back([&, t] {
-        signals.enroll();
-        unsigned rng = 12345 + t;
-        std::mt19937 random(t);
-        std::vector<tortured*> held;
-        long mine = 0;
-        while (!stop.load(std::memory_order_relaxed)) {
-          if ((++mine & 255) == 0) percpu_test::migrate(rng, allowed);
-          if (held.size() < 200 && (held.empty() || random() % 3 != 0)) {
-            if (tortured* p = checked_get(cache)) held.push_back(p);
-          } else {
-            std::size_t n = 1 + random() % held.size();
-            for (std::size_t i = 0; i < n; ++i) {
-              checked_put(cache, held.back());
-              held.pop_back();
-            }
+    percpu_test::storm_workers crew(signals, 4, [&](int t, const std::atomic<bool>& stopping) {
+      unsigned rng = 12345 + static_cast<unsigned>(t);
+      std::mt19937 random(static_cast<unsigned>(t));
+      std::vector<tortured*> held;
+      long mine = 0;
+      while (!stopping.load(std::memory_order_relaxed)) {
+        if ((++mine & 255) == 0) percpu_test::migrate(rng, allowed);
+        if (held.size() < 200 && (held.empty() || random() % 3 != 0)) {
+          if (tortured* p = checked_get(cache)) held.push_back(p);
+        } else {
+          std::size_t n = 1 + random() % held.size();
+          for (std::size_t i = 0; i < n; ++i) {
+            checked_put(cache, held.back());
+            held.pop_back();
           }
         }
-        for (tortured* p : held) checked_put(cache, p);
-        gets.fetch_add(mine);
-      });
-    }
-    signals.start();
+      }
+      for (tortured* p : held) checked_put(cache, p);
+      gets.fetch_add(mine);
+    });
     long invalidations = 0;
     std::thread maintainer([&] {
-      while (!stop.load(std::memory_order_relaxed)) {
+      while (!crew.stopping()) {
         invalidates_started.fetch_add(1);
         cache.invalidate();
         invalidates_returned.fetch_add(1);
@@ -349,10 +343,8 @@ TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
       }
     });
     std::this_thread::sleep_for(std::chrono::seconds(3));
-    stop = true;
+    crew.stop();
     maintainer.join();
-    signals.stop();
-    for (auto& w : workers) w.join();
     allow_all();
 
     EXPECT_EQ(violations.load(), 0)

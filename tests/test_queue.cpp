@@ -225,27 +225,17 @@ TEST(Queue, PerThreadOrderUnderMigrationStorm) {
   percpu_test::scoped_handler handler(SIGUSR1, ignore_signal);
   ASSERT_TRUE(handler.installed());
   percpu_test::signaller signals(SIGUSR1);
-  std::atomic<bool> done{false};
   std::atomic<long> migrations{0};
   std::vector<std::uint64_t> issued(workers, 0);
-  std::atomic<int> ready{0};
-  std::vector<std::thread> threads;
-  threads.reserve(workers);
-  for (int t = 0; t < workers; ++t) {
-    threads.emplace_back([&, t] {
-      signals.enroll();
-      ready++;
-      unsigned rng = 777u + static_cast<unsigned>(t);
-      std::uint64_t n = 0;
-      while (!done.load(std::memory_order_relaxed)) {
-        q.enqueue({static_cast<std::uint64_t>(t), n++});
-        if (n % 97 == 0 && percpu_test::migrate(rng, allowed)) migrations++;
-      }
-      issued[t] = n;
-    });
-  }
-  while (ready.load() < workers) std::this_thread::yield();
-  signals.start();
+  percpu_test::storm_workers crew(signals, workers, [&](int t, const std::atomic<bool>& stopping) {
+    unsigned rng = 777u + static_cast<unsigned>(t);
+    std::uint64_t n = 0;
+    while (!stopping.load(std::memory_order_relaxed)) {
+      q.enqueue({static_cast<std::uint64_t>(t), n++});
+      if (n % 97 == 0 && percpu_test::migrate(rng, allowed)) migrations++;
+    }
+    issued[t] = n;
+  });
   auto end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   unsigned round = 0;
   while (std::chrono::steady_clock::now() < end) {
@@ -261,9 +251,7 @@ TEST(Queue, PerThreadOrderUnderMigrationStorm) {
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-  done = true;
-  signals.stop();
-  for (auto& th : threads) th.join();
+  crew.stop();
   q.flush_all();
   EXPECT_EQ(violations, 0u);
   std::uint64_t total = 0;

@@ -212,35 +212,25 @@ TEST(Storm, PushRecordLosesAndDuplicatesNothing) {
   percpu_test::scoped_handler handler_guard(SIGUSR2, [](int) {});
   ASSERT_TRUE(handler_guard.installed());
   percpu_test::signaller signals(SIGUSR2);
-  std::atomic<bool> done{false};
   std::vector<std::uint64_t> pushed(workers, 0);
-  std::atomic<int> ready{0};
-  std::vector<std::thread> threads;
-  threads.reserve(workers);
-  for (int t = 0; t < workers; ++t) {
-    threads.emplace_back([&, t] {
-      signals.enroll();
-      ready++;
-      unsigned rng = 4242u + static_cast<unsigned>(t);
-      unsigned cpu = seq::current_cpu();
-      std::uint64_t n = 0;
-      for (std::uint64_t i = 0; !done.load(std::memory_order_relaxed); ++i) {
-        std::uint64_t record[2] = {static_cast<std::uint64_t>(t), n};
-        unsigned on = 0;
-        if (seq::push_record<2>(arr0, stop0, cpu, record, bit_of(t, n), &on)) {
-          ++n;
-        } else if (on != cpu) {
-          cpu = on;  // moved
-        } else {
-          std::this_thread::yield();  // full: wait for the visitor
-        }
-        if (i % 512 == 0) percpu_test::migrate(rng, allowed);
+  percpu_test::storm_workers crew(signals, workers, [&](int t, const std::atomic<bool>& stopping) {
+    unsigned rng = 4242u + static_cast<unsigned>(t);
+    unsigned cpu = seq::current_cpu();
+    std::uint64_t n = 0;
+    for (std::uint64_t i = 0; !stopping.load(std::memory_order_relaxed); ++i) {
+      std::uint64_t record[2] = {static_cast<std::uint64_t>(t), n};
+      unsigned on = 0;
+      if (seq::push_record<2>(arr0, stop0, cpu, record, bit_of(t, n), &on)) {
+        ++n;
+      } else if (on != cpu) {
+        cpu = on;  // moved
+      } else {
+        std::this_thread::yield();  // full: wait for the visitor
       }
-      pushed[t] = n;
-    });
-  }
-  while (ready.load() < workers) std::this_thread::yield();
-  signals.start();
+      if (i % 512 == 0) percpu_test::migrate(rng, allowed);
+    }
+    pushed[t] = n;
+  });
 
   std::vector<std::vector<std::uint64_t>> drained(workers);
   auto take = [&](unsigned cpu, record_array& a) {
@@ -262,9 +252,7 @@ TEST(Storm, PushRecordLosesAndDuplicatesNothing) {
     ++visits;
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
-  done = true;
-  signals.stop();
-  for (auto& th : threads) th.join();
+  crew.stop();
   per_cpu.for_each_cpu([&](unsigned, record_array& a) {
     for (std::uint32_t i = 0; i < a.count; ++i) {
       unsigned bit = bit_of(a.records[std::size_t{2} * i], a.records[std::size_t{2} * i + 1]);
