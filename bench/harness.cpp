@@ -251,22 +251,23 @@ namespace {
 // Quick runs spread this much measuring time over every selected
 // implementation, so that --quick stays within its two minutes (with the
 // build) however many rows the facilities define.
-constexpr double quick_budget_ns = 25e9;
+constexpr double quick_budget_ns = 35e9;
 // ... and on a busy machine shortens them further to stay within this much
 // wall time.
-constexpr double quick_wall_budget_ns = 50e9;
+constexpr double quick_wall_budget_ns = 60e9;
 // One measurement never gets shorter than this (timer and scheduler noise
 // would dominate) nor, in a quick run, longer than the full run's target.
 constexpr double min_target_ns = 2e6;
 constexpr double quick_max_target_ns = 20e6;
 // Many short repetitions rather than a few long ones: the two sides of a
-// short pair mostly run in the same state of the machine, and more pairs
-// outvote more of the moments another process (or another tenant of the
-// physical core) slowed one side.  With 15 repetitions of 20 ms, each group
-// measured in one stretch, two consecutive quick runs on the development VM
-// disagreed by more than 25 % on 4 to 11 of 68 ratios (docs/benchmarks.md
-// has the figures of the present method).
-constexpr unsigned quick_repetitions = 45;
+// short pair mostly run in the same state of the machine, and more pairs,
+// each taken at another moment of the run, sample more of the machine's
+// states.  With 15 repetitions of 20 ms, each group measured in one
+// stretch, two consecutive quick runs on the development VM disagreed by
+// more than 25 % on 4 to 11 of 68 ratios; with 45 in passes of five, on 0
+// to 3; with 60 in passes of one, on none in ten tries (docs/benchmarks.md
+// has the figures).
+constexpr unsigned quick_repetitions = 60;
 constexpr unsigned full_repetitions = 100;
 constexpr double full_target_ns = 20e6;
 // A group's ratio leaves out this fraction of its pairs at each end.
@@ -277,8 +278,9 @@ constexpr double ratio_trim = 0.05;
 // repetitions in all, while a quick run's wall-time budget allows.
 constexpr double ratio_log_error_goal = 0.08;
 constexpr unsigned extra_repetitions_factor = 5;
-// The repetitions are measured in passes of this many (see run()).
-constexpr unsigned repetitions_per_pass = 5;
+// Each pass makes a group's bodies afresh and warms each up with this
+// fraction of a measurement before measuring it (see run()).
+constexpr double warm_up_fraction = 0.25;
 
 struct group {
   std::string name;
@@ -313,9 +315,10 @@ plan plan_for(const std::vector<group>& groups, const options& opts) {
   for (const auto& g : groups) p.implementations += g.members.size();
   p.repetitions = opts.repetitions != 0 ? opts.repetitions
                                         : (opts.quick ? quick_repetitions : full_repetitions);
-  p.passes = (p.repetitions + repetitions_per_pass - 1) / repetitions_per_pass;
-  // Calibration costs about one measurement, and every pass warms up with one.
-  double measurements = static_cast<double>(p.implementations) * (p.repetitions + 1 + p.passes);
+  // Calibration costs about one measurement, and every pass (one per
+  // repetition) a warm-up.
+  double measurements = static_cast<double>(p.implementations) *
+                        (p.repetitions + 1 + warm_up_fraction * p.repetitions);
   p.target_ns = full_target_ns;
   if (opts.quick && measurements > 0) {
     p.target_ns = std::clamp(quick_budget_ns / measurements, min_target_ns, quick_max_target_ns);
@@ -391,7 +394,7 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
   for (const auto& g : groups) max_threads = std::max(max_threads, g.threads);
 
   pool workers(max_threads);
-  progress_bar bar(opts.progress, p.implementations * (p.repetitions + p.passes));
+  progress_bar bar(opts.progress, p.implementations * p.repetitions * 2);
   auto started = clock_type::now();
   auto elapsed_ns = [&] {
     return std::chrono::duration<double, std::nano>(clock_type::now() - started).count();
@@ -417,25 +420,25 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
   }
 
   // One pass of group `m`: its bodies made (and calibrated, the first
-  // time), warmed up, measured `count` times, destroyed.
-  auto measure_pass = [&](measured_group& m, unsigned count, double measurement_ns) {
+  // time), warmed up, each measured once, destroyed.
+  auto measure_pass = [&](measured_group& m, double measurement_ns) {
     unsigned threads = m.g->threads;
     auto& cands = m.cands;
     for (auto& c : cands) {
       c.b = c.r->make(threads);
       if (c.iterations == 0) c.iterations = calibrate(workers, *c.b, threads, measurement_ns);
-      workers.measure(*c.b, threads, c.iterations);  // warm-up
+      auto warm_up =
+          static_cast<std::uint64_t>(static_cast<double>(c.iterations) * warm_up_fraction);
+      workers.measure(*c.b, threads, std::max<std::uint64_t>(1, warm_up));
       bar.step(m.label + c.r->impl);
     }
-    for (unsigned i = 0; i < count; ++i) {
-      bool reversed = cands.front().samples.size() % 2 != 0;
-      for (std::size_t k = 0; k < cands.size(); ++k) {
-        auto& c = cands[reversed ? cands.size() - 1 - k : k];
-        auto res = workers.measure(*c.b, threads, c.iterations);
-        c.samples.push_back(res.ns / static_cast<double>(c.iterations));
-        if (res.preemptions != 0) ++c.interrupted;
-        bar.step(m.label + c.r->impl);
-      }
+    bool reversed = cands.front().samples.size() % 2 != 0;
+    for (std::size_t k = 0; k < cands.size(); ++k) {
+      auto& c = cands[reversed ? cands.size() - 1 - k : k];
+      auto res = workers.measure(*c.b, threads, c.iterations);
+      c.samples.push_back(res.ns / static_cast<double>(c.iterations));
+      if (res.preemptions != 0) ++c.interrupted;
+      bar.step(m.label + c.r->impl);
     }
     for (auto& c : cands) {
       c.note = c.b->note();
@@ -443,31 +446,31 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
     }
   };
 
-  // The repetitions are split into passes over the whole selection, so
-  // that a group's repetitions are spread over the run instead of lying
-  // within one second of it.  On this kind of machine the speed of whole
-  // code paths changes for seconds at a time (another virtual machine on
-  // the same physical core), and a phase that slows the peer but not
-  // percpu, or the other way round, would decide a group measured inside
-  // it; spread over the run, every group sees a similar mix of phases in
-  // every run.  A group's bodies live for one pass only (some keep a
-  // thread spinning or a child process, which must not disturb the other
-  // groups): made, calibrated on the first pass, warmed up, measured
-  // repetitions_per_pass times, destroyed.  Within a pass the group's
-  // implementations are measured in turn, the order reversed every other
-  // repetition (A B C, C B A, ...), so that neither a drift nor the
-  // position after a given neighbour favours one of them; the groups'
-  // order is reversed every other pass.
+  // Each repetition is a pass over the whole selection, so that a group's
+  // pairs are spread evenly over the run instead of lying within one
+  // second of it.  On this kind of machine the speed of whole code paths
+  // changes for seconds at a time (another virtual machine on the same
+  // physical core), and the ratio between a plain path and an atomic one
+  // differs between the two speeds: a group measured inside one phase
+  // would carry it whole, and so would the pairs of one pass.  With one
+  // pair per pass, each pair samples the machine's state at another moment
+  // of the run, and every group of every run sees a mix of states that
+  // differs from the run's own mix as little as the number of passes
+  // allows.  A group's bodies live for one pass only (some keep a thread
+  // spinning or a child process, which must not disturb the other groups):
+  // made, calibrated on the first pass, warmed up, measured, destroyed.
+  // Within a pass the group's implementations are measured in turn, the
+  // order reversed every other pass (A B C, C B A, ...), so that neither a
+  // drift nor the position after a given neighbour favours one of them;
+  // the groups' order is reversed every other pass too.
   double measurement_ns = p.target_ns;  // what the measurements are calibrated for
-  unsigned rep = 0;
-  for (unsigned pass = 0; pass < p.passes; ++pass) {
-    unsigned count = std::min(repetitions_per_pass, p.repetitions - rep);
+  for (unsigned pass = 0; pass < p.repetitions; ++pass) {
     if (opts.quick && pass > 0) {
       // A busy machine makes the passes longer than planned (others hold
       // the CPU part of the time).  A quick run then shortens the
       // measurements left, so that it stays within its wall-time budget.
       double per_pass = elapsed_ns() / pass;
-      double fits = (quick_wall_budget_ns - elapsed_ns()) / (p.passes - pass);
+      double fits = (quick_wall_budget_ns - elapsed_ns()) / (p.repetitions - pass);
       if (per_pass > fits && measurement_ns > min_target_ns) {
         double scale = std::max(fits / per_pass, min_target_ns / measurement_ns);
         measurement_ns *= scale;
@@ -480,16 +483,16 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       }
     }
     for (std::size_t gi = 0; gi < measured.size(); ++gi) {
-      measure_pass(measured[pass % 2 == 0 ? gi : measured.size() - 1 - gi], count, measurement_ns);
+      measure_pass(measured[pass % 2 == 0 ? gi : measured.size() - 1 - gi], measurement_ns);
     }
-    rep += count;
   }
 
-  // Groups whose pairs spread widely (a peer that alternates between two
-  // behaviours, such as a semaphore that sometimes spins and sometimes
-  // sleeps, or a lock that two threads sometimes share politely and
-  // sometimes fight over) need more pairs for the same certainty: the
-  // error of a mean shrinks with the square root of their number.
+  // Groups whose pairs spread widely (a lock that two threads sometimes
+  // share politely and sometimes fight over, a path that the machine's two
+  // speeds treat differently) need more pairs for the same certainty: the
+  // error of a mean shrinks with the square root of their number, and the
+  // pairs, each from its own pass, are as independent as the run can make
+  // them.
   auto baseline_of = [](const std::vector<candidate>& cands) {
     auto base = std::find_if(cands.begin(), cands.end(),
                              [](const candidate& c) { return is_preferred_baseline(c.r->impl); });
@@ -502,20 +505,6 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       if (&c == &*base) continue;
       auto ratios = pair_ratios(c.samples, base->samples);
       if (trimmed_geometric_mean(ratios, ratio_trim).log_error > ratio_log_error_goal) return true;
-      // The pairs of one pass share the machine's state of the moment, so
-      // the passes' means must agree as well: their spread, not only the
-      // pairs', says how well the run knows the ratio.  (Blocks of
-      // repetitions_per_pass pairs are its passes when the repetitions are
-      // a multiple of it, as by default.)
-      std::vector<double> pass_means;
-      for (std::size_t i = 0; i + repetitions_per_pass <= ratios.size();
-           i += repetitions_per_pass) {
-        std::vector<double> pass(
-            ratios.begin() + static_cast<std::ptrdiff_t>(i),
-            ratios.begin() + static_cast<std::ptrdiff_t>(i + repetitions_per_pass));
-        pass_means.push_back(trimmed_geometric_mean(pass, 0).mean);
-      }
-      if (trimmed_geometric_mean(pass_means, 0).log_error > ratio_log_error_goal) return true;
     }
     return false;
   };
@@ -525,7 +514,7 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
       if (needs_more(m)) chosen.push_back(&m);
     }
     if (chosen.empty() || (opts.quick && elapsed_ns() > quick_wall_budget_ns)) break;
-    for (auto* m : chosen) measure_pass(*m, repetitions_per_pass, measurement_ns);
+    for (auto* m : chosen) measure_pass(*m, measurement_ns);
   }
 
   std::vector<result> results;

@@ -12,14 +12,14 @@
 //  - rows with the same name, thread count and size form a group; the
 //    group's implementations are measured interleaved (A B C, C B A, ...),
 //    so drift in the machine's speed affects all of them;
-//  - the repetitions are split into passes over every group, so that each
-//    group's measurements are spread over the whole run rather than taken
+//  - each repetition is a pass over every group, so that each group's
+//    measurements are spread evenly over the whole run rather than taken
 //    within one second of it (the speed of a virtual machine's core changes
 //    for seconds at a time); a group's bodies live for one pass;
 //  - each implementation is calibrated to a target duration once, warmed up
-//    at the start of each pass, and measured `repetitions` times in all
-//    (many short measurements: 45 of about 5 ms in a quick run, 100 of
-//    20 ms in a full one); the figure is the median of
+//    briefly at the start of each pass, and measured once per pass (many
+//    short measurements: 60 of about 5 ms in a quick run, 100 of 20 ms in a
+//    full one); the figure is the median of
 //    (time of the slowest thread / operations per thread), with min and max
 //    beside it, where a thread's time is its wall time less the time it
 //    waited, runnable, while another process held its CPU (the kernel's
@@ -31,9 +31,8 @@
 //    two states of a machine that alternates between two speeds; a mean moves
 //    with their mix);
 //  - a group whose ratios the run knows less well than it should (their
-//    spread, or the spread of the passes' means, too wide for the number of
-//    pairs) gets more passes, up to five times its repetitions, within the
-//    quick run's time budget;
+//    spread too wide for the number of pairs) gets more passes, up to five
+//    times its repetitions, within the quick run's time budget;
 //  - the time each measurement takes is chosen so that the whole run fits a
 //    budget (--quick) however many rows the facilities define, and shortened
 //    as the run goes when other processes slow it down.
@@ -108,7 +107,7 @@ struct result {
 
 struct options {
   bool quick = false;
-  unsigned repetitions = 0;       // 0: 45 (quick) or 100 (full)
+  unsigned repetitions = 0;       // 0: 60 (quick) or 100 (full)
   std::string filter;             // ECMAScript regex on "name/impl"
   std::vector<unsigned> threads;  // empty: each row's own list
   bool progress = true;           // progress bar on a terminal (stderr)
@@ -119,10 +118,9 @@ struct options {
 struct plan {
   std::size_t groups = 0;
   std::size_t implementations = 0;  // (row, threads) pairs measured
-  unsigned repetitions = 0;
-  unsigned passes = 0;     // over the whole selection, the repetitions split among them
-  double target_ns = 0;    // duration of one measurement
-  double estimated_s = 0;  // calibration, warm-up and repetitions, all rows
+  unsigned repetitions = 0;         // one per pass over the whole selection
+  double target_ns = 0;             // duration of one measurement
+  double estimated_s = 0;           // calibration, warm-up and repetitions, all rows
 };
 
 // The baseline of a group: its "percpu" implementation, or, where every

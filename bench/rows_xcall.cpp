@@ -2,9 +2,10 @@
 //
 //   xcall.unicast         a synchronous on-CPU call to another CPU, round trip,
 //                         vs two pinned threads handing a std::binary_semaphore
-//                         back and forth (libstdc++ spins and yields before it
-//                         sleeps) and vs a mutex + condition variable hand-off
-//                         (what a thread pool does)
+//                         back and forth, each spinning up to percpu's own
+//                         spin budget before it sleeps, and vs a mutex +
+//                         condition variable hand-off (what a thread pool
+//                         does)
 //   xcall.broadcast       a synchronous on-CPU call to every allowed CPU
 //   xcall.visit_all       a stopped visit of every CPU with an empty function,
 //                         the other CPUs idle, vs one raw broadcast rseq fence
@@ -17,12 +18,22 @@
 //
 // The unicast rows measure round trips in steady state: each measurement
 // first makes warm_up_trips untimed round trips, so that both sides are
-// awake.  Between two measurements every partner falls asleep, and a
-// semaphore ping-pong woken from sleep can stay at the futex's speed (about
-// 9 us a round trip here, against 0.3 us when both sides spin) for hundreds
-// of round trips before it finds its spinning rhythm: without the warm-up,
-// that start weighed on the row in proportion to how short the
-// measurements were.
+// awake.
+//
+// Why the semaphore peer spins: std::binary_semaphore::acquire in libstdc++
+// spins and yields for a few microseconds before it sleeps in the kernel,
+// and on a virtual machine waking a sleeping thread takes longer than that.
+// A plain semaphore ping-pong is therefore bistable: once one side has
+// slept, the other's wait outlasts its spin and it sleeps too (about 13 us
+// a round trip here); once both catch each other spinning they stay there
+// (about 0.6 us).  Which rhythm it is in changes every few milliseconds,
+// and in what mix changes from one minute to the next: over six quick runs
+// its geometric mean went from 2.6 to 5.8 us, while percpu's calls stayed
+// at 0.70-0.76 us.  No run can give that peer a ratio that the next run
+// reproduces.  The peer therefore waits as percpu's calls do, spinning on
+// try_acquire for up to spin_budget before it blocks, which keeps it in
+// its fast rhythm: the semaphore at its best, the comparison that cannot
+// flatter percpu.  The sleeping hand-off is what condvar_pingpong measures.
 #include <linux/membarrier.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -30,6 +41,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -88,26 +100,44 @@ class unicast_percpu final : public round_trips<unicast_percpu> {
   unsigned cpu_;
 };
 
+// The spin budget of percpu's calls (poll_ns and spin_wait_ns in
+// src/xcall.cpp): how long a caller, and a service thread, spin before they
+// sleep.
+constexpr auto spin_budget = std::chrono::microseconds(20);
+
+// Takes `s`, spinning on try_acquire for up to spin_budget before blocking.
+void acquire_after_spinning(std::binary_semaphore& s) {
+  auto start = std::chrono::steady_clock::now();
+  for (unsigned spins = 0;; ++spins) {
+    if (s.try_acquire()) return;
+    if (spins % 16 == 15 && std::chrono::steady_clock::now() - start > spin_budget) break;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  s.acquire();
+}
+
 // A partner thread pinned to the other CPU answers each request.
-class semaphore_pingpong final : public round_trips<semaphore_pingpong> {
+class spinning_semaphore_pingpong final : public round_trips<spinning_semaphore_pingpong> {
  public:
-  semaphore_pingpong()
+  spinning_semaphore_pingpong()
       : partner_([this] {
           pin_self(other_cpu());
           for (;;) {
-            request_.acquire();
+            acquire_after_spinning(request_);
             if (stopping_.load(std::memory_order_relaxed)) return;
             reply_.release();
           }
         }) {}
-  ~semaphore_pingpong() override {
+  ~spinning_semaphore_pingpong() override {
     stopping_.store(true, std::memory_order_relaxed);
     request_.release();
     partner_.join();
   }
   void trip() {
     request_.release();
-    reply_.acquire();
+    acquire_after_spinning(reply_);
   }
 
  private:
@@ -231,7 +261,7 @@ row busy_row(const char* name, const char* impl, bool busy) {
 
 void add_xcall_rows(std::vector<row>& rows) {
   rows.push_back(make_row<unicast_percpu>("xcall.unicast", "percpu", {1}));
-  rows.push_back(make_row<semaphore_pingpong>("xcall.unicast", "semaphore_pingpong", {1}));
+  rows.push_back(make_row<spinning_semaphore_pingpong>("xcall.unicast", "spinning_semaphore", {1}));
   rows.push_back(make_row<condvar_pingpong>("xcall.unicast", "condvar_pingpong", {1}));
   rows.push_back(make_row<broadcast_percpu>("xcall.broadcast", "percpu", {1}));
   for (bool busy : {false, true}) {
