@@ -315,7 +315,8 @@ void add_allocator_rows(std::vector<row>& rows, std::vector<missing_peer>& missi
       bool preloaded = peer.library[0] != '\0';
       std::string library = preloaded ? find_library(peer.library) : "";
       if (preloaded && library.empty()) {
-        if (report_missing) missing.push_back({peer.impl, peer.package});
+        // Once per peer, not once per size.
+        if (report_missing && size == sizes.front()) missing.push_back({peer.impl, peer.package});
         continue;
       }
       rows.push_back(row{name, peer.impl, threads,

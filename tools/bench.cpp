@@ -120,15 +120,17 @@ int bench(const std::vector<std::string>& args) {
   std::printf("measured in %.0f s\n", rep.wall_s);
   if (!rep.missing_peers.empty()) {
     std::printf(
-        "\npeers not measured because their libraries were not installed when percpu was "
-        "built:\n");
+        "\npeers not measured because their libraries are not installed (the malloc peers "
+        "are looked up as the bench runs, the others when percpu is built):\n");
     std::string packages;
     for (const auto& m : rep.missing_peers) {
       std::printf("  %-16s from Debian package %s\n", m.impl.c_str(), m.package.c_str());
       if (packages.find(m.package) == std::string::npos) packages += " " + m.package;
     }
-    std::printf("to measure them: sudo apt-get install%s, then configure and build again\n",
-                packages.c_str());
+    std::printf(
+        "to measure them: sudo apt-get install%s, then configure and build again "
+        "(cmake --preset release && cmake --build --preset release -j --target percpu_tool)\n",
+        packages.c_str());
   }
   if (!json_path.empty()) {
     write_json(json_path, rep);
