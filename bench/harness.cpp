@@ -265,8 +265,8 @@ constexpr double quick_max_target_ns = 20e6;
 // states.  With 15 repetitions of 20 ms, each group measured in one
 // stretch, two consecutive quick runs on the development VM disagreed by
 // more than 25 % on 4 to 11 of 68 ratios; with 45 in passes of five, on 0
-// to 3; with 60 in passes of one, on none in ten tries (docs/benchmarks.md
-// has the figures).
+// to 3; with 60 in passes of one, on none, in 15 consecutive pairs of runs
+// (docs/benchmarks.md has the figures).
 constexpr unsigned quick_repetitions = 60;
 constexpr unsigned full_repetitions = 100;
 constexpr double full_target_ns = 20e6;
