@@ -105,6 +105,54 @@ run_valgrind() {
     build/release/tests/percpu_tests --gtest_filter="$valgrind_filter" --gtest_brief=1
 }
 
+# Installs the library, static and shared, and builds against each install
+# what a user would: the consumer and the README's example exactly as the
+# README shows it, with find_package and with pkg-config.  A user's object at
+# namespace scope (the README's `percpu::counter requests;`) is constructed
+# before the library's own initialisers when the static archive is linked
+# after the program's objects, so the archive must have none.
+run_install() {
+  echo "=== install: find_package and pkg-config consumers, static and shared, README example"
+  ensure_release_build
+  if nm -A build/release/libpercpu.a 2>/dev/null | grep -F _GLOBAL__sub_I; then
+    echo "install: the library has static initialisers (above); a user's global object can run before them" >&2
+    return 1
+  fi
+  local example=$PWD/build/readme_example.cpp
+  # The first C++ block of the README.
+  awk '/^```cpp$/ { inside = 1; next } inside && /^```$/ { exit } inside' README.md >"$example"
+  grep -q 'int main' "$example" || { echo "install: no README example found" >&2; return 1; }
+  cmake -S . -B build/shared -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+    -DPERCPU_BUILD_TESTS=OFF -DPERCPU_BUILD_BENCH=OFF -DPERCPU_BUILD_EXAMPLES=OFF >/dev/null
+  cmake --build build/shared -j "$jobs" >/dev/null
+  local kind
+  for kind in static shared; do
+    local build=build/release prefix=$PWD/build/install-$kind
+    [ "$kind" = static ] || build=build/shared
+    rm -rf "$prefix" "build/consumer-$kind"
+    cmake --install "$build" --prefix "$prefix" >/dev/null
+    local pc="$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig"
+    cmake -S tests/install -B "build/consumer-$kind" -DCMAKE_PREFIX_PATH="$prefix" \
+      -DREADME_EXAMPLE="$example" >/dev/null
+    cmake --build "build/consumer-$kind" -j "$jobs" >/dev/null
+    # shellcheck disable=SC2046
+    g++ -O2 tests/install/consumer.cpp -o "build/consumer-$kind/consumer-pkgconfig" \
+      $(PKG_CONFIG_PATH="$pc" pkg-config --cflags --libs percpu)
+    # shellcheck disable=SC2046
+    g++ -O2 "$example" -o "build/consumer-$kind/readme_example-pkgconfig" \
+      $(PKG_CONFIG_PATH="$pc" pkg-config --cflags --libs percpu)
+    local program
+    for program in consumer consumer-pkgconfig readme_example readme_example-pkgconfig; do
+      echo "--- $kind: $program"
+      LD_LIBRARY_PATH="$prefix/lib" "build/consumer-$kind/$program"
+    done
+    if [ "$kind" = shared ]; then
+      LD_LIBRARY_PATH="$prefix/lib" ldd "build/consumer-$kind/readme_example" | grep -q "$prefix/lib/libpercpu.so" ||
+        { echo "install: the shared README example is not linked to the installed libpercpu.so" >&2; return 1; }
+    fi
+  done
+}
+
 for stage in "${stages[@]}"; do
   case "$stage" in
     model)
@@ -112,20 +160,7 @@ for stage in "${stages[@]}"; do
       verify/run.sh
       ;;
     release | asan | tsan) run_preset "$stage" ;;
-    install)
-      echo "=== install: find_package and pkg-config consumers"
-      ensure_release_build
-      prefix=$PWD/build/install-test
-      rm -rf "$prefix" build/consumer-cmake
-      cmake --install build/release --prefix "$prefix" >/dev/null
-      cmake -S tests/install -B build/consumer-cmake -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
-      cmake --build build/consumer-cmake -j "$jobs" >/dev/null
-      build/consumer-cmake/consumer
-      PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig" \
-        g++ -O2 tests/install/consumer.cpp -o build/consumer-pkgconfig \
-        $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig" pkg-config --cflags --libs percpu)
-      LD_LIBRARY_PATH="$prefix/lib" build/consumer-pkgconfig
-      ;;
+    install) run_install ;;
     stress)
       ensure_release_build
       seconds=${PERCPU_STRESS_SECONDS:-60}

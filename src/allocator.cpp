@@ -47,14 +47,29 @@ struct live_allocation {
   std::size_t size;
 };
 
-std::mutex alloc_mutex;
-std::vector<std::unique_ptr<chunk>> chunks;
-std::map<std::uintptr_t, live_allocation> live;  // CPU-0 address -> allocation
+// The allocator's bookkeeping.  Built on first use and never destroyed: a
+// user's object at namespace scope (a `percpu::counter requests;`) allocates
+// from its own static initialiser, which may run before this file's, and may
+// free from a destructor that runs after it.  As namespace-scope globals,
+// these were constructed by the library's initialiser, which runs after the
+// program's when the static archive is linked after the program's objects:
+// the README's own example crashed in std::map before main().
+struct allocator_state {
+  std::mutex mutex;
+  std::vector<std::unique_ptr<chunk>> chunks;
+  std::map<std::uintptr_t, live_allocation> live;  // CPU-0 address -> allocation
 
-// fork() while another thread allocates would leave the child with the
-// mutex held forever: hold it across the fork, release it on both sides.
-[[maybe_unused]] const int fork_handlers_installed = pthread_atfork(
-    [] { alloc_mutex.lock(); }, [] { alloc_mutex.unlock(); }, [] { alloc_mutex.unlock(); });
+  allocator_state() {
+    // fork() while another thread allocates would leave the child with the
+    // mutex held forever: hold it across the fork, release it on both sides.
+    pthread_atfork([] { state().mutex.lock(); }, [] { state().mutex.unlock(); },
+                   [] { state().mutex.unlock(); });
+  }
+  static allocator_state& state() {
+    static allocator_state* const s = new allocator_state;
+    return *s;
+  }
+};
 
 std::size_t align_up(std::size_t value, std::size_t alignment) {
   return (value + alignment - 1) & ~(alignment - 1);
@@ -65,6 +80,7 @@ chunk* add_chunk() {
   // Everything that can throw besides mmap happens first, so a failure
   // leaves no mapping behind.
   auto c = std::make_unique<chunk>();
+  auto& chunks = allocator_state::state().chunks;
   chunks.reserve(chunks.size() + 1);
   std::size_t bytes = static_cast<std::size_t>(runtime.slots) * unit_size;
   // Over-reserve by one unit so the chunk can start on a unit boundary
@@ -137,11 +153,12 @@ void* allocate_percpu(std::size_t size, std::size_t alignment) {
                             std::to_string(unit_size) + " bytes");
   }
   ensure_started();
-  std::lock_guard<std::mutex> lock(alloc_mutex);
+  allocator_state& st = allocator_state::state();
+  std::lock_guard<std::mutex> lock(st.mutex);
   chunk* owner = nullptr;
   std::size_t offset = unit_size;
   bool reused = false;
-  for (auto& c : chunks) {
+  for (auto& c : st.chunks) {
     offset = carve(*c, size, alignment, reused);
     if (offset != unit_size) {
       owner = c.get();
@@ -160,7 +177,7 @@ void* allocate_percpu(std::size_t size, std::size_t alignment) {
     }
   }
   try {
-    live.emplace(p0, live_allocation{owner, offset, size});
+    st.live.emplace(p0, live_allocation{owner, offset, size});
   } catch (...) {
     release_range(*owner, offset, size);  // give the range back, then report
     throw;
@@ -170,19 +187,21 @@ void* allocate_percpu(std::size_t size, std::size_t alignment) {
 
 void free_percpu(void* p0) {
   if (p0 == nullptr) return;
-  std::lock_guard<std::mutex> lock(alloc_mutex);
-  auto it = live.find(reinterpret_cast<std::uintptr_t>(p0));
-  if (it == live.end()) {
+  allocator_state& st = allocator_state::state();
+  std::lock_guard<std::mutex> lock(st.mutex);
+  auto it = st.live.find(reinterpret_cast<std::uintptr_t>(p0));
+  if (it == st.live.end()) {
     throw std::invalid_argument("percpu: free of a pointer that is not a live per-CPU allocation");
   }
   release_range(*it->second.owner, it->second.offset, it->second.size);
-  live.erase(it);
+  st.live.erase(it);
 }
 
 std::size_t allocation_size(const void* p0) noexcept {
-  std::lock_guard<std::mutex> lock(alloc_mutex);
-  auto it = live.find(reinterpret_cast<std::uintptr_t>(p0));
-  return it == live.end() ? 0 : it->second.size;
+  allocator_state& st = allocator_state::state();
+  std::lock_guard<std::mutex> lock(st.mutex);
+  auto it = st.live.find(reinterpret_cast<std::uintptr_t>(p0));
+  return it == st.live.end() ? 0 : it->second.size;
 }
 
 }  // namespace percpu::detail

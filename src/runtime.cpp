@@ -106,10 +106,22 @@ thread_local own_rseq_area own_area __attribute__((tls_model("initial-exec")));
 // have registered that one before deciding against rseq.)
 thread_local own_rseq_area portable_area __attribute__((tls_model("initial-exec")));
 
-std::mutex start_mutex;
+std::mutex start_mutex;  // constant-initialised
 std::atomic<bool> started{false};
-backend_info info;
-std::string start_error;  // non-empty: start-up failed with this message
+
+// Start-up's findings, and its error (non-empty: start-up failed with this
+// message).  Built on first use and never destroyed, like every library
+// global a user's object at namespace scope can reach: that object may start
+// the library from its static initialiser, before this file's initialisers
+// ran, or ask from its destructor, after this file's destructors ran.
+backend_info& info() {
+  static backend_info* const i = new backend_info;
+  return *i;
+}
+std::string& start_error() {
+  static std::string* const e = new std::string;
+  return *e;
+}
 unsigned own_registration_length = rseq_original_size;
 unsigned real_cpu_slots = 1;  // highest possible CPU + 1 (portable slot mapping)
 std::atomic<unsigned> next_thread_index{0};
@@ -168,7 +180,7 @@ std::string probe_fences(bool sysfs_ok) {
     return std::string("membarrier rseq registration failed (") + error_text(err, buf, sizeof buf) +
            ")";
   }
-  info.membarrier_rseq = true;
+  info().membarrier_rseq = true;
   if (!sysfs_ok) {
     return "the possible-CPU set is unknown (/sys/devices/system/cpu/possible unreadable), "
            "so CPU ids could exceed the slots";
@@ -183,38 +195,55 @@ std::string probe_rseq(bool sysfs_ok) {
   (void)sysfs_ok;
   return "no restartable sequences for this architecture yet";
 #else
-  info.feature_size = static_cast<unsigned>(getauxval(AT_RSEQ_FEATURE_SIZE));
-  info.alignment = static_cast<unsigned>(getauxval(AT_RSEQ_ALIGN));
-  unsigned usable = info.feature_size != 0 ? info.feature_size : 20;
-  info.node_id = usable >= 24;
-  info.mm_cid = usable >= 28;
+  info().feature_size = static_cast<unsigned>(getauxval(AT_RSEQ_FEATURE_SIZE));
+  info().alignment = static_cast<unsigned>(getauxval(AT_RSEQ_ALIGN));
+  unsigned usable = info().feature_size != 0 ? info().feature_size : 20;
+  info().node_id = usable >= 24;
+  info().mm_cid = usable >= 28;
 
   if (glibc_registered()) {
-    info.source = rseq_source::glibc;
+    info().source = rseq_source::glibc;
     runtime.rseq_offset = __rseq_offset;
     auto* cpu_id = reinterpret_cast<volatile std::int32_t*>(thread_pointer() + __rseq_offset + 4);
     if (*cpu_id < 0) return "glibc's rseq registration failed for this thread";
   } else {
-    if (info.feature_size > own_area_size || info.alignment > own_area_alignment) {
-      return "the kernel's rseq area (size " + std::to_string(info.feature_size) + ", alignment " +
-             std::to_string(info.alignment) + ") is larger than the library's own area";
+    if (info().feature_size > own_area_size || info().alignment > own_area_alignment) {
+      return "the kernel's rseq area (size " + std::to_string(info().feature_size) +
+             ", alignment " + std::to_string(info().alignment) +
+             ") is larger than the library's own area";
     }
-    if (info.feature_size > rseq_original_size) own_registration_length = info.feature_size;
+    if (info().feature_size > rseq_original_size) own_registration_length = info().feature_size;
     runtime.rseq_offset = reinterpret_cast<char*>(&own_area) - thread_pointer();
     if (int err = register_own_area(); err != 0) {
-      info.source = rseq_source::none;
+      info().source = rseq_source::none;
       char buf[128];
       return std::string("the rseq system call failed (") + error_text(err, buf, sizeof buf) + ")";
     }
-    info.source = rseq_source::own;
+    info().source = rseq_source::own;
   }
   std::string why_not = probe_fences(sysfs_ok);
-  if (!why_not.empty() && info.source == rseq_source::own) unregister_own_area();
+  if (!why_not.empty() && info().source == rseq_source::own) unregister_own_area();
   return why_not;
 #endif
 }
 
+// Fault injection (debug builds, see rseq_x86_64.hpp): sequences abort
+// themselves when this thread's countdown reaches zero.  It starts at 1, so
+// a thread's first sequence rearms it with the configured rate.
+// Constant-initialised; start-up reads PERCPU_FAULT_ABORT_RATE into it.
+std::atomic<unsigned> fault_abort_every{0};
+
+void read_fault_rate() noexcept {
+  const char* text = std::getenv("PERCPU_FAULT_ABORT_RATE");
+  if (text != nullptr) {
+    fault_abort_every.store(static_cast<unsigned>(std::strtoul(text, nullptr, 10)),
+                            std::memory_order_relaxed);
+  }
+}
+std::atomic<std::uint64_t> fault_injected{0};
+
 void start_locked() {
+  read_fault_rate();
   const char* forced = std::getenv("PERCPU_BACKEND");
   std::string want = forced != nullptr ? forced : "";
   if (!want.empty() && want != "rseq" && want != "portable") {
@@ -230,17 +259,17 @@ void start_locked() {
   }
 
   possible_set possible = read_possible_cpus(sysfs_cpu_dir());
-  info.sysfs_possible = possible.from_sysfs;
+  info().sysfs_possible = possible.from_sysfs;
   real_cpu_slots = possible.cpus.back() + 1;
-  info.under_valgrind = under_valgrind();
+  info().under_valgrind = under_valgrind();
 #if defined(PERCPU_UNDER_TSAN)
-  info.under_sanitizer = true;
+  info().under_sanitizer = true;
 #endif
 
   std::string portable_reason;
-  if (info.under_sanitizer) {
+  if (info().under_sanitizer) {
     portable_reason = "built with ThreadSanitizer, which cannot see inside rseq sequences";
-  } else if (info.under_valgrind) {
+  } else if (info().under_valgrind) {
     portable_reason = "running under valgrind, which does not support rseq";
   } else if (slots_forced) {
     portable_reason = "PERCPU_SLOTS=" + std::to_string(forced_slots) + " simulates CPUs";
@@ -249,8 +278,8 @@ void start_locked() {
   } else {
     std::string why_not = probe_rseq(possible.from_sysfs);
     if (why_not.empty()) {
-      info.kind = backend_kind::rseq;
-      info.reason =
+      info().kind = backend_kind::rseq;
+      info().reason =
           want == "rseq" ? "PERCPU_BACKEND=rseq" : "rseq and membarrier rseq fences available";
       runtime.slots = real_cpu_slots;
     } else {
@@ -261,17 +290,17 @@ void start_locked() {
     if (want == "rseq") {
       throw config_error("PERCPU_BACKEND=rseq, but rseq cannot be used here: " + portable_reason);
     }
-    info.kind = backend_kind::portable;
-    info.reason = portable_reason;
+    info().kind = backend_kind::portable;
+    info().reason = portable_reason;
     runtime.slots = slots_forced ? forced_slots : real_cpu_slots;
   }
-  if (info.kind == backend_kind::portable) {
+  if (info().kind == backend_kind::portable) {
     // The sequences' own test sends every operation to the portable code:
     // this area is never registered, so its cpu_id stays negative.
     runtime.rseq_offset = reinterpret_cast<char*>(&portable_area) - thread_pointer();
   }
-  info.slots = runtime.slots;
-  runtime.backend = info.kind == backend_kind::rseq ? backend_code::rseq : backend_code::portable;
+  info().slots = runtime.slots;
+  runtime.backend = info().kind == backend_kind::rseq ? backend_code::rseq : backend_code::portable;
 }
 
 }  // namespace
@@ -280,12 +309,12 @@ void ensure_started() {
   if (started.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> lock(start_mutex);
   if (started.load(std::memory_order_relaxed)) return;
-  if (!start_error.empty()) throw config_error(start_error);
+  if (!start_error().empty()) throw config_error(start_error());
   try {
     start_locked();
   } catch (const config_error& e) {
-    start_error = std::string("percpu: ") + e.what();
-    throw config_error(start_error);
+    start_error() = std::string("percpu: ") + e.what();
+    throw config_error(start_error());
   }
   started.store(true, std::memory_order_release);
 }
@@ -300,17 +329,6 @@ unsigned portable_slot() noexcept {
   return (real + thread_index * real_cpu_slots) % runtime.slots;
 }
 
-// Fault injection (debug builds, see rseq_x86_64.hpp): sequences abort
-// themselves when this thread's countdown reaches zero.  It starts at 1, so
-// a thread's first sequence rearms it with the configured rate.
-namespace {
-std::atomic<unsigned> fault_abort_every{[] {
-  const char* text = std::getenv("PERCPU_FAULT_ABORT_RATE");
-  return text != nullptr ? static_cast<unsigned>(std::strtoul(text, nullptr, 10)) : 0u;
-}()};
-std::atomic<std::uint64_t> fault_injected{0};
-}  // namespace
-
 void set_fault_abort_rate(unsigned every) noexcept {
   fault_abort_every.store(every, std::memory_order_relaxed);
   percpu_fault_countdown = 1;
@@ -323,7 +341,7 @@ std::uint64_t fault_injections() noexcept {
 namespace slow {
 
 void register_thread() noexcept {
-  if (info.source == rseq_source::glibc) {
+  if (info().source == rseq_source::glibc) {
     // glibc registers every thread it creates; this one's registration
     // failed (cpu_id -2), and its area is glibc's, not ours to register.
     std::fprintf(stderr, "percpu: glibc's rseq registration failed for this thread\n");
@@ -385,7 +403,7 @@ namespace percpu {
 
 const backend_info& backend() {
   detail::ensure_started();
-  return detail::info;
+  return detail::info();
 }
 
 unsigned cpu_count() {
