@@ -18,7 +18,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "percpu/cpu.hpp"
+#include "percpu/runtime/cpu.hpp"
 
 namespace percpu_bench {
 

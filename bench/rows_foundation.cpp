@@ -12,8 +12,8 @@
 
 #include "harness.hpp"
 #include "peers.hpp"
-#include "percpu/cpu.hpp"
-#include "percpu/storage.hpp"
+#include "percpu/core/storage.hpp"
+#include "percpu/runtime/cpu.hpp"
 
 namespace percpu_bench {
 

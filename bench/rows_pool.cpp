@@ -35,8 +35,8 @@
 #include "child.hpp"
 #include "harness.hpp"
 #include "peers.hpp"
-#include "percpu/cpu.hpp"
 #include "percpu/pool_cache.hpp"
+#include "percpu/runtime/cpu.hpp"
 
 namespace percpu_bench {
 

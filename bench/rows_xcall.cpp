@@ -51,7 +51,7 @@
 
 #include "harness.hpp"
 #include "peers.hpp"
-#include "percpu/cpu.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "percpu/xcall.hpp"
 
 namespace percpu_bench {

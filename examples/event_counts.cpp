@@ -3,7 +3,7 @@
 // Worker threads count events without atomics or shared cache lines; a
 // reporter sums them whenever it likes, and drains them exactly with a
 // stopped-CPU visit (nothing added concurrently is lost).
-#include <percpu/storage.hpp>
+#include <percpu/core/storage.hpp>
 
 #include <atomic>
 #include <chrono>

@@ -8,8 +8,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "percpu/detail/alloc.hpp"
-#include "percpu/detail/runtime.hpp"
+#include "percpu/core/detail/alloc.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu {
 

@@ -20,7 +20,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "percpu/detail/alloc.hpp"
+#include "percpu/core/detail/alloc.hpp"
 #include "percpu/queue.hpp"
 
 namespace percpu::detail {

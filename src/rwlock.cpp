@@ -16,10 +16,10 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "percpu/cpu.hpp"
-#include "percpu/detail/alloc.hpp"
-#include "percpu/detail/futex.hpp"
-#include "percpu/detail/runtime.hpp"
+#include "percpu/core/detail/alloc.hpp"
+#include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/detail/futex.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu {
 

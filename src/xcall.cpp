@@ -49,7 +49,7 @@
 #include <string>
 #include <utility>
 
-#include "percpu/detail/futex.hpp"
+#include "percpu/runtime/detail/futex.hpp"
 #include "xcall_internal.hpp"
 
 namespace percpu::xcall {

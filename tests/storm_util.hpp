@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "percpu/cpu.hpp"
+#include "percpu/runtime/cpu.hpp"
 
 namespace percpu_test {
 

@@ -9,8 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "percpu/core/storage.hpp"
 #include "percpu/counter.hpp"
-#include "percpu/storage.hpp"
 #include "storm_util.hpp"
 
 namespace {

@@ -9,9 +9,9 @@
 #include <thread>
 
 #include "child_process.hpp"
-#include "percpu/cpu.hpp"
-#include "percpu/storage.hpp"
-#include "topology.hpp"
+#include "percpu/core/storage.hpp"
+#include "percpu/runtime/cpu.hpp"
+#include "runtime/topology.hpp"
 
 namespace {
 

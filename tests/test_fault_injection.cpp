@@ -11,10 +11,10 @@
 
 #include <gtest/gtest.h>
 
+#include "percpu/core/storage.hpp"
 #include "percpu/counter.hpp"
-#include "percpu/cpu.hpp"
 #include "percpu/pool_cache.hpp"
-#include "percpu/storage.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "storm_util.hpp"
 
 namespace {

@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "percpu/cpu.hpp"
 #include "percpu/pool_cache.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "storm_util.hpp"
 
 namespace {

@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "percpu/cpu.hpp"
 #include "percpu/pool_resource.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "storm_util.hpp"
 
 namespace {

@@ -20,8 +20,8 @@
 #include <thread>
 #include <vector>
 
-#include "percpu/cpu.hpp"
 #include "percpu/queue.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "storm_util.hpp"
 
 namespace {

@@ -11,8 +11,8 @@
 #include <thread>
 #include <vector>
 
-#include "percpu/detail/sequences.hpp"
-#include "percpu/storage.hpp"
+#include "percpu/core/storage.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 #include "storm_util.hpp"
 
 namespace {

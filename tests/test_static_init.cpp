@@ -11,10 +11,10 @@
 #include <mutex>
 #include <shared_mutex>
 
+#include "percpu/core/storage.hpp"
 #include "percpu/counter.hpp"
 #include "percpu/pool_cache.hpp"
 #include "percpu/rwlock.hpp"
-#include "percpu/storage.hpp"
 
 namespace {
 

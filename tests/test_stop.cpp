@@ -8,7 +8,7 @@
 #include <thread>
 #include <vector>
 
-#include "percpu/storage.hpp"
+#include "percpu/core/storage.hpp"
 
 namespace {
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "child_process.hpp"
-#include "percpu/storage.hpp"
+#include "percpu/core/storage.hpp"
 
 namespace {
 

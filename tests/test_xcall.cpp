@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "child_process.hpp"
-#include "percpu/storage.hpp"
+#include "percpu/core/storage.hpp"
 #include "percpu/xcall.hpp"
 #include "xcall_internal.hpp"
 

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "commands.hpp"
-#include "percpu/cpu.hpp"
+#include "percpu/runtime/cpu.hpp"
 
 namespace percpu_tool {
 

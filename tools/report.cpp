@@ -13,7 +13,7 @@
 #include <tuple>
 
 #include "json.hpp"
-#include "percpu/cpu.hpp"
+#include "percpu/runtime/cpu.hpp"
 
 namespace percpu_tool {
 

@@ -43,12 +43,12 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "percpu/core/storage.hpp"
 #include "percpu/counter.hpp"
-#include "percpu/cpu.hpp"
 #include "percpu/pool_cache.hpp"
 #include "percpu/queue.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "percpu/rwlock.hpp"
-#include "percpu/storage.hpp"
 #include "percpu/xcall.hpp"
 
 extern char** environ;

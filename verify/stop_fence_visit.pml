@@ -9,7 +9,7 @@
  * the visitor changed it must never store a value computed from it
  * afterwards, and no sequence may commit while the visitor works.
  *
- * Mechanism (include/percpu/stop.hpp, src/stop.cpp, docs/design.md section 3):
+ * Mechanism (include/percpu/core/stop.hpp, src/core/stop.cpp, docs/design.md section 3):
  * every structure has one stop word per CPU; every sequence tests the word
  * before it reads any data it commits to.  The visitor sets the word, fences
  * the CPU (membarrier PRIVATE_EXPEDITED_RSEQ: every sequence in progress
@@ -39,7 +39,7 @@
  *    steps.  Memory is sequentially consistent in the model: the code's
  *    orderings (x86-64 loads in program order, the fence's full barrier,
  *    the release of start()) are what make that abstraction hold, and are
- *    argued in src/stop.cpp, not checked here.
+ *    argued in src/core/stop.cpp, not checked here.
  *
  * Property: the adds are conserved.  When every thread and the visitor have
  * finished, what the visitor moved to `moved` plus what remains in the
@@ -85,7 +85,7 @@ bool visiting[NCPU];      /* ghost: the visitor works on c (after its fence) */
   }
 
 /* A thread doing ADDS times "*slot += 1 on the current CPU" with the
- * add_return shape of include/percpu/detail/rseq_x86_64.hpp: stop test,
+ * add_return shape of include/percpu/runtime/detail/arch/x86_64/rseq.hpp: stop test,
  * read the slot, compute, commit the store; seq::add's retry loop
  * (sequences.hpp: run<>) restarts it after an abort and waits out a stop. */
 proctype adder(byte t) {
@@ -140,7 +140,7 @@ next:
 }
 
 /* The remote thread: stop_state::visit(c, f) and visit_all(f)
- * (include/percpu/stop.hpp, src/stop.cpp), with f moving the slot's value
+ * (include/percpu/core/stop.hpp, src/core/stop.cpp), with f moving the slot's value
  * out, as a counter's fold or a cache's drain does. */
 proctype visitor() {
   byte i, c, d, u, v;

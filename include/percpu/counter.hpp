@@ -8,7 +8,7 @@
 // reset from outside without losing updates.
 //
 // Mechanism: each CPU adds to its own slot with the shared restartable add
-// (detail/sequences.hpp): no atomic instruction, no shared cache line,
+// (runtime/detail/sequences.hpp): no atomic instruction, no shared cache line,
 // async-signal-safe.  Reads sum the slots.  A reset stops every CPU (one
 // broadcast fence, stop.hpp), takes the slots and restarts them, so an add
 // racing with it lands either before (and is returned) or after (and stays
@@ -26,9 +26,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "percpu/cpu.hpp"
-#include "percpu/detail/sequences.hpp"
-#include "percpu/stop.hpp"
+#include "percpu/core/stop.hpp"
+#include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 
 namespace percpu {
 

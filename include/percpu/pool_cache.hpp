@@ -47,9 +47,9 @@
 #include <utility>
 #include <vector>
 
+#include "percpu/core/stop.hpp"
 #include "percpu/detail/pool_object.hpp"
-#include "percpu/detail/sequences.hpp"
-#include "percpu/stop.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 
 #if !defined(PERCPU_POOL_CHECKS) && !defined(NDEBUG)
 #define PERCPU_POOL_CHECKS 1

@@ -42,8 +42,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "percpu/detail/sequences.hpp"
-#include "percpu/stop.hpp"
+#include "percpu/core/stop.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 
 namespace percpu {
 

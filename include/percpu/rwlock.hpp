@@ -37,9 +37,9 @@
 #include <cstdint>
 #include <mutex>
 
-#include "percpu/detail/fence.hpp"
-#include "percpu/detail/sequences.hpp"
-#include "percpu/stop.hpp"
+#include "percpu/core/stop.hpp"
+#include "percpu/runtime/detail/fence.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 
 #if !defined(NDEBUG) && !defined(PERCPU_RWLOCK_CHECKS)
 #define PERCPU_RWLOCK_CHECKS 1

@@ -35,9 +35,9 @@
 #include <typeinfo>
 #include <utility>
 
-#include "percpu/cpu.hpp"
+#include "percpu/core/stop.hpp"
 #include "percpu/detail/inline_function.hpp"
-#include "percpu/stop.hpp"
+#include "percpu/runtime/cpu.hpp"
 
 namespace percpu::xcall {
 

@@ -41,12 +41,12 @@
 #include <thread>
 #include <vector>
 
+#include "percpu/core/stop.hpp"
+#include "percpu/core/storage.hpp"
 #include "percpu/counter.hpp"
-#include "percpu/cpu.hpp"
 #include "percpu/pool_cache.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "percpu/rwlock.hpp"
-#include "percpu/stop.hpp"
-#include "percpu/storage.hpp"
 
 namespace {
 

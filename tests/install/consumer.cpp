@@ -1,5 +1,5 @@
 // Uses an installed percpu: one per-CPU counter, added to from two threads.
-#include <percpu/storage.hpp>
+#include <percpu/core/storage.hpp>
 
 #include <cstdint>
 #include <cstdio>

@@ -1,4 +1,4 @@
-// percpu/cpu.hpp - which CPU am I on, which CPUs exist, which backend runs.
+// percpu/runtime/cpu.hpp - which CPU am I on, which CPUs exist, which backend runs.
 //
 // Problem: per-CPU data is only as good as the CPU number that indexes it.
 // sched_getcpu() answers "where was I a moment ago", which is fine for a hint
@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "percpu/detail/sequences.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 
 namespace percpu {
 

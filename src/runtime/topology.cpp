@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "percpu/cpu.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "topology.hpp"
 
 namespace percpu {

@@ -1,4 +1,4 @@
-// percpu/detail/alloc.hpp - the per-CPU chunk allocator's entry points.
+// percpu/core/detail/alloc.hpp - the per-CPU chunk allocator's entry points.
 //
 // Declared here, below storage.hpp, because every facility (stop words
 // included) allocates per-CPU memory, while storage.hpp is the public face.

@@ -1,4 +1,4 @@
-// percpu/detail/futex.hpp - sleeping on a 32-bit word (Linux futex).
+// percpu/runtime/detail/futex.hpp - sleeping on a 32-bit word (Linux futex).
 #pragma once
 
 #include <atomic>

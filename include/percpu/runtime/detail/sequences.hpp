@@ -1,4 +1,4 @@
-// percpu/detail/sequences.hpp - the per-CPU operations every facility uses.
+// percpu/runtime/detail/sequences.hpp - the per-CPU operations every facility uses.
 //
 // Problem: counters, locks, object caches and queues all need the same few
 // operations on "this CPU's" data: add, compare-and-store, push, pop and a
@@ -8,7 +8,7 @@
 // operation is done; facilities call it and never touch a sequence directly.
 //
 // Mechanism: with the rseq backend the operation is an inline restartable
-// sequence (rseq_x86_64.hpp) plus a retry loop for aborts, stopped CPUs and
+// sequence (arch/x86_64/rseq.hpp) plus a retry loop for aborts, stopped CPUs and
 // unregistered threads.  With the portable backend, or before start-up, the
 // operation is an out-of-line function that takes the slot's stop word as a
 // spinlock and does the same thing with plain code (src/portable.cpp).
@@ -22,8 +22,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "percpu/detail/rseq_x86_64.hpp"
-#include "percpu/detail/runtime.hpp"
+#include "percpu/runtime/detail/arch/x86_64/rseq.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu::detail {
 

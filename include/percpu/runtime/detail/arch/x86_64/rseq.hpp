@@ -1,4 +1,4 @@
-// percpu/detail/rseq_x86_64.hpp - the library's restartable sequences, x86-64.
+// percpu/runtime/detail/arch/x86_64/rseq.hpp - the library's restartable sequences, x86-64.
 //
 // Problem: updating "this CPU's" data needs the CPU number and the update to
 // belong together: a thread preempted, migrated or interrupted by a signal
@@ -48,7 +48,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "percpu/detail/runtime.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu::detail::rseq_x86_64 {
 

@@ -1,4 +1,4 @@
-// percpu/detail/fence.hpp - the asymmetric fence pair.
+// percpu/runtime/detail/fence.hpp - the asymmetric fence pair.
 //
 // Problem: a fast path on every CPU (a reader entering a lock) and a rare
 // slow path (a writer) must agree Dekker-style: "I announced myself, then
@@ -19,7 +19,7 @@
 #include <atomic>
 #include <cstdint>
 
-#include "percpu/detail/runtime.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu::detail {
 

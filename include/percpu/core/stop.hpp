@@ -1,4 +1,4 @@
-// percpu/stop.hpp - stop, fence, visit: the only way to touch another CPU's data.
+// percpu/core/stop.hpp - stop, fence, visit: the only way to touch another CPU's data.
 //
 // Problem: per-CPU data is fast because only its CPU changes it, without
 // atomics.  Yet someone must sometimes drain, reset or resize it from outside:
@@ -37,7 +37,7 @@
 #include <span>
 #include <utility>
 
-#include "percpu/detail/runtime.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu {
 
@@ -99,7 +99,7 @@ class stop_state {
   static void stop_all(std::span<stop_state* const> states);
   static void start_all(std::span<stop_state* const> states) noexcept;
 
-  // CPU 0's stop word, for the sequences (detail/sequences.hpp).
+  // CPU 0's stop word, for the sequences (runtime/detail/sequences.hpp).
   std::uint32_t* words() const noexcept { return words0_; }
   // Number of CPU slots covered.
   unsigned size() const noexcept { return slots_; }

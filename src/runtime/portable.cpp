@@ -27,8 +27,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "percpu/detail/runtime.hpp"
-#include "percpu/detail/sequences.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 #include "runtime_internal.hpp"
 
 namespace percpu::detail::portable {

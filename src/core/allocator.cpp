@@ -28,8 +28,8 @@
 #include <system_error>
 #include <vector>
 
-#include "percpu/detail/alloc.hpp"
-#include "percpu/detail/runtime.hpp"
+#include "percpu/core/detail/alloc.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu::detail {
 

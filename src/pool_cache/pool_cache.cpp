@@ -34,9 +34,9 @@
 #include <string>
 #include <vector>
 
+#include "percpu/core/storage.hpp"
 #include "percpu/pool_cache.hpp"
-#include "percpu/storage.hpp"
-#include "runtime_internal.hpp"
+#include "runtime/runtime_internal.hpp"
 
 namespace percpu::detail {
 

@@ -1,5 +1,5 @@
-// futex.cpp - the futex system calls behind detail/futex.hpp.
-#include "percpu/detail/futex.hpp"
+// futex.cpp - the futex system calls behind runtime/detail/futex.hpp.
+#include "percpu/runtime/detail/futex.hpp"
 
 #include <linux/futex.h>
 #include <sys/syscall.h>

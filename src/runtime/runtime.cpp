@@ -37,9 +37,10 @@
 #endif
 #endif
 
-#include "percpu/cpu.hpp"
-#include "percpu/detail/runtime.hpp"
-#include "percpu/detail/sequences.hpp"
+#include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/detail/arch/x86_64/thread_pointer.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 #include "runtime_internal.hpp"
 #include "topology.hpp"
 
@@ -126,11 +127,7 @@ unsigned own_registration_length = rseq_original_size;
 unsigned real_cpu_slots = 1;  // highest possible CPU + 1 (portable slot mapping)
 std::atomic<unsigned> next_thread_index{0};
 
-char* thread_pointer() noexcept {
-  char* tp;
-  asm("movq %%fs:0, %0" : "=r"(tp));
-  return tp;
-}
+using arch::thread_pointer;
 
 bool glibc_registered() noexcept {
   return &__rseq_size != nullptr && __rseq_size > 0;
@@ -227,7 +224,7 @@ std::string probe_rseq(bool sysfs_ok) {
 #endif
 }
 
-// Fault injection (debug builds, see rseq_x86_64.hpp): sequences abort
+// Fault injection (debug builds, see arch/x86_64/rseq.hpp): sequences abort
 // themselves when this thread's countdown reaches zero.  It starts at 1, so
 // a thread's first sequence rearms it with the configured rate.
 // Constant-initialised; start-up reads PERCPU_FAULT_ABORT_RATE into it.

@@ -1,4 +1,4 @@
-// stop.cpp - stop words and membarrier rseq fences (see percpu/stop.hpp).
+// stop.cpp - stop words and membarrier rseq fences (see percpu/core/stop.hpp).
 //
 // Ordering, rseq backend:
 //  - A stopper sets CPU c's word with an acquire compare-and-swap: it pairs
@@ -29,12 +29,12 @@
 #include <stdexcept>
 #include <string>
 
-#include "percpu/cpu.hpp"
-#include "percpu/detail/alloc.hpp"
-#include "percpu/detail/fence.hpp"
-#include "percpu/detail/sequences.hpp"
-#include "percpu/stop.hpp"
-#include "runtime_internal.hpp"
+#include "percpu/core/detail/alloc.hpp"
+#include "percpu/core/stop.hpp"
+#include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/detail/fence.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
+#include "runtime/runtime_internal.hpp"
 
 namespace percpu {
 

@@ -1,4 +1,4 @@
-// percpu/storage.hpp - per-CPU storage with stable addresses (NetBSD percpu(9)).
+// percpu/core/storage.hpp - per-CPU storage with stable addresses (NetBSD percpu(9)).
 //
 // Problem: a per-CPU variable needs one copy per CPU that could ever exist,
 // found in a few instructions from the CPU number, and it must never move:
@@ -29,11 +29,11 @@
 #include <type_traits>
 #include <utility>
 
-#include "percpu/cpu.hpp"
-#include "percpu/detail/alloc.hpp"
-#include "percpu/detail/runtime.hpp"
-#include "percpu/detail/sequences.hpp"
-#include "percpu/stop.hpp"
+#include "percpu/core/detail/alloc.hpp"
+#include "percpu/core/stop.hpp"
+#include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 
 namespace percpu {
 
