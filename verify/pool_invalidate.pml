@@ -11,7 +11,7 @@
  * from the depot into CPU arrays, full arrays flush magazines into the
  * depot - and none of them waits for the invalidate.
  *
- * Mechanism (include/percpu/pool_cache.hpp, src/pool_cache.cpp): every
+ * Mechanism (include/percpu/pool_cache.hpp, src/pool_cache/invalidate.cpp): every
  * object carries a stamp, the generation G current when it was
  * constructed.  invalidate() first increments G, then stops every CPU and
  * fences (stop.hpp), empties every array, starts the CPUs, empties the
@@ -153,7 +153,7 @@ bool inv_done;                /* invalidate() has returned */
   }
 #define LEAVE in_seq[c] = false
 
-/* ---- depot (src/pool_cache.cpp: take_full, give) ---------------------- */
+/* ---- depot (src/pool_cache/: depot.cpp take_full, invalidate.cpp give)  */
 
 /* give(m): under the depot lock, keep only objects whose stamp is the
  * current G; destruct the others; a non-empty magazine joins the full
@@ -185,7 +185,7 @@ inline give(m) {
 }
 
 /* The thread of CPU c: OPS0 or OPS1 times get() or put() (pool_cache.hpp) with
- * their slow paths get_slow/construct_new and put_slow (src/pool_cache.cpp). */
+ * their slow paths get_slow/construct_new and put_slow (src/pool_cache/invalidate.cpp). */
 proctype user(byte c) {
   byte op, o, n, g, k, i;
   bool late;            /* this get began after invalidate() returned */
@@ -398,7 +398,7 @@ op_done:
   }
 }
 
-/* invalidate() (src/pool_cache.cpp): bump, stop_all + fence, drain every
+/* invalidate() (src/pool_cache/invalidate.cpp): bump, stop_all + fence, drain every
  * array, start_all, drain the depot, destruct, return. */
 proctype invalidator() {
   byte d, i;

@@ -190,7 +190,7 @@ class raw_pool_cache {
   }
 
  private:
-  friend struct detail::pool_internals;
+  friend struct detail::pool_core;
   void* get_slow() noexcept;
   void put_slow(void* object) noexcept;
 

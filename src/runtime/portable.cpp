@@ -306,7 +306,7 @@ bool guard_holds(const std::uint64_t* guard, std::uint64_t expected) noexcept {
   return __atomic_load_n(guard, __ATOMIC_ACQUIRE) == expected;
 }
 // An array's capacity may be changed by another thread without a stop (a
-// cache resizing its magazines, see pool_cache.cpp): read it atomically.
+// cache resizing its magazines, see src/pool_cache/depot.cpp): read it atomically.
 std::uint32_t capacity_of(const cpu_array* arr) noexcept {
   return __atomic_load_n(&arr->capacity, __ATOMIC_RELAXED);
 }

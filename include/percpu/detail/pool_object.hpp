@@ -15,7 +15,6 @@ class raw_pool_cache;
 namespace percpu::detail {
 
 struct pool_core;
-struct pool_internals;
 
 enum class pool_object_state : std::uint32_t {
   free = 0x0f4ee0f4,    // in a slab, not constructed

@@ -1,0 +1,148 @@
+// debug_stats.cpp - what pool_cache tells about itself: misuse reports, the
+// registry of live caches, the debug checks of get and put
+// (PERCPU_POOL_CHECKS), and statistics.
+#include <pthread.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pool_core.hpp"
+
+namespace percpu::detail {
+
+[[noreturn]] void misuse(const char* what, const raw_pool_cache* cache, const void* object) {
+  std::fprintf(stderr, "percpu::pool_cache \"%s\": %s (object %p)\n",
+               cache != nullptr ? cache->name().c_str() : "?", what, object);
+  std::abort();
+}
+
+// The registry of live caches (see pool_core.hpp).
+pool_registry& the_pool_registry() {
+  // Never destroyed: caches may outlive static destructors.  Held across
+  // fork() so that the child can create and destroy caches.
+  static pool_registry* r = [] {
+    auto* made = new pool_registry;
+    pthread_atfork([] { the_pool_registry().lock.lock(); },
+                   [] { the_pool_registry().lock.unlock(); },
+                   [] { the_pool_registry().lock.unlock(); });
+    return made;
+  }();
+  return *r;
+}
+
+void pool_check_get(const raw_pool_cache* cache, void* object) noexcept {
+  pool_header* h = pool_object_header(object);
+  if (h->state != pool_object_state::cached) {
+    misuse(
+        "get found a cached object whose header was overwritten (a write before the start of "
+        "an object, or a put compiled without PERCPU_POOL_CHECKS)",
+        cache, object);
+  }
+  h->state = pool_object_state::in_use;
+}
+
+void pool_check_put(const raw_pool_cache* cache, void* object) noexcept {
+  if (object == nullptr) misuse("put of a null pointer", cache, object);
+  // Which cache's slab holds the address, if any (walks every slab: the
+  // checks are for debugging, not for speed).
+  std::uint32_t owner = 0;
+  std::string owner_name;
+  bool at_object_start = false;
+  {
+    pool_registry& r = the_pool_registry();
+    std::lock_guard g(r.lock);
+    for (raw_pool_cache* c : r.caches) {
+      if (pool_core::of(*c).holds(object, at_object_start)) {
+        owner = c->id();
+        owner_name = c->name();
+        break;
+      }
+    }
+  }
+  if (owner == 0) {
+    misuse("put of a pointer no pool_cache handed out (foreign pointer)", cache, object);
+  }
+  if (!at_object_start) {
+    misuse("put of a pointer into the middle of a slab, not one get() returned (foreign pointer)",
+           cache, object);
+  }
+  if (owner != cache->id()) {
+    std::string what =
+        "put to the wrong cache (the object belongs to cache \"" + owner_name + "\")";
+    misuse(what.c_str(), cache, object);
+  }
+  pool_header* h = pool_object_header(object);
+  if (h->state == pool_object_state::cached) {
+    misuse("double put (the object is already cached)", cache, object);
+  }
+  if (h->state != pool_object_state::in_use) {
+    misuse(
+        "put of an object that is not in use (a double put of an object the cache has since "
+        "destructed, or an overwritten header)",
+        cache, object);
+  }
+  h->state = pool_object_state::cached;
+}
+
+}  // namespace percpu::detail
+
+namespace percpu {
+
+pool_stats raw_pool_cache::stats() const {
+  detail::pool_core& c = *core_;
+  pool_stats s;
+  s.name = options_.name;
+  s.object_size = size_;
+  s.magazine_size = magazine_size();
+  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) {
+    const detail::cpu_part* part = raw_on(static_cast<const detail::cpu_part*>(c.parts0), cpu);
+    pool_cpu_stats one;
+    one.cpu = cpu;
+    // Racy reads of words the CPU's sequences change: relaxed atomic loads.
+    one.misses = static_cast<std::uint64_t>(__atomic_load_n(&part->misses, __ATOMIC_RELAXED));
+    one.overflows = static_cast<std::uint64_t>(__atomic_load_n(&part->overflows, __ATOMIC_RELAXED));
+    one.cached = __atomic_load_n(&part->array.count, __ATOMIC_RELAXED);
+    if (one.misses != 0 || one.overflows != 0 || one.cached != 0) s.cpus.push_back(one);
+    s.objects_cached += one.cached;
+  }
+  {
+    std::lock_guard g(c.depot_lock);
+    s.depot_full = c.full_count;
+    s.depot_empty = c.empty_count;
+    for (const detail::magazine* m = c.full; m != nullptr; m = m->next)
+      s.objects_cached += m->count;
+  }
+  {
+    std::lock_guard g(c.slab_lock);
+    s.slabs = c.slab_count;
+  }
+  s.depot_visits = c.depot_visits.load(std::memory_order_relaxed);
+  s.depot_contended = c.depot_contended.load(std::memory_order_relaxed);
+  s.constructions = c.constructions.load(std::memory_order_relaxed);
+  s.destructions = c.destructions.load(std::memory_order_relaxed);
+  s.constructor_failures = c.constructor_failures.load(std::memory_order_relaxed);
+  std::uint64_t live = s.constructions - s.destructions;
+  s.objects_in_use = live > s.objects_cached ? live - s.objects_cached : 0;
+  s.bytes_in_use = s.objects_in_use * size_;
+  s.bytes_cached = s.objects_cached * size_;
+  s.bytes_reserved = s.slabs * c.slab_bytes;
+  s.invalidations = c.invalidations.load(std::memory_order_relaxed);
+  s.trims = c.trims.load(std::memory_order_relaxed);
+  s.magazine_resizes = c.resizes.load(std::memory_order_relaxed);
+  return s;
+}
+
+std::vector<pool_stats> all_pool_stats() {
+  detail::pool_registry& r = detail::the_pool_registry();
+  std::lock_guard g(r.lock);
+  std::vector<pool_stats> out;
+  out.reserve(r.caches.size());
+  for (const raw_pool_cache* c : r.caches) out.push_back(c->stats());
+  return out;
+}
+
+}  // namespace percpu

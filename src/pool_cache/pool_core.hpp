@@ -1,0 +1,296 @@
+// pool_core.hpp - inside raw_pool_cache: what the files of src/pool_cache/ share.
+//
+// The fast paths (get: pop, put: guarded push) are inline in
+// percpu/pool_cache.hpp.  Everything here runs once per magazine's worth of
+// operations or less.  pool_core is the implementation class behind
+// raw_pool_cache (its core_); its member functions live in the files beside
+// this one:
+//   slab.cpp           slabs, magazine memory, destruction of objects;
+//   depot.cpp          the depot's lists, working-set trim, magazine size,
+//                      reclaim();
+//   invalidate.cpp     the generation protocol: construction, the slow paths,
+//                      give(), invalidate() and invalidate_local();
+//   deferred_puts.cpp  puts and gets of signal handlers that interrupt the
+//                      cache's own locked work;
+//   debug_stats.cpp    misuse reports, the registry of live caches, the debug
+//                      checks of get and put, statistics;
+//   pool_cache.cpp     raw_pool_cache itself: construction, destruction, the
+//                      entry points of the slow paths.
+//
+// Locks, in the order they nest: maintenance (invalidate, reclaim) >
+// depot > slab.  No constructor or destructor ever runs under the depot or
+// slab lock, so user code may use the cache (another object, a nested get)
+// from inside them; only invalidate() and invalidate_local() are refused
+// there, since they would wait for themselves.
+//
+// Signals: get and put are async-signal-safe.  A handler that interrupts
+// its own thread inside the locked sections must not take the same lock
+// again.  Each thread records which cache's locks it holds
+// (`pool_thread.held`); a nested slow path of that cache defers its puts
+// into a small per-thread list, which the outer path drains as it releases
+// the lock, and a nested get takes a deferred object or fails.  Visits
+// (which hold stop words that a handler's fast path would wait on forever)
+// run with signals blocked.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "percpu/core/storage.hpp"
+#include "percpu/pool_cache.hpp"
+#include "runtime/runtime_internal.hpp"
+
+namespace percpu::detail {
+
+constexpr unsigned min_magazine = 4;
+constexpr unsigned max_magazine = 128;
+constexpr unsigned default_magazine = 32;
+constexpr std::size_t min_slab_bytes = std::size_t{64} * 1024;
+constexpr std::size_t max_object_size = std::size_t{1} << 30;
+constexpr std::uint64_t maintenance_period_ns = 1'000'000'000;
+constexpr std::size_t magazine_chunk_bytes = std::size_t{64} * 1024;
+
+// A CPU's part of a cache: its array of cached objects (two magazines'
+// worth at most) and its slow-path counts.  arrays0_ points at CPU 0's copy.
+struct cpu_part {
+  cpu_array array;
+  std::int64_t misses;
+  std::int64_t overflows;
+  void* items[2 * max_magazine];
+};
+static_assert(offsetof(cpu_part, array) == 0);
+
+// Room for one more than a magazine: an overflowing put adds its own object
+// to the magazine's worth it moves off the CPU's array.
+struct magazine {
+  magazine* next;
+  std::uint32_t count;
+  void* items[max_magazine + 1];
+};
+
+// An aligned block of slab_bytes carved into slots; the header sits at the
+// start.  A slot holds a pool_header and the object after it.
+struct slab {
+  slab* prev;
+  slab* next;
+  int list;              // which of pool_core::slabs it is on
+  std::uint32_t in_use;  // slots handed to the cache (constructed or being so)
+  std::uint32_t carved;  // slots ever carved (the rest were never touched)
+  void* free_objects;    // released slots, linked through their object memory
+};
+
+enum slab_list : int { partially_used = 0, fully_used = 1, unused = 2 };
+
+constexpr std::size_t round_up(std::size_t n, std::size_t to) noexcept {
+  return (n + to - 1) / to * to;
+}
+
+// Reports a misuse of `cache` on stderr and aborts (debug_stats.cpp).
+[[noreturn]] void misuse(const char* what, const raw_pool_cache* cache, const void* object);
+
+// Every live cache, for all_pool_stats() and the debug checks.  Its lock
+// is taken before a cache's own locks, never under them.
+struct pool_registry {
+  std::mutex lock;
+  std::vector<raw_pool_cache*> caches;
+  std::uint32_t next_id = 1;
+};
+pool_registry& the_pool_registry();
+
+// The puts a signal handler made while its thread held this cache's locks.
+struct deferred_puts {
+  static constexpr unsigned capacity = 64;
+  const pool_core* held = nullptr;              // the cache whose depot/slab lock this thread holds
+  const raw_pool_cache* in_callback = nullptr;  // the cache whose ctor/dtor runs here
+  unsigned count = 0;
+  void* objects[capacity] = {};
+};
+// The calling thread's record (deferred_puts.cpp).  Constant-initialised,
+// so that a signal handler's first use of it initialises nothing.
+extern thread_local constinit deferred_puts pool_thread __attribute__((visibility("hidden")));
+
+// The implementation class behind raw_pool_cache: the depot, the slabs, the
+// statistics, and the slow paths as member functions.
+struct pool_core {
+  explicit pool_core(raw_pool_cache& c) noexcept : cache(c) {}
+  pool_core(const pool_core&) = delete;
+  pool_core& operator=(const pool_core&) = delete;
+
+  // The core of `c` (the debug checks walk every live cache).
+  static pool_core& of(raw_pool_cache& c) noexcept { return *c.core_; }
+
+  raw_pool_cache& cache;
+
+  // Geometry.
+  std::size_t object_offset = 0;  // from slot start to object
+  std::size_t slot_size = 0;
+  std::size_t slots_offset = 0;  // from slab start to the first slot
+  std::size_t slab_bytes = 0;
+  std::uint32_t slots_per_slab = 0;
+  std::uint32_t id = 0;
+  cpu_part* parts0 = nullptr;
+
+  // Depot.
+  std::mutex depot_lock;
+  magazine* full = nullptr;
+  magazine* empty = nullptr;
+  std::uint64_t full_count = 0;
+  std::uint64_t empty_count = 0;
+  std::uint64_t full_low_water = 0;  // fewest full magazines since the last trim
+  std::atomic<std::uint64_t> depot_visits{0};
+  std::atomic<std::uint64_t> depot_contended{0};
+  std::uint64_t visits_at_maintenance = 0;
+  std::uint64_t contended_at_maintenance = 0;
+  unsigned quiet_periods = 0;
+  std::atomic<std::uint64_t> next_maintenance_ns{0};
+
+  // Slabs, and magazines of destructed objects whose slots are not yet
+  // back in their slabs (an invalidate() or trim retires whole magazines
+  // at once; construct_new reuses their slots first, reclaim() returns them).
+  std::mutex slab_lock;
+  slab* slabs[3] = {nullptr, nullptr, nullptr};
+  std::uint64_t slab_count = 0;
+  magazine* unconstructed = nullptr;
+
+  // Magazine memory: carved from mapped chunks, never from malloc, so that
+  // the slow paths stay async-signal-safe.  A leaf lock.
+  std::mutex magazine_lock;
+  magazine* free_magazines = nullptr;
+  void* chunks = nullptr;  // each chunk starts with the next chunk's address
+  std::size_t chunk_used = 0;
+
+  std::mutex maintenance;
+
+  std::atomic<std::uint64_t> constructions{0};
+  std::atomic<std::uint64_t> destructions{0};
+  std::atomic<std::uint64_t> constructor_failures{0};
+  std::atomic<std::uint64_t> invalidations{0};
+  std::atomic<std::uint64_t> trims{0};
+  std::atomic<std::uint64_t> resizes{0};
+
+  // ---- small helpers ------------------------------------------------------
+
+  std::uint64_t generation() const noexcept {
+    return std::atomic_ref<std::uint64_t>(cache.generation_).load(std::memory_order_seq_cst);
+  }
+
+  cpu_part* part_on(unsigned cpu) const noexcept { return copy_on(parts0, cpu); }
+
+  std::uint32_t* stop0() const noexcept { return cache.stops_.words(); }
+
+  void count(std::int64_t cpu_part::*field) const noexcept {
+    seq::add(&(parts0->*field), stop0(), 1);
+  }
+
+  pool_header* header(void* object) const noexcept { return pool_object_header(object); }
+
+  slab* slab_of(void* object) const noexcept {
+    return reinterpret_cast<slab*>(reinterpret_cast<std::uintptr_t>(object) & ~(slab_bytes - 1));
+  }
+
+  // Whether this thread interrupted its own locked work on this cache (a
+  // signal handler's slow path).
+  bool nested_in_own_lock() const noexcept { return pool_thread.held == this; }
+
+  // Marks the calling thread as running a constructor or destructor of the
+  // cache for the scope (check_may_drain refuses an invalidate from there).
+  struct in_callback {
+    const raw_pool_cache* outer;
+    explicit in_callback(const raw_pool_cache* c) : outer(pool_thread.in_callback) {
+      pool_thread.in_callback = c;
+    }
+    ~in_callback() { pool_thread.in_callback = outer; }
+    in_callback(const in_callback&) = delete;
+    in_callback& operator=(const in_callback&) = delete;
+  };
+
+  // Runs f() under `lock`, recording that this thread holds a lock of this
+  // cache, then applies the puts that handlers deferred meanwhile.
+  template <class F>
+  decltype(auto) locked(std::mutex& lock, F&& f) {
+    const pool_core* outer = pool_thread.held;
+    pool_thread.held = this;
+    // In the portable backend, a signal handler on this thread must not
+    // wait for a slot lock while this thread holds a cache lock: the slot's
+    // holder may be a handler waiting for this very lock.  Counting as
+    // inside a portable operation makes the handler's operations take one
+    // attempt instead (a failed pop or push then comes here, nested).
+    portable_enter();
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    struct release {
+      std::mutex& lock;
+      pool_core& self;
+      const pool_core* outer;
+      ~release() {
+        lock.unlock();
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        portable_leave();
+        pool_thread.held = outer;
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        if (outer != &self) self.apply_deferred_puts();
+      }
+    };
+    if (&lock == &depot_lock) {
+      depot_visits.fetch_add(1, std::memory_order_relaxed);
+      if (!lock.try_lock()) {
+        depot_contended.fetch_add(1, std::memory_order_relaxed);
+        lock.lock();
+      }
+    } else {
+      lock.lock();
+    }
+    release guard{lock, *this, outer};
+    return std::forward<F>(f)();
+  }
+
+  // ---- slab.cpp: slabs (slab_lock held), magazine memory, destruction ------
+
+  magazine* alloc_magazine() noexcept;
+  void free_magazine(magazine* m) noexcept;
+  void release_magazine_memory() noexcept;
+  void unlink(slab* s) noexcept;
+  void link(slab* s, int list) noexcept;
+  void move(slab* s, int list) noexcept;
+  slab* new_slab() noexcept;
+  void* take_slot() noexcept;
+  bool holds(void* object, bool& at_object_start) noexcept;
+  void release_slot(void* object) noexcept;
+  std::size_t release_unused_slabs() noexcept;
+  void call_destructors(void* const* objects, std::size_t n) const noexcept;
+  void run_destructors(void* const* objects, std::size_t n) noexcept;
+  void destroy(void* const* objects, std::size_t n) noexcept;
+  void retire(magazine* list) noexcept;
+
+  // ---- depot.cpp: the depot, trim and magazine size, reclaim ---------------
+
+  magazine* take_full() noexcept;
+  magazine* take_empty() noexcept;
+  void maybe_maintain() noexcept;
+  void trim_and_adapt() noexcept;
+  void set_magazine_size(unsigned size) noexcept;
+  std::size_t reclaim();
+
+  // ---- invalidate.cpp: the generation protocol ------------------------------
+
+  void* construct_new() noexcept;
+  void give(magazine* m) noexcept;
+  void* get_slow() noexcept;
+  void put_slow(void* object) noexcept;
+  void check_may_drain(const char* what) const;
+  magazine* detach_full() noexcept;
+  void drain_cpu(unsigned cpu, std::vector<void*>& out);
+  void invalidate();
+  void invalidate_local();
+
+  // ---- deferred_puts.cpp: signal handlers inside the cache's locks ----------
+
+  void apply_deferred_puts() noexcept;
+  void defer(void* object) noexcept;
+  void* take_deferred() noexcept;
+};
+
+}  // namespace percpu::detail

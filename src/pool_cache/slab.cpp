@@ -1,0 +1,230 @@
+// slab.cpp - pool_cache's memory: slabs of object slots, magazine memory,
+// and the destruction of objects whose slots go back to their slabs.
+//
+// A slab is an aligned block of slab_bytes carved into slots on demand; an
+// object finds its slab by masking its address.  Magazines are carved from
+// mapped chunks, never from malloc, so that the slow paths stay
+// async-signal-safe.  Empty slabs go back to the system only in reclaim()
+// and when the cache is destroyed.
+#include <sys/mman.h>
+
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "pool_core.hpp"
+
+namespace percpu::detail {
+
+// ---- magazine memory --------------------------------------------------------
+
+magazine* pool_core::alloc_magazine() noexcept {
+  return locked(magazine_lock, [&]() -> magazine* {
+    if (magazine* m = free_magazines) {
+      free_magazines = m->next;
+      return m;
+    }
+    constexpr std::size_t step = round_up(sizeof(magazine), alignof(magazine));
+    if (chunks == nullptr || chunk_used + step > magazine_chunk_bytes) {
+      void* chunk = mmap(nullptr, magazine_chunk_bytes, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (chunk == MAP_FAILED) return nullptr;
+      std::memcpy(chunk, &chunks, sizeof(void*));
+      chunks = chunk;
+      chunk_used = alignof(magazine) > sizeof(void*) ? alignof(magazine) : sizeof(void*);
+    }
+    auto* m = reinterpret_cast<magazine*>(static_cast<char*>(chunks) + chunk_used);
+    chunk_used += step;
+    return m;
+  });
+}
+
+void pool_core::free_magazine(magazine* m) noexcept {
+  locked(magazine_lock, [&] {
+    m->next = free_magazines;
+    free_magazines = m;
+  });
+}
+
+// Unmaps every magazine chunk (the cache's destructor).
+void pool_core::release_magazine_memory() noexcept {
+  while (void* chunk = chunks) {
+    std::memcpy(&chunks, chunk, sizeof(void*));
+    munmap(chunk, magazine_chunk_bytes);
+  }
+}
+
+// ---- slabs (slab_lock held) ---------------------------------------------
+
+void pool_core::unlink(slab* s) noexcept {
+  (s->prev != nullptr ? s->prev->next : slabs[s->list]) = s->next;
+  if (s->next != nullptr) s->next->prev = s->prev;
+}
+
+void pool_core::link(slab* s, int list) noexcept {
+  s->list = list;
+  s->prev = nullptr;
+  s->next = slabs[list];
+  if (s->next != nullptr) s->next->prev = s;
+  slabs[list] = s;
+}
+
+void pool_core::move(slab* s, int list) noexcept {
+  if (s->list == list) return;
+  unlink(s);
+  link(s, list);
+}
+
+slab* pool_core::new_slab() noexcept {
+  // Map twice the size and trim, so the slab is aligned to its size and
+  // any object finds its slab by masking its address.
+  std::size_t bytes = slab_bytes;
+  void* m = mmap(nullptr, 2 * bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  auto start = reinterpret_cast<std::uintptr_t>(m);
+  std::uintptr_t base = (start + bytes - 1) & ~(bytes - 1);
+  if (base > start) munmap(m, base - start);
+  std::uintptr_t end = start + 2 * bytes;
+  if (end > base + bytes) munmap(reinterpret_cast<void*>(base + bytes), end - base - bytes);
+  auto* s = reinterpret_cast<slab*>(base);
+  *s = slab{};
+  link(s, partially_used);
+  ++slab_count;
+  return s;
+}
+
+void* pool_core::take_slot() noexcept {
+  if (magazine* m = unconstructed) {
+    void* object = m->items[--m->count];
+    if (m->count == 0) {
+      unconstructed = m->next;
+      free_magazine(m);
+    }
+    return object;
+  }
+  slab* s = slabs[partially_used];
+  if (s == nullptr) {
+    s = slabs[unused];
+    if (s != nullptr) move(s, partially_used);
+  }
+  if (s == nullptr) s = new_slab();
+  if (s == nullptr) return nullptr;
+  void* object;
+  if (s->free_objects != nullptr) {
+    object = s->free_objects;
+    std::memcpy(&s->free_objects, object, sizeof(void*));
+  } else {
+    object = reinterpret_cast<char*>(s) + slots_offset + s->carved * slot_size + object_offset;
+    ++s->carved;
+  }
+  if (++s->in_use == slots_per_slab) move(s, fully_used);
+  return object;
+}
+
+// Whether `object` lies in one of this cache's slabs; `at_object_start`:
+// exactly where an object begins.  Debug checks only.
+bool pool_core::holds(void* object, bool& at_object_start) noexcept {
+  auto address = reinterpret_cast<std::uintptr_t>(object);
+  std::lock_guard g(slab_lock);
+  for (slab* list : slabs) {
+    for (slab* s = list; s != nullptr; s = s->next) {
+      auto base = reinterpret_cast<std::uintptr_t>(s);
+      if (address < base + slots_offset || address >= base + slab_bytes) continue;
+      std::uintptr_t offset = address - base - slots_offset;
+      at_object_start = offset % slot_size == object_offset;
+      return true;
+    }
+  }
+  return false;
+}
+
+void pool_core::release_slot(void* object) noexcept {
+  header(object)->state = pool_object_state::free;
+  slab* s = slab_of(object);
+  std::memcpy(object, &s->free_objects, sizeof(void*));
+  s->free_objects = object;
+  --s->in_use;
+  move(s, s->in_use == 0 ? unused : partially_used);
+}
+
+// Unmaps every unused slab; returns the bytes given back.
+std::size_t pool_core::release_unused_slabs() noexcept {
+  std::vector<slab*> victims;
+  magazine* emptied = nullptr;
+  locked(slab_lock, [&] {
+    emptied = unconstructed;
+    unconstructed = nullptr;
+    for (magazine* m = emptied; m != nullptr; m = m->next) {
+      for (std::uint32_t i = 0; i < m->count; ++i) release_slot(m->items[i]);
+    }
+    while (slab* s = slabs[unused]) {
+      unlink(s);
+      --slab_count;
+      victims.push_back(s);
+    }
+  });
+  while (magazine* m = emptied) {
+    emptied = m->next;
+    free_magazine(m);
+  }
+  for (slab* s : victims) munmap(s, slab_bytes);
+  return victims.size() * slab_bytes;
+}
+
+// ---- destruction ----------------------------------------------------------
+
+// Runs the destructor of n objects (all at once when the cache has a
+// batch destructor); the caller counts them and marks the callback scope.
+void pool_core::call_destructors(void* const* objects, std::size_t n) const noexcept {
+  const pool_options& o = cache.options_;
+  if (o.destroy_batch != nullptr) {
+    o.destroy_batch(objects, n, o.arg);
+  } else if (o.destroy != nullptr) {
+    for (std::size_t i = 0; i < n; ++i) o.destroy(objects[i], o.arg);
+  }
+}
+
+void pool_core::run_destructors(void* const* objects, std::size_t n) noexcept {
+  if (n == 0) return;
+  {
+    in_callback scope(&cache);
+    call_destructors(objects, n);
+  }
+  destructions.fetch_add(n, std::memory_order_relaxed);
+}
+
+// Destructs `objects` and gives their slots back to the slabs.
+void pool_core::destroy(void* const* objects, std::size_t n) noexcept {
+  if (n == 0) return;
+  run_destructors(objects, n);
+  locked(slab_lock, [&] {
+    for (std::size_t i = 0; i < n; ++i) release_slot(objects[i]);
+  });
+}
+
+// Destructs the objects of a list of magazines and keeps the magazines,
+// slots and all, for construct_new: no per-object work beyond the
+// destructor, which is what lets invalidate() stay near its floor.
+void pool_core::retire(magazine* list) noexcept {
+  if (list == nullptr) return;
+  magazine* last = list;
+  std::uint64_t destructed = 0;
+  {
+    // One callback scope and one count for the whole list: the magazines
+    // were last written on other CPUs, and per-magazine bookkeeping adds
+    // up over hundreds of them.
+    in_callback scope(&cache);
+    for (magazine* m = list; m != nullptr; m = m->next) {
+      call_destructors(m->items, m->count);
+      destructed += m->count;
+      last = m;
+    }
+  }
+  destructions.fetch_add(destructed, std::memory_order_relaxed);
+  locked(slab_lock, [&] {
+    last->next = unconstructed;
+    unconstructed = list;
+  });
+}
+
+}  // namespace percpu::detail
