@@ -19,10 +19,12 @@
 // Every invariant is checked where it can be (each lock section, each call,
 // each get) and the conservation laws at the end.  Exit status 1 on any
 // violation.
+//
+// This file runs the command and the workers; the faults are in
+// stress_faults.cpp, what both share in stress.hpp.
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -30,120 +32,24 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <memory>
 #include <mutex>
 #include <random>
 #include <shared_mutex>
-#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "commands.hpp"
-#include "percpu/core/storage.hpp"
-#include "percpu/counter.hpp"
-#include "percpu/pool_cache.hpp"
-#include "percpu/queue.hpp"
 #include "percpu/runtime/cpu.hpp"
-#include "percpu/rwlock.hpp"
 #include "percpu/xcall.hpp"
+#include "stress.hpp"
 
 extern char** environ;
 
 namespace percpu_tool {
 
-namespace {
-
-using clock_type = std::chrono::steady_clock;
-
-// Operations, invariant checks and violations of one facility.
-struct tally {
-  const char* name;
-  std::atomic<std::uint64_t> operations{0};
-  std::atomic<std::uint64_t> checks{0};
-  std::atomic<std::uint64_t> violations{0};
-  void check(bool holds) noexcept {
-    checks.fetch_add(1, std::memory_order_relaxed);
-    if (!holds) violations.fetch_add(1, std::memory_order_relaxed);
-  }
-};
-
-enum facility { storage_f, counter_f, rwlock_f, xcall_f, visit_f, pool_f, queue_f, facility_count };
-tally tallies[facility_count] = {{"storage"}, {"counter"},    {"rwlock"}, {"xcall"},
-                                 {"visit"},   {"pool_cache"}, {"queue"}};
-
-enum fault { migrations, signals, thread_exits, cpu_shrinks, forks, invalidates, fault_count };
-const char* const fault_names[fault_count] = {"migrations",   "signals", "thread exits",
-                                              "CPUs removed", "forks",   "invalidates"};
-std::atomic<std::uint64_t> faults[fault_count];
-
-void count(fault f) noexcept {
-  faults[f].fetch_add(1, std::memory_order_relaxed);
-}
-
-// ---- the shared objects ------------------------------------------------------------
-
-// An object of the pool: constructed, generation-checked, handed out once.
-std::atomic<std::uint64_t> invalidates_started{0};
-std::atomic<std::uint64_t> invalidates_returned{0};
-struct pooled {
-  static constexpr std::uint64_t live = 0x5eed5eed5eed5eed;
-  std::uint64_t mark = live;
-  std::uint64_t started_at_end = invalidates_started.load();
-  std::atomic<int> handed_out{0};
-  ~pooled() { mark = 0; }
-};
-
-// A queued operation: thread `key`'s n-th update.  apply() checks that each
-// thread's updates arrive in order, none lost or repeated.
-struct numbered {
-  std::uint64_t key;
-  std::uint64_t n;
-};
-std::unordered_map<std::uint64_t, std::uint64_t> applied;  // under the queue's target lock
-
-void apply_numbered(std::span<const numbered> ops) {
-  for (const numbered& op : ops) {
-    std::uint64_t& last = applied[op.key];
-    tallies[queue_f].check(op.n == last + 1);
-    last = op.n;
-  }
-}
-
-struct shared_state {
-  // storage: every add (workers and handlers) is counted; visits move slot
-  // values into `drained`; at the end slots + drained == added.
-  percpu::storage<std::int64_t> slots;
-  std::atomic<std::int64_t> slots_added{0};
-  std::atomic<std::int64_t> drained{0};
-  // counter: added == taken by exchanges + what it holds at the end.
-  percpu::counter count{64};
-  std::atomic<std::int64_t> count_added{0};
-  std::atomic<std::int64_t> count_taken{0};
-  // rwlock: writers keep a == b; readers must never see a != b.
-  percpu::rwlock lock;
-  std::uint64_t a = 0;
-  std::uint64_t b = 0;
-  std::atomic<int> writers_inside{0};
-  // pool
-  percpu::pool_cache<pooled> pool{"stress"};
-  // queue: per-thread order, read-your-writes, nothing lost at the end
-  percpu::batch_queue<numbered> queue{apply_numbered, [] {
-                                        percpu::queue_options o;
-                                        o.capacity = 64;
-                                        return o;
-                                      }()};
-  std::atomic<std::uint64_t> next_queue_key{1};
-  std::mutex finals_mutex;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> queue_finals;  // (key, last n)
-  // workers may use these CPUs now (shrunk and restored by the fault thread)
-  std::mutex cpus_mutex;
-  std::vector<unsigned> usable;
-};
-shared_state* state = nullptr;
+namespace stress_detail {
 
 // ---- one worker ----------------------------------------------------------------------
 
@@ -164,34 +70,7 @@ void checked_put(pooled* p) noexcept {
   state->pool.put(p);
 }
 
-// The signal handler: async-signal-safe operations only.
-void on_signal(int) {
-  int saved = errno;
-  state->slots.add(1);
-  state->slots_added.fetch_add(1, std::memory_order_relaxed);
-  state->count.add(1);
-  state->count_added.fetch_add(1, std::memory_order_relaxed);
-  if (pooled* p = checked_get()) checked_put(p);
-  count(signals);
-  errno = saved;
-}
-
-void migrate(std::mt19937_64& rng) {
-  std::vector<unsigned> usable;
-  {
-    std::lock_guard g(state->cpus_mutex);
-    usable = state->usable;
-  }
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::size_t pick = rng() % (usable.size() + 1);
-  if (pick == usable.size()) {
-    for (unsigned cpu : usable) CPU_SET(cpu, &set);
-  } else {
-    CPU_SET(usable[pick], &set);
-  }
-  if (sched_setaffinity(0, sizeof(set), &set) == 0) count(migrations);
-}
+namespace {
 
 void xcall_step(std::mt19937_64& rng) {
   tally& t = tallies[xcall_f];
@@ -275,6 +154,10 @@ void storage_growth(std::mt19937_64& rng) {
   t.operations.fetch_add(1, std::memory_order_relaxed);
 }
 
+}  // namespace
+
+// One worker: random operations on the shared objects until `until`, its
+// own lifetime or `stop`, checking what can be checked at once.
 void worker(std::uint64_t seed, clock_type::time_point until, std::atomic<bool>& stop) {
   std::mt19937_64 rng(seed);
   std::uint64_t queue_key = state->next_queue_key.fetch_add(1);
@@ -333,40 +216,11 @@ void worker(std::uint64_t seed, clock_type::time_point until, std::atomic<bool>&
   for (pooled* p : held) checked_put(p);
 }
 
-// ---- faults -------------------------------------------------------------------------
+}  // namespace stress_detail
 
-// A child of fork(): fresh objects of every kind must work there.
-int child_checks() {
-  percpu::counter c;
-  for (int i = 0; i < 1000; ++i) c.add(1);
-  if (c.read() != 1000) return 1;
-  percpu::storage<std::int64_t> s;
-  s.add(5);
-  std::int64_t sum = 0;
-  s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += v; });
-  if (sum != 5) return 2;
-  percpu::pool_cache<pooled> pool("stress.child");
-  pooled* p = pool.get();
-  pool.put(p);
-  pool.invalidate();
-  std::atomic<int> ran{0};
-  percpu::xcall::unicast_sync(static_cast<unsigned>(sched_getcpu()), [&] { ran = 1; });
-  return ran.load() == 1 ? 0 : 3;
-}
+namespace {
 
-void fork_once(tally& forks_tally) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    alarm(20);  // a hang in the child is a failure, not a stuck run
-    _exit(child_checks());
-  }
-  if (pid < 0) return;
-  count(forks);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  forks_tally.check(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-}
+using namespace stress_detail;
 
 struct options {
   double seconds = 10;
@@ -448,137 +302,94 @@ int reexec_with(const options& o, const std::vector<std::string>& args) {
   return 2;
 }
 
-}  // namespace
-
-int stress(const std::vector<std::string>& args) {
-  options o = parse(args);
-  if ((!o.backend.empty() || o.slots != 0) && std::getenv("PERCPU_STRESS_CHILD") == nullptr) {
-    return reexec_with(o, args);
-  }
-  if (!o.seed_given)
-    o.seed = static_cast<std::uint64_t>(clock_type::now().time_since_epoch().count());
-  const auto& b = percpu::backend();
-  std::vector<unsigned> all_cpus = percpu::allowed_cpus();
-  unsigned threads =
-      o.threads != 0 ? o.threads : std::max(4u, 2 * static_cast<unsigned>(all_cpus.size()));
+void print_banner(const options& o, const percpu::backend_info& b, unsigned threads,
+                  std::size_t cpus) {
   std::printf("percpu stress: %.0f s, seed %" PRIu64
               ", backend %s (%u slots), %u workers, %zu CPUs\n",
               o.seconds, o.seed, b.kind == percpu::backend_kind::rseq ? "rseq" : "portable",
-              b.slots, threads, all_cpus.size());
+              b.slots, threads, cpus);
   std::fflush(stdout);
+}
 
-  shared_state shared;
-  shared.usable = all_cpus;
-  state = &shared;
+void install_signal_handler() {
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
   sigaction(SIGUSR1, &sa, nullptr);
+}
 
-  auto start = clock_type::now();
-  auto until = start + std::chrono::duration_cast<clock_type::duration>(
-                           std::chrono::duration<double>(o.seconds));
-  std::atomic<bool> stop{false};
-  std::mt19937_64 rng(o.seed);
+// The workers, each replaced as it exits.  Their pthread ids feed the
+// signaller.
+class worker_pool {
+ public:
+  worker_pool(unsigned threads, std::uint64_t seed, clock_type::time_point until,
+              std::atomic<bool>& stop)
+      : workers_(threads), running_(threads), rng_(seed), until_(until), stop_(stop) {
+    ids.ids.resize(threads);
+    for (unsigned i = 0; i < threads; ++i) launch(i);
+  }
+  worker_pool(const worker_pool&) = delete;
+  worker_pool& operator=(const worker_pool&) = delete;
 
-  // Workers, replaced as they exit.  Their pthread ids feed the signaller.
-  std::mutex workers_mutex;
-  std::vector<std::thread> workers(threads);
-  std::vector<std::atomic<bool>> running(threads);
-  std::vector<pthread_t> ids(threads);
-  auto launch = [&](unsigned i) {
-    running[i] = true;
-    workers[i] = std::thread([&, i, seed = rng()] {
-      {
-        std::lock_guard g(workers_mutex);
-        ids[i] = pthread_self();
-      }
-      worker(seed, until, stop);
-      {
-        std::lock_guard g(workers_mutex);
-        ids[i] = pthread_t{};
-      }
-      running[i] = false;
-    });
-  };
-  for (unsigned i = 0; i < threads; ++i) launch(i);
-
-  std::thread signaller([&] {
-    while (!stop.load()) {
-      {
-        std::lock_guard g(workers_mutex);
-        for (pthread_t id : ids) {
-          if (id != pthread_t{}) pthread_kill(id, SIGUSR1);
-        }
-      }
-      std::this_thread::sleep_for(std::chrono::microseconds(20));
-    }
-  });
-
-  tally forks_tally{"fork"};
-  std::thread faulter([&, frng = std::mt19937_64(o.seed ^ 0x9e3779b97f4a7c15)]() mutable {
-    auto next_fork = clock_type::now() + std::chrono::milliseconds(700);
-    while (!stop.load()) {
-      // A CPU goes away for a while, then comes back.
-      if (all_cpus.size() > 1 && frng() % 4 == 0) {
-        {
-          std::lock_guard g(shared.cpus_mutex);
-          shared.usable = {all_cpus[frng() % all_cpus.size()]};
-        }
-        count(cpu_shrinks);
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        std::lock_guard g(shared.cpus_mutex);
-        shared.usable = all_cpus;
-      }
-      // An invalidate and a reclaim of the pool.
-      invalidates_started.fetch_add(1);
-      shared.pool.invalidate();
-      invalidates_returned.fetch_add(1);
-      count(invalidates);
-      if (frng() % 8 == 0) shared.pool.reclaim();
-      if (frng() % 4 == 0) shared.queue.flush_all();  // idle CPUs' buffers too
-      if (clock_type::now() > next_fork) {
-        fork_once(forks_tally);
-        next_fork = clock_type::now() + std::chrono::milliseconds(700 + frng() % 600);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1 + frng() % 5));
-    }
-  });
-
-  auto last_report = start;
-  while (clock_type::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    for (unsigned i = 0; i < threads; ++i) {
-      if (!running[i] && clock_type::now() < until) {
-        workers[i].join();
+  void replace_exited() {
+    for (unsigned i = 0; i < workers_.size(); ++i) {
+      if (!running_[i] && clock_type::now() < until_) {
+        workers_[i].join();
         count(thread_exits);
         launch(i);
       }
     }
-    if (clock_type::now() - last_report >= std::chrono::seconds(1)) {
-      last_report = clock_type::now();
-      std::uint64_t ops = 0;
-      std::uint64_t bad = forks_tally.violations.load();
-      for (auto& t : tallies) {
-        ops += t.operations.load();
-        bad += t.violations.load();
-      }
-      std::fprintf(stderr,
-                   "  %5.0f s  %12" PRIu64 " operations  %8" PRIu64 " faults  %" PRIu64
-                   " violations\n",
-                   std::chrono::duration<double>(last_report - start).count(), ops,
-                   faults[signals].load() + faults[migrations].load(), bad);
+  }
+
+  void join_all() {
+    for (auto& w : workers_) {
+      if (w.joinable()) w.join();
     }
   }
-  stop = true;
-  for (auto& w : workers) {
-    if (w.joinable()) w.join();
-  }
-  signaller.join();
-  faulter.join();
 
-  // Conservation laws, now that everyone has stopped.
+  worker_ids ids;
+
+ private:
+  void launch(unsigned i) {
+    running_[i] = true;
+    workers_[i] = std::thread([this, i, seed = rng_()] {
+      {
+        std::lock_guard g(ids.mutex);
+        ids.ids[i] = pthread_self();
+      }
+      worker(seed, until_, stop_);
+      {
+        std::lock_guard g(ids.mutex);
+        ids.ids[i] = pthread_t{};
+      }
+      running_[i] = false;
+    });
+  }
+
+  std::vector<std::thread> workers_;
+  std::vector<std::atomic<bool>> running_;
+  std::mt19937_64 rng_;
+  clock_type::time_point until_;
+  std::atomic<bool>& stop_;
+};
+
+void print_progress(clock_type::time_point start, clock_type::time_point now,
+                    const tally& forks_tally) {
+  std::uint64_t ops = 0;
+  std::uint64_t bad = forks_tally.violations.load();
+  for (auto& t : tallies) {
+    ops += t.operations.load();
+    bad += t.violations.load();
+  }
+  std::fprintf(stderr,
+               "  %5.0f s  %12" PRIu64 " operations  %8" PRIu64 " faults  %" PRIu64 " violations\n",
+               std::chrono::duration<double>(now - start).count(), ops,
+               faults[signals].load() + faults[migrations].load(), bad);
+}
+
+// Conservation laws, once everyone has stopped.
+void check_conservation(shared_state& shared) {
   std::int64_t slot_sum = 0;
   shared.slots.for_each_cpu([&](unsigned, std::int64_t& v) { slot_sum += v; });
   tallies[visit_f].check(slot_sum + shared.drained.load() == shared.slots_added.load());
@@ -591,8 +402,10 @@ int stress(const std::vector<std::string>& args) {
   percpu::pool_stats ps = shared.pool.stats();
   tallies[pool_f].check(ps.constructions - ps.destructions == ps.objects_cached &&
                         ps.objects_in_use == 0);
+}
 
-  double elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
+// The table of tallies and faults; returns the number of violations.
+std::uint64_t print_summary(std::uint64_t seed, double elapsed, const tally& forks_tally) {
   std::uint64_t total_violations = forks_tally.violations.load();
   std::printf("\n%-12s %14s %14s %10s\n", "facility", "operations", "checks", "violations");
   for (auto& t : tallies) {
@@ -606,8 +419,57 @@ int stress(const std::vector<std::string>& args) {
   for (int f = 0; f < fault_count; ++f) {
     std::printf("%s %" PRIu64 " %s", f == 0 ? "" : ",", faults[f].load(), fault_names[f]);
   }
-  std::printf("\n%.1f s, seed %" PRIu64 ": %s (%" PRIu64 " violations)\n", elapsed, o.seed,
+  std::printf("\n%.1f s, seed %" PRIu64 ": %s (%" PRIu64 " violations)\n", elapsed, seed,
               total_violations == 0 ? "PASS" : "FAIL", total_violations);
+  return total_violations;
+}
+
+}  // namespace
+
+int stress(const std::vector<std::string>& args) {
+  options o = parse(args);
+  if ((!o.backend.empty() || o.slots != 0) && std::getenv("PERCPU_STRESS_CHILD") == nullptr) {
+    return reexec_with(o, args);
+  }
+  if (!o.seed_given)
+    o.seed = static_cast<std::uint64_t>(clock_type::now().time_since_epoch().count());
+  const percpu::backend_info& b = percpu::backend();
+  std::vector<unsigned> all_cpus = percpu::allowed_cpus();
+  unsigned threads =
+      o.threads != 0 ? o.threads : std::max(4u, 2 * static_cast<unsigned>(all_cpus.size()));
+  print_banner(o, b, threads, all_cpus.size());
+
+  shared_state shared;
+  shared.usable = all_cpus;
+  state = &shared;
+  install_signal_handler();
+
+  auto start = clock_type::now();
+  auto until = start + std::chrono::duration_cast<clock_type::duration>(
+                           std::chrono::duration<double>(o.seconds));
+  std::atomic<bool> stop{false};
+  worker_pool workers(threads, o.seed, until, stop);
+  std::thread signaller([&] { signal_workers(workers.ids, stop); });
+  tally forks_tally{"fork"};
+  std::thread faulter([&] { inject_faults(all_cpus, o.seed, forks_tally, stop); });
+
+  auto last_report = start;
+  while (clock_type::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    workers.replace_exited();
+    if (clock_type::now() - last_report >= std::chrono::seconds(1)) {
+      last_report = clock_type::now();
+      print_progress(start, last_report, forks_tally);
+    }
+  }
+  stop = true;
+  workers.join_all();
+  signaller.join();
+  faulter.join();
+
+  check_conservation(shared);
+  double elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
+  std::uint64_t total_violations = print_summary(o.seed, elapsed, forks_tally);
   signal(SIGUSR1, SIG_IGN);
   state = nullptr;
   return total_violations == 0 ? 0 : 1;

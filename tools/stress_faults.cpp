@@ -1,0 +1,132 @@
+// stress_faults.cpp - the faults of `percpu stress`: signals, migrations,
+// CPUs removed and restored, invalidates, forks.
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "percpu/xcall.hpp"
+#include "stress.hpp"
+
+namespace percpu_tool::stress_detail {
+
+void on_signal(int) {
+  int saved = errno;
+  state->slots.add(1);
+  state->slots_added.fetch_add(1, std::memory_order_relaxed);
+  state->count.add(1);
+  state->count_added.fetch_add(1, std::memory_order_relaxed);
+  if (pooled* p = checked_get()) checked_put(p);
+  count(signals);
+  errno = saved;
+}
+
+void migrate(std::mt19937_64& rng) {
+  std::vector<unsigned> usable;
+  {
+    std::lock_guard g(state->cpus_mutex);
+    usable = state->usable;
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::size_t pick = rng() % (usable.size() + 1);
+  if (pick == usable.size()) {
+    for (unsigned cpu : usable) CPU_SET(cpu, &set);
+  } else {
+    CPU_SET(usable[pick], &set);
+  }
+  if (sched_setaffinity(0, sizeof(set), &set) == 0) count(migrations);
+}
+
+namespace {
+
+// A child of fork(): fresh objects of every kind must work there.
+int child_checks() {
+  percpu::counter c;
+  for (int i = 0; i < 1000; ++i) c.add(1);
+  if (c.read() != 1000) return 1;
+  percpu::storage<std::int64_t> s;
+  s.add(5);
+  std::int64_t sum = 0;
+  s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += v; });
+  if (sum != 5) return 2;
+  percpu::pool_cache<pooled> pool("stress.child");
+  pooled* p = pool.get();
+  pool.put(p);
+  pool.invalidate();
+  std::atomic<int> ran{0};
+  percpu::xcall::unicast_sync(static_cast<unsigned>(sched_getcpu()), [&] { ran = 1; });
+  return ran.load() == 1 ? 0 : 3;
+}
+
+}  // namespace
+
+void fork_once(tally& forks_tally) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(20);  // a hang in the child is a failure, not a stuck run
+    _exit(child_checks());
+  }
+  if (pid < 0) return;
+  count(forks);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  forks_tally.check(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+void signal_workers(worker_ids& workers, const std::atomic<bool>& stop) {
+  while (!stop.load()) {
+    {
+      std::lock_guard g(workers.mutex);
+      for (pthread_t id : workers.ids) {
+        if (id != pthread_t{}) pthread_kill(id, SIGUSR1);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+void inject_faults(const std::vector<unsigned>& all_cpus, std::uint64_t seed, tally& forks_tally,
+                   const std::atomic<bool>& stop) {
+  std::mt19937_64 frng(seed ^ 0x9e3779b97f4a7c15);
+  shared_state& shared = *state;
+  auto next_fork = clock_type::now() + std::chrono::milliseconds(700);
+  while (!stop.load()) {
+    // A CPU goes away for a while, then comes back.
+    if (all_cpus.size() > 1 && frng() % 4 == 0) {
+      {
+        std::lock_guard g(shared.cpus_mutex);
+        shared.usable = {all_cpus[frng() % all_cpus.size()]};
+      }
+      count(cpu_shrinks);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::lock_guard g(shared.cpus_mutex);
+      shared.usable = all_cpus;
+    }
+    // An invalidate and a reclaim of the pool.
+    invalidates_started.fetch_add(1);
+    shared.pool.invalidate();
+    invalidates_returned.fetch_add(1);
+    count(invalidates);
+    if (frng() % 8 == 0) shared.pool.reclaim();
+    if (frng() % 4 == 0) shared.queue.flush_all();  // idle CPUs' buffers too
+    if (clock_type::now() > next_fork) {
+      fork_once(forks_tally);
+      next_fork = clock_type::now() + std::chrono::milliseconds(700 + frng() % 600);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1 + frng() % 5));
+  }
+}
+
+}  // namespace percpu_tool::stress_detail
