@@ -2,7 +2,7 @@
 //
 // Declared here, below storage.hpp, because every facility (stop words
 // included) allocates per-CPU memory, while storage.hpp is the public face.
-// See src/allocator.cpp for the mechanism.
+// See src/core/allocator.cpp for the mechanism.
 #pragma once
 
 #include <cstddef>

@@ -23,7 +23,7 @@
 
 namespace percpu::detail {
 
-// The membarrier broadcast fence (one implementation, in src/stop.cpp).
+// The membarrier broadcast fence (one implementation, in src/core/stop.cpp).
 void fence_all_cpus() noexcept;
 
 // The portable backend's full fence: a sequentially consistent

@@ -11,7 +11,7 @@
 // sequence (arch/x86_64/rseq.hpp) plus a retry loop for aborts, stopped CPUs and
 // unregistered threads.  With the portable backend, or before start-up, the
 // operation is an out-of-line function that takes the slot's stop word as a
-// spinlock and does the same thing with plain code (src/portable.cpp).
+// spinlock and does the same thing with plain code (src/runtime/portable.cpp).
 //
 // Every operation names the structure's stop words (`stop0`, CPU 0's copy of
 // a stop_state word, see stop.hpp): that word is what lets another thread
