@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs every test percpu has, the way CI does:
+#   0. tree: scripts/check-tree.sh - no include from a lower layer to a
+#      higher one, no file over 600 lines, no assembly outside the arch
+#      folders, every library folder on README's Layout map (builds nothing);
 #   1. model: spin checks the models of the stop/fence/visit protocol and of
 #      pool_cache's invalidate, and that their broken variants fail
 #      (verify/run.sh; needs `apt-get install spin`);
@@ -19,13 +22,13 @@
 #   8. valgrind: memcheck (errors and leaks) on a subset of the suite from
 #      the release build; under valgrind the library picks the portable
 #      backend, which the stage checks first.
-# Usage: scripts/test-all.sh [model|release|asan|tsan|install|stress|fuzz|valgrind ...]
+# Usage: scripts/test-all.sh [tree|model|release|asan|tsan|install|stress|fuzz|valgrind ...]
 #        (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(model release asan tsan install stress fuzz valgrind)
+[ ${#stages[@]} -gt 0 ] || stages=(tree model release asan tsan install stress fuzz valgrind)
 
 run_preset() {
   local preset=$1
@@ -155,6 +158,10 @@ run_install() {
 
 for stage in "${stages[@]}"; do
   case "$stage" in
+    tree)
+      echo "=== tree: layers, file lengths, assembly, the Layout map"
+      scripts/check-tree.sh
+      ;;
     model)
       echo "=== model: spin on verify/*.pml"
       verify/run.sh
@@ -172,7 +179,7 @@ for stage in "${stages[@]}"; do
       ;;
     fuzz) run_fuzz ;;
     valgrind) run_valgrind ;;
-    *) echo "unknown stage '$stage' (model, release, asan, tsan, install, stress, fuzz, valgrind)" >&2; exit 2 ;;
+    *) echo "unknown stage '$stage' (tree, model, release, asan, tsan, install, stress, fuzz, valgrind)" >&2; exit 2 ;;
   esac
 done
 echo "=== all tests passed"
