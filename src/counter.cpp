@@ -5,22 +5,23 @@
 #include <signal.h>
 
 #include <atomic>
-#include <stdexcept>
 #include <string>
 
 #include "percpu/core/detail/alloc.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
 namespace {
 
 std::int64_t* allocate_slots(std::size_t n) {
-  if (n == 0) throw std::invalid_argument("percpu::counter_array: size 0");
+  if (n == 0) throw error(errc::invalid_argument, "percpu::counter_array: size 0");
   if (n > detail::unit_size / sizeof(std::int64_t)) {
-    throw std::length_error("percpu::counter_array: " + std::to_string(n) +
-                            " counters do not fit one per-CPU unit (at most " +
-                            std::to_string(detail::unit_size / sizeof(std::int64_t)) + ")");
+    throw error(errc::too_large, "percpu::counter_array: " + std::to_string(n) +
+                                     " counters do not fit one per-CPU unit (at most " +
+                                     std::to_string(detail::unit_size / sizeof(std::int64_t)) +
+                                     ")");
   }
   // 64-byte aligned: a CPU's counters start on their own cache line.
   return static_cast<std::int64_t*>(detail::allocate_percpu(n * sizeof(std::int64_t), 64));
@@ -42,10 +43,8 @@ std::int64_t counter_array::slot(unsigned cpu, std::size_t i) const noexcept {
 }
 
 std::int64_t counter_array::read(std::size_t i) const {
-  if (i >= n_) {
-    throw std::out_of_range("percpu::counter_array: counter " + std::to_string(i) +
-                            " is out of range (size " + std::to_string(n_) + ")");
-  }
+  if (i >= n_)
+    detail::throw_out_of_range("percpu::counter_array::read", "counter", i, "size()", n_);
   std::int64_t sum = 0;
   for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) sum += slot(cpu, i);
   return sum;
@@ -60,10 +59,12 @@ std::vector<std::int64_t> counter_array::read_all() const {
 }
 
 std::int64_t counter_array::read_on(unsigned cpu, std::size_t i) const {
-  if (cpu >= stops_.size() || i >= n_) {
-    throw std::out_of_range("percpu::counter_array: CPU " + std::to_string(cpu) + " counter " +
-                            std::to_string(i) + " is out of range");
+  if (cpu >= stops_.size()) {
+    detail::throw_out_of_range("percpu::counter_array::read_on", "CPU", cpu, "cpu_count()",
+                               stops_.size());
   }
+  if (i >= n_)
+    detail::throw_out_of_range("percpu::counter_array::read_on", "counter", i, "size()", n_);
   return slot(cpu, i);
 }
 
@@ -81,8 +82,8 @@ std::vector<std::int64_t> counter_array::exchange_all() {
 
 counter::counter(std::int64_t batch) : batch_(batch) {
   if (batch < 1) {
-    throw std::invalid_argument("percpu::counter: batch " + std::to_string(batch) +
-                                " is not at least 1");
+    throw error(errc::invalid_argument,
+                "percpu::counter: batch " + std::to_string(batch) + " is not at least 1");
   }
 }
 

@@ -17,11 +17,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
-#include <stdexcept>
 #include <string>
 
 #include "percpu/core/detail/alloc.hpp"
 #include "percpu/queue.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu::detail {
 
@@ -55,9 +55,10 @@ queue_core::queue_core(std::size_t record_words, const queue_options& options, a
       apply_(apply),
       context_(context),
       last_sweep_ns_(now_ns()) {
-  if (capacity_ == 0 || capacity_ > max_capacity) {
-    throw std::invalid_argument("percpu::batch_queue: capacity " + std::to_string(capacity_) +
-                                " is not from 1 to " + std::to_string(max_capacity));
+  if (capacity_ == 0) throw error(errc::invalid_argument, "percpu::batch_queue: capacity 0");
+  if (capacity_ > max_capacity) {
+    throw error(errc::too_large, "percpu::batch_queue: capacity " + std::to_string(capacity_) +
+                                     " is above " + std::to_string(max_capacity));
   }
   unsigned slots = stops_.size();
   arrays0_ = static_cast<record_array*>(allocate_percpu(sizeof(record_array), 64));
@@ -155,9 +156,7 @@ void queue_core::flush_calling_thread() {
 
 void queue_core::flush_cpu(unsigned cpu) {
   if (cpu >= stops_.size()) {
-    throw std::out_of_range("percpu::batch_queue::flush_cpu: CPU " + std::to_string(cpu) +
-                            " is out of range (cpu_count() is " + std::to_string(stops_.size()) +
-                            ")");
+    throw_out_of_range("percpu::batch_queue::flush_cpu", "CPU", cpu, "cpu_count()", stops_.size());
   }
   std::lock_guard<std::mutex> guard(lock_);
   flush_cpu_locked(cpu);

@@ -15,11 +15,13 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 #include "percpu/core/detail/alloc.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/futex.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
@@ -31,9 +33,17 @@ const void* this_thread_id() noexcept {
   return &marker;
 }
 
+// A read-side misuse, caught only in builds with PERCPU_RWLOCK_CHECKS: the
+// read side is noexcept and async-signal-safe, so it stops the program.
 [[noreturn]] void misuse(const char* what) noexcept {
   std::fprintf(stderr, "percpu::rwlock misuse: %s\n", what);
   std::abort();
+}
+
+// A write-side misuse: the call would wait for itself, or releases what
+// this thread does not hold.
+[[noreturn]] void refuse(errc code, const char* what) {
+  throw error(code, std::string("percpu::rwlock::") + what);
 }
 
 // Read locks held by this thread, per lock (filled only by callers built
@@ -96,9 +106,12 @@ void rwlock::wake_writer() noexcept {
 
 void rwlock::lock() {
   if (owner_.load(std::memory_order_relaxed) == this_thread_id()) {
-    misuse("lock() by the thread that already holds the write lock (recursive write lock)");
+    refuse(errc::would_deadlock,
+           "lock: the calling thread already holds the write lock (recursive write lock)");
   }
-  if (holds_shared()) misuse("lock() by a thread that holds a read lock on the same rwlock");
+  if (holds_shared()) {
+    refuse(errc::would_deadlock, "lock: the calling thread holds a read lock on the same rwlock");
+  }
   writers_.lock();
   writer_.store(1, std::memory_order_seq_cst);
   detail::heavy_barrier();  // pairs with the readers' light barriers
@@ -112,7 +125,7 @@ void rwlock::lock() {
 
 bool rwlock::try_lock() {
   if (owner_.load(std::memory_order_relaxed) == this_thread_id()) {
-    misuse("try_lock() by the thread that already holds the write lock");
+    refuse(errc::would_deadlock, "try_lock: the calling thread already holds the write lock");
   }
   if (!writers_.try_lock()) return false;
   writer_.store(1, std::memory_order_seq_cst);
@@ -129,7 +142,7 @@ bool rwlock::try_lock() {
 
 void rwlock::unlock() {
   if (owner_.load(std::memory_order_relaxed) != this_thread_id()) {
-    misuse("unlock() by a thread that does not hold the write lock");
+    refuse(errc::not_owner, "unlock: the calling thread does not hold the write lock");
   }
   owner_.store(nullptr, std::memory_order_relaxed);
   // Release: pairs with the readers' acquire read of the flag.

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "percpu/core/storage.hpp"
 
 namespace {
@@ -127,8 +128,17 @@ TEST(Stop, StoppersExcludeEachOther) {
 
 TEST(Stop, OutOfRangeCpuIsAClearError) {
   percpu::stop_state stops;
-  EXPECT_THROW(stops.stop(stops.size()), std::out_of_range);
-  EXPECT_THROW(stops.visit(stops.size() + 7, [] {}), std::out_of_range);
+  using percpu::errc;
+  using percpu_test::fails_with;
+  EXPECT_TRUE(fails_with(errc::out_of_range, [&] { stops.stop(stops.size()); }));
+  EXPECT_TRUE(fails_with(errc::out_of_range, [&] { stops.visit(stops.size() + 7, [] {}); }));
+  // start() accepts exactly what stop() accepts.
+  EXPECT_TRUE(fails_with(errc::out_of_range, [&] { stops.start(stops.size()); }));
+  percpu::stop_state* both[] = {&stops};
+  EXPECT_TRUE(
+      fails_with(errc::out_of_range, [&] { percpu::stop_state::start(both, stops.size()); }));
+  // Nothing was stopped or started by the refused calls.
+  stops.visit(0, [] {});
 }
 
 TEST(Stop, VisitRestartsTheCpuWhenTheVisitorThrows) {

@@ -29,14 +29,16 @@
 #include "percpu/core/stop.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
 // N 64-bit counters per CPU slot, in one per-CPU allocation.
 class counter_array {
  public:
-  // Throws std::invalid_argument for n == 0, std::length_error when n
-  // counters do not fit one per-CPU unit (max_allocation() / 8).
+  // Throws percpu::error: errc::invalid_argument for n == 0, errc::too_large
+  // when n counters do not fit one per-CPU unit (max_allocation() / 8), and
+  // what per-CPU allocation throws (errc::no_memory, errc::configuration).
   explicit counter_array(std::size_t n);
   ~counter_array();
   counter_array(const counter_array&) = delete;
@@ -51,12 +53,13 @@ class counter_array {
   void inc(std::size_t i) noexcept { add(i, 1); }
 
   // Sum of counter i over all CPUs: exact when no one is adding; an add
-  // running concurrently may or may not be counted.  Throws
-  // std::out_of_range for i >= size().
+  // running concurrently may or may not be counted.  Throws percpu::error
+  // (errc::out_of_range) for i >= size().
   std::int64_t read(std::size_t i) const;
   // Every counter's sum.
   std::vector<std::int64_t> read_all() const;
-  // Counter i on one CPU (a torn-free, possibly stale read).
+  // Counter i on one CPU (a torn-free, possibly stale read).  Throws
+  // percpu::error (errc::out_of_range) for cpu >= cpu_count() or i >= size().
   std::int64_t read_on(unsigned cpu, std::size_t i) const;
 
   // Takes every counter to zero and returns what each held; an add running
@@ -81,7 +84,8 @@ class counter {
   // Residual size at which a CPU folds its count into the central count.
   static constexpr std::int64_t default_batch = 256;
 
-  // batch >= 1; throws std::invalid_argument otherwise.
+  // batch >= 1; throws percpu::error (errc::invalid_argument) otherwise, or
+  // what per-CPU allocation throws (errc::no_memory, errc::configuration).
   explicit counter(std::int64_t batch = default_batch);
 
   // Adds v.  Never lost under preemption, migration or signals; usable from

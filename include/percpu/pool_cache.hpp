@@ -50,6 +50,7 @@
 #include "percpu/core/stop.hpp"
 #include "percpu/detail/pool_object.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 
 #if !defined(PERCPU_POOL_CHECKS) && !defined(NDEBUG)
 #define PERCPU_POOL_CHECKS 1
@@ -113,8 +114,11 @@ struct pool_options {
 // all memory; no object may be in use then (a debug build reports it).
 class raw_pool_cache {
  public:
-  // Throws std::invalid_argument for size 0 or beyond 1 GiB, or an
-  // alignment that is not a power of two or exceeds 4096.
+  // Throws percpu::error: errc::invalid_argument for size 0 or an alignment
+  // that is not a power of two, errc::too_large for a size beyond 1 GiB or
+  // an alignment beyond 4096, and what per-CPU allocation throws
+  // (errc::no_memory, errc::configuration); std::bad_alloc when the heap is
+  // exhausted.
   explicit raw_pool_cache(pool_options options);
   ~raw_pool_cache();
   raw_pool_cache(const raw_pool_cache&) = delete;
@@ -156,9 +160,10 @@ class raw_pool_cache {
   // CPU's array, CPUs without a running thread and CPUs this process may no
   // longer run on included - and returns when that is done.  Afterwards no
   // get() hands out an object constructed before the call began.  Waits on
-  // fences, never on other threads.  Throws std::logic_error when called
-  // from a constructor or destructor of this cache, or from a signal handler
-  // that interrupted this cache's own work on this thread.
+  // fences, never on other threads.  Throws percpu::error
+  // (errc::would_deadlock) when called from a constructor or destructor of
+  // this cache, or from a signal handler that interrupted this cache's own
+  // work on this thread.
   void invalidate();
 
   // The calling thread's CPU's array and the depot only; no generation

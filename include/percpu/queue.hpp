@@ -38,12 +38,12 @@
 #include <memory>
 #include <mutex>
 #include <span>
-#include <stdexcept>
 #include <type_traits>
 #include <utility>
 
 #include "percpu/core/stop.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
@@ -225,13 +225,16 @@ class batch_queue {
 
   // `apply` is called with the target's lock held, with batches in order;
   // it must not throw (an exception terminates: the batch was already taken
-  // off its CPU) and must not use this queue.  Throws std::invalid_argument
-  // for an empty apply or a capacity of 0 or above 16384.
+  // off its CPU) and must not use this queue.  Throws percpu::error:
+  // errc::invalid_argument for an empty apply or a capacity of 0,
+  // errc::too_large for a capacity above 16384, and what per-CPU allocation
+  // throws (errc::no_memory, errc::configuration); std::bad_alloc when the
+  // heap is exhausted.
   explicit batch_queue(apply_function apply, queue_options options = {}, KeyOf key_of = {})
       : apply_(std::move(apply)),
         key_of_(std::move(key_of)),
         core_(words, options, &apply_records, this) {
-    if (!apply_) throw std::invalid_argument("percpu::batch_queue: apply is empty");
+    if (!apply_) throw error(errc::invalid_argument, "percpu::batch_queue: apply is empty");
   }
 
   // Applies every pending operation, then frees the buffers.  The caller
@@ -261,7 +264,8 @@ class batch_queue {
   // any others there).
   void flush() { core_.flush_calling_thread(); }
 
-  // Applies CPU `cpu`'s buffer.  Throws std::out_of_range for cpu >= cpu_count().
+  // Applies CPU `cpu`'s buffer.  Throws percpu::error (errc::out_of_range)
+  // for cpu >= cpu_count().
   void flush_cpu(unsigned cpu) { core_.flush_cpu(cpu); }
 
   // Applies every CPU's buffer, idle CPUs' included: every operation whose

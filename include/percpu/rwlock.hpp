@@ -26,11 +26,14 @@
 // Names follow the standard (lock/unlock/try_lock, lock_shared/...), so
 // std::unique_lock, std::shared_lock and std::scoped_lock work.
 //
-// Misuse: a recursive write lock, or an unlock() by a thread that does not
-// hold the write lock, stops the program with a message in every build.  In
-// builds without NDEBUG, unlock_shared() without lock_shared() and lock()
-// while holding a read lock on the same rwlock (a self-deadlock) are caught
-// too.
+// Misuse: a recursive write lock (lock() or try_lock() by the thread that
+// holds it) throws percpu::error (errc::would_deadlock), and an unlock() by
+// a thread that does not hold the write lock throws percpu::error
+// (errc::not_owner), in every build.  In builds without NDEBUG (or with
+// PERCPU_RWLOCK_CHECKS) lock() while holding a read lock on the same rwlock
+// (a self-deadlock) throws errc::would_deadlock too, and unlock_shared()
+// without lock_shared() stops the program with a message: the read side is
+// noexcept and async-signal-safe, so it has no other way to report.
 #pragma once
 
 #include <atomic>
@@ -49,7 +52,9 @@ namespace percpu {
 
 class rwlock {
  public:
-  // Allocates the per-CPU counts; starts the library if needed.
+  // Allocates the per-CPU counts; starts the library if needed.  Throws what
+  // per-CPU allocation throws (percpu::error: errc::no_memory,
+  // errc::configuration).
   rwlock();
   // The lock must be free.
   ~rwlock();
@@ -88,9 +93,14 @@ class rwlock {
   // ---- Writers ----
 
   // Excludes every reader and every other writer.  Sleeps while waiting.
+  // Throws percpu::error (errc::would_deadlock) when the calling thread
+  // already holds this lock (see "Misuse" above).
   void lock();
   // Takes the lock only if no writer holds it and no reader is inside.
+  // Throws like lock().
   [[nodiscard]] bool try_lock();
+  // Throws percpu::error (errc::not_owner) when the calling thread does not
+  // hold the write lock.
   void unlock();
 
  private:

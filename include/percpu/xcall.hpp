@@ -30,38 +30,30 @@
 #include <cstdint>
 #include <initializer_list>
 #include <span>
-#include <stdexcept>
-#include <string>
 #include <typeinfo>
 #include <utility>
 
 #include "percpu/core/stop.hpp"
 #include "percpu/detail/inline_function.hpp"
 #include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu::xcall {
 
 // ---- Errors -----------------------------------------------------------------
-
-enum class errc : std::uint8_t {
-  cpu_out_of_range,  // not a CPU number on-CPU calls accept (see cpu_limit())
-  cpu_unavailable,   // the process may not run there (offline, cpuset, restricted)
-  recursive_call,    // a call to the CPU whose service thread is the caller
-  timeout,           // did not complete within timeout(); still in flight
-};
-
-// What went wrong and for which CPU; what() names the CPU and the function.
-class error : public std::runtime_error {
- public:
-  error(errc code, unsigned cpu, const std::string& what)
-      : std::runtime_error(what), code_(code), cpu_(cpu) {}
-  errc code() const noexcept { return code_; }
-  unsigned cpu() const noexcept { return cpu_; }
-
- private:
-  errc code_;
-  unsigned cpu_;
-};
+//
+// On-CPU calls throw percpu::error (runtime/error.hpp) with these codes;
+// what() names the CPU and the function, and cpu() gives the CPU:
+//   errc::out_of_range     not a CPU number on-CPU calls accept (see
+//                          cpu_limit()); cpu() is -1
+//   errc::cpu_unavailable  the process may not run there (offline, cpuset,
+//                          restricted)
+//   errc::would_deadlock   a call to the CPU whose service thread is the
+//                          caller (a recursive call), or a broadcast or
+//                          barrier from a service thread
+//   errc::timeout          did not complete within timeout(); still in flight
+// An exception thrown by the called function itself reaches the waiter
+// unchanged.
 
 // ---- Tickets ------------------------------------------------------------------
 
@@ -114,7 +106,7 @@ inline_function& reserve(unsigned cpu, std::uint64_t seq, const char* label, boo
 void post();
 void cancel() noexcept;
 
-// Checks of the target, throwing xcall::error: unicast_target checks range
+// Checks of the target, throwing percpu::error: unicast_target checks range
 // and recursion and starts the CPU's service thread; broadcast_targets
 // refuses recursion, starts every possible CPU's service thread and fills
 // the ticket's targets (started) and skipped (could not be started).
@@ -145,9 +137,9 @@ void issue(unsigned cpu, std::uint64_t seq, bool skippable, F&& f) {
 
 // Queues f for `cpu` and returns at once.  The calling thread's own
 // affinity mask does not matter (a pinned thread may call any CPU).  Throws
-// error: cpu_out_of_range, recursive_call (the caller is cpu's service
+// percpu::error: out_of_range, would_deadlock (the caller is cpu's service
 // thread), cpu_unavailable (its service thread cannot be pinned there); or
-// a timeout when all of the thread's descriptors are in flight and the
+// timeout when all of the thread's descriptors are in flight and the
 // oldest does not complete.
 template <class F>
 ticket unicast(unsigned cpu, F&& f) {
@@ -159,8 +151,8 @@ ticket unicast(unsigned cpu, F&& f) {
 
 // Queues a copy of f for every possible CPU the process may run on; the
 // others are skipped and listed in the result (and in what wait() returns,
-// for CPUs found unavailable when the call was run).  Throws recursive_call
-// from a service thread.
+// for CPUs found unavailable when the call was run).  Throws
+// percpu::error (would_deadlock) from a service thread.
 template <class F>
 broadcast_ticket broadcast(F&& f) {
   broadcast_ticket t;
@@ -179,7 +171,7 @@ broadcast_ticket broadcast(F&& f) {
 // those calls skipped because their service thread found itself off its CPU
 // (the process's threads were restricted, the cpuset shrank, the CPU went
 // offline): f did not run there.  Rethrows the first exception of those
-// calls, or throws error: cpu_unavailable (the same for a unicast),
+// calls, or throws percpu::error: cpu_unavailable (the same for a unicast),
 // timeout (a call did not complete within timeout(); it stays in flight and
 // a later wait waits for it again).
 cpu_bits wait(ticket t);
@@ -205,7 +197,7 @@ broadcast_ticket broadcast_sync(F&& f) {
 // completed (xc_barrier): an empty call goes through every CPU's queue that
 // has a service thread, behind everything queued there.  Errors of the
 // calling thread's own earlier calls are reported as by wait().  Throws
-// recursive_call from a service thread.
+// percpu::error (would_deadlock) from a service thread.
 void barrier();
 
 // ---- Stopped-CPU visits -----------------------------------------------------------

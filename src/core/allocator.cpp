@@ -23,13 +23,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <string>
-#include <system_error>
 #include <vector>
 
 #include "percpu/core/detail/alloc.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/error.hpp"
+#include "runtime/runtime_internal.hpp"
 
 namespace percpu::detail {
 
@@ -75,7 +75,8 @@ std::size_t align_up(std::size_t value, std::size_t alignment) {
   return (value + alignment - 1) & ~(alignment - 1);
 }
 
-// Reserves a new chunk; throws std::system_error when mmap fails.
+// Reserves a new chunk; throws percpu::error (errc::no_memory) when mmap
+// fails.
 chunk* add_chunk() {
   // Everything that can throw besides mmap happens first, so a failure
   // leaves no mapping behind.
@@ -88,9 +89,12 @@ chunk* add_chunk() {
   void* raw = mmap(nullptr, bytes + unit_size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED) {
-    throw std::system_error(errno, std::generic_category(),
-                            "percpu: cannot reserve " + std::to_string((bytes + unit_size) >> 20) +
-                                " MiB of address space for a new per-CPU chunk");
+    int err = errno;
+    char reason[128];
+    throw error(errc::no_memory, "percpu: cannot reserve " +
+                                     std::to_string((bytes + unit_size) >> 20) +
+                                     " MiB of address space for a new per-CPU chunk (" +
+                                     error_text(err, reason, sizeof reason) + ")");
   }
   auto start = reinterpret_cast<std::uintptr_t>(raw);
   std::uintptr_t base = align_up(start, unit_size);
@@ -142,15 +146,16 @@ void release_range(chunk& c, std::size_t offset, std::size_t size) {
 }  // namespace
 
 void* allocate_percpu(std::size_t size, std::size_t alignment) {
-  if (size == 0) throw std::invalid_argument("percpu: allocation of size 0");
+  if (size == 0) throw error(errc::invalid_argument, "percpu: allocation of size 0");
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
-    throw std::invalid_argument("percpu: alignment " + std::to_string(alignment) +
-                                " is not a power of two");
+    throw error(errc::invalid_argument,
+                "percpu: alignment " + std::to_string(alignment) + " is not a power of two");
   }
   if (size > unit_size || alignment > unit_size) {
-    throw std::length_error("percpu: allocation of " + std::to_string(size) + " bytes aligned to " +
-                            std::to_string(alignment) + " exceeds the per-CPU unit of " +
-                            std::to_string(unit_size) + " bytes");
+    throw error(errc::too_large, "percpu: allocation of " + std::to_string(size) +
+                                     " bytes aligned to " + std::to_string(alignment) +
+                                     " exceeds the per-CPU unit of " + std::to_string(unit_size) +
+                                     " bytes");
   }
   ensure_started();
   allocator_state& st = allocator_state::state();
@@ -191,7 +196,8 @@ void free_percpu(void* p0) {
   std::lock_guard<std::mutex> lock(st.mutex);
   auto it = st.live.find(reinterpret_cast<std::uintptr_t>(p0));
   if (it == st.live.end()) {
-    throw std::invalid_argument("percpu: free of a pointer that is not a live per-CPU allocation");
+    throw error(errc::invalid_argument,
+                "percpu: free of a pointer that is not a live per-CPU allocation");
   }
   release_range(*it->second.owner, it->second.offset, it->second.size);
   st.live.erase(it);

@@ -24,10 +24,10 @@
 #include <csignal>
 #include <cstring>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "percpu/runtime/error.hpp"
 #include "pool_core.hpp"
 
 namespace percpu::detail {
@@ -175,12 +175,14 @@ void pool_core::put_slow(void* object) noexcept {
 // themselves.
 void pool_core::check_may_drain(const char* what) const {
   if (pool_thread.in_callback == &cache) {
-    throw std::logic_error(std::string("percpu::pool_cache::") + what +
-                           " called from a constructor or destructor of the same cache");
+    throw error(errc::would_deadlock,
+                std::string("percpu::pool_cache::") + what + " of \"" + cache.name() +
+                    "\" called from a constructor or destructor of the same cache");
   }
   if (nested_in_own_lock() || portable_in_operation()) {
-    throw std::logic_error(std::string("percpu::pool_cache::") + what +
-                           " called from a signal handler that interrupted the cache's own work");
+    throw error(errc::would_deadlock,
+                std::string("percpu::pool_cache::") + what + " of \"" + cache.name() +
+                    "\" called from a signal handler that interrupted the cache's own work");
   }
 }
 

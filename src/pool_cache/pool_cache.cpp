@@ -7,9 +7,10 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "percpu/runtime/error.hpp"
 #include "pool_core.hpp"
 
 namespace percpu {
@@ -18,13 +19,19 @@ using detail::pool_core;
 
 raw_pool_cache::raw_pool_cache(pool_options options)
     : arrays0_(nullptr), size_(options.size), options_(std::move(options)), magazine_size_(0) {
-  if (size_ == 0 || size_ > detail::max_object_size) {
-    throw std::invalid_argument("percpu::pool_cache: object size must be between 1 byte and 1 GiB");
+  const std::string where = "percpu::pool_cache \"" + options_.name + "\": ";
+  if (size_ == 0) throw error(errc::invalid_argument, where + "object size 0");
+  if (size_ > detail::max_object_size) {
+    throw error(errc::too_large,
+                where + "object size " + std::to_string(size_) + " is above 1 GiB");
   }
   std::size_t align = options_.alignment;
-  if (align == 0 || !std::has_single_bit(align) || align > 4096) {
-    throw std::invalid_argument(
-        "percpu::pool_cache: alignment must be a power of two no larger than 4096");
+  if (align == 0 || !std::has_single_bit(align)) {
+    throw error(errc::invalid_argument,
+                where + "alignment " + std::to_string(align) + " is not a power of two");
+  }
+  if (align > 4096) {
+    throw error(errc::too_large, where + "alignment " + std::to_string(align) + " is above 4096");
   }
   unsigned magazine =
       options_.magazine_size != 0 ? options_.magazine_size : detail::default_magazine;

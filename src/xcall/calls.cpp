@@ -22,7 +22,7 @@ namespace internal {
 std::atomic<long> timeout_ms{10000};
 
 [[noreturn]] void fail(errc code, unsigned cpu, const std::string& text) {
-  throw error(code, cpu, "percpu::xcall: " + text);
+  throw error(code, "percpu::xcall: " + text, static_cast<int>(cpu));
 }
 
 }  // namespace internal
@@ -193,18 +193,15 @@ thread_local caller_ring ring;
 
 void check_cpu(unsigned cpu) {
   unsigned limit = the_registry().count;
-  if (cpu >= limit) {
-    fail(errc::cpu_out_of_range, cpu,
-         "CPU " + std::to_string(cpu) + " is out of range (cpu_limit() is " +
-             std::to_string(limit) + ")");
-  }
+  if (cpu >= limit)
+    percpu::detail::throw_out_of_range("percpu::xcall", "CPU", cpu, "cpu_limit()", limit);
 }
 
 // Throws recursive_call when the caller is a service thread and `what`
 // would queue a call behind the one it is running.
 void refuse_in_service(const char* what) {
   if (current_service >= 0) {
-    fail(errc::recursive_call, static_cast<unsigned>(current_service),
+    fail(errc::would_deadlock, static_cast<unsigned>(current_service),
          std::string(what) + " from inside a call on CPU " + std::to_string(current_service) +
              " would wait for itself");
   }

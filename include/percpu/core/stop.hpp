@@ -44,8 +44,8 @@ namespace percpu {
 class stop_state {
  public:
   // Allocates one stop word per CPU slot, all clear.  Starts the library if
-  // needed (may throw config_error, or std::bad_alloc-like errors from the
-  // per-CPU allocator).
+  // needed.  Throws percpu::error: errc::configuration (start-up, see
+  // runtime/cpu.hpp) or errc::no_memory (the per-CPU allocator).
   stop_state();
   ~stop_state();
   stop_state(const stop_state&) = delete;
@@ -53,12 +53,14 @@ class stop_state {
 
   // Stops `cpu`: returns once no fast path of this structure is running on
   // `cpu` or can commit there until start(cpu).  Waits for another stopper
-  // of the same CPU to finish.  Throws std::out_of_range for cpu >= cpu_count().
+  // of the same CPU to finish.  Throws percpu::error (errc::out_of_range)
+  // for cpu >= size().
   void stop(unsigned cpu);
   // Ends a stop(cpu): what the visitor wrote is visible to the CPU's next
   // fast path (release, paired with the acquire of the next stopper and with
-  // the fast path's read of the word).
-  void start(unsigned cpu) noexcept;
+  // the fast path's read of the word).  Throws percpu::error
+  // (errc::out_of_range) for cpu >= size(), as stop() does.
+  void start(unsigned cpu);
 
   // stop() for every CPU with one broadcast fence instead of one per CPU.
   void stop_all();
@@ -91,9 +93,10 @@ class stop_state {
   // address order), then fences `cpu` once.  With no structure it is the
   // fence alone: every fast path that was running on `cpu` has finished or
   // been aborted, and its committed stores are visible.  Throws
-  // std::out_of_range when cpu >= cpu_count() or >= a structure's size().
+  // percpu::error (errc::out_of_range) when cpu >= cpu_count() or >= a
+  // structure's size(), and so does start().
   static void stop(std::span<stop_state* const> states, unsigned cpu);
-  static void start(std::span<stop_state* const> states, unsigned cpu) noexcept;
+  static void start(std::span<stop_state* const> states, unsigned cpu);
   // Several structures, every CPU: every word of every structure (structures
   // by address, CPUs ascending), then ONE broadcast fence.
   static void stop_all(std::span<stop_state* const> states);
@@ -106,6 +109,7 @@ class stop_state {
 
  private:
   void lock_word(unsigned cpu) noexcept;
+  void release_word(unsigned cpu) noexcept;
   std::uint32_t* words0_;
   unsigned slots_;
 };

@@ -24,8 +24,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
-#include <stdexcept>
-#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -34,22 +32,25 @@
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
 // ---- Raw allocation -------------------------------------------------------
 
 // Allocates `size` bytes aligned to `alignment` for every CPU slot, all
-// zero, and returns CPU 0's copy.  Errors (nothing is allocated on a throw):
-// std::invalid_argument for size 0 or an alignment that is not a power of
-// two; std::length_error for a size or alignment beyond max_allocation();
-// std::system_error (ENOMEM) when no address space is left for a new chunk.
+// zero, and returns CPU 0's copy.  Errors, percpu::error (nothing is
+// allocated on a throw): errc::invalid_argument for size 0 or an alignment
+// that is not a power of two; errc::too_large for a size or alignment
+// beyond max_allocation(); errc::no_memory when no address space is left
+// for a new chunk.
 inline void* allocate_raw(std::size_t size, std::size_t alignment = alignof(std::max_align_t)) {
   return detail::allocate_percpu(size, alignment);
 }
 
 // Frees what allocate_raw returned.  The caller ensures no one still uses
-// any copy.  Throws std::invalid_argument for any other pointer.
+// any copy.  Throws percpu::error (errc::invalid_argument) for any other
+// pointer.
 inline void free_raw(void* p0) {
   detail::free_percpu(p0);
 }
@@ -81,9 +82,9 @@ class storage {
 
  public:
   // Value-initialises every CPU's copy (zero for scalars, without touching
-  // memory when T is trivially default-constructible).  If a constructor
-  // throws, the copies already built are destroyed and the exception
-  // propagates.
+  // memory when T is trivially default-constructible).  Throws what
+  // allocate_raw() throws (percpu::error); if a constructor of T throws, the
+  // copies already built are destroyed and its exception propagates.
   storage() : storage(construct_tag{}, std::is_scalar_v<T>, [](void* p) { ::new (p) T(); }) {}
 
   // Copy-constructs every CPU's copy from `initial`.
@@ -107,9 +108,11 @@ class storage {
   // the slot operations for updates.
   T* local() noexcept { return on_unchecked(current_cpu()); }
 
-  // CPU `cpu`'s copy.  Throws std::out_of_range for cpu >= cpus().
+  // CPU `cpu`'s copy.  Throws percpu::error (errc::out_of_range) for
+  // cpu >= cpus().
   T* on(unsigned cpu) {
-    if (cpu >= slots_) throw_out_of_range(cpu);
+    if (cpu >= slots_)
+      detail::throw_out_of_range("percpu::storage::on", "CPU", cpu, "cpus()", slots_);
     return on_unchecked(cpu);
   }
   T* on_unchecked(unsigned cpu) noexcept { return detail::copy_on(data0_, cpu); }
@@ -129,10 +132,13 @@ class storage {
   }
 
   // f(T&) with CPU `cpu` stopped: no slot operation of this storage commits
-  // on that CPU while f runs.  Returns what f returns.
+  // on that CPU while f runs.  Returns what f returns.  Throws percpu::error
+  // (errc::out_of_range) for cpu >= cpus(), or what f throws.
   template <class F>
   decltype(auto) visit(unsigned cpu, F&& f) {
-    if (cpu >= slots_) throw_out_of_range(cpu);
+    if (cpu >= slots_) {
+      detail::throw_out_of_range("percpu::storage::visit", "CPU", cpu, "cpus()", slots_);
+    }
     return stops_.visit(cpu, [&]() -> decltype(auto) { return f(*on_unchecked(cpu)); });
   }
 
@@ -197,11 +203,6 @@ class storage {
   }
 
   std::int64_t* slot0() noexcept { return reinterpret_cast<std::int64_t*>(data0_); }
-
-  [[noreturn]] void throw_out_of_range(unsigned cpu) const {
-    throw std::out_of_range("percpu::storage: CPU " + std::to_string(cpu) +
-                            " is out of range (cpu_count() is " + std::to_string(slots_) + ")");
-  }
 
   stop_state stops_;  // first: constructed before, destroyed after the data
   unsigned slots_;

@@ -10,14 +10,15 @@
 namespace percpu::detail {
 
 // Allocates `size` bytes aligned to `alignment` in every CPU's unit and
-// returns CPU 0's copy; every copy reads as zero.  Throws std::invalid_argument
-// (size 0, alignment not a power of two), std::length_error (larger than a
-// unit) or std::system_error (no address space left for a new chunk); on a
-// throw nothing is allocated.
+// returns CPU 0's copy; every copy reads as zero.  Throws percpu::error:
+// errc::invalid_argument (size 0, alignment not a power of two),
+// errc::too_large (larger than a unit), errc::no_memory (no address space
+// left for a new chunk); on a throw nothing is allocated.
 void* allocate_percpu(std::size_t size, std::size_t alignment);
 
 // Releases an allocation made by allocate_percpu (CPU 0's copy).  Throws
-// std::invalid_argument for a pointer that is not a live allocation's start.
+// percpu::error (errc::invalid_argument) for a pointer that is not a live
+// allocation's start.
 void free_percpu(void* p0);
 
 // Size of the live allocation whose CPU-0 copy is p0, or 0 if there is none.
