@@ -55,12 +55,12 @@ class counter_array {
   // Sum of counter i over all CPUs: exact when no one is adding; an add
   // running concurrently may or may not be counted.  Throws percpu::error
   // (errc::out_of_range) for i >= size().
-  std::int64_t read(std::size_t i) const;
+  [[nodiscard]] std::int64_t read(std::size_t i) const;
   // Every counter's sum.
-  std::vector<std::int64_t> read_all() const;
+  [[nodiscard]] std::vector<std::int64_t> read_all() const;
   // Counter i on one CPU (a torn-free, possibly stale read).  Throws
   // percpu::error (errc::out_of_range) for cpu >= cpu_count() or i >= size().
-  std::int64_t read_on(unsigned cpu, std::size_t i) const;
+  [[nodiscard]] std::int64_t read_on(unsigned cpu, std::size_t i) const;
 
   // Takes every counter to zero and returns what each held; an add running
   // concurrently is counted either in the result or in the counter, never
@@ -103,10 +103,12 @@ class counter {
   void sub(std::int64_t v) noexcept { add(-v); }
 
   // Exact sum when no one is adding (central count plus every residual).
-  std::int64_t read() const noexcept;
+  [[nodiscard]] std::int64_t read() const noexcept;
 
   // The central count alone: one load, within error_bound() of the truth.
-  std::int64_t read_approx() const noexcept { return central_.load(std::memory_order_relaxed); }
+  [[nodiscard]] std::int64_t read_approx() const noexcept {
+    return central_.load(std::memory_order_relaxed);
+  }
 
   // How far read_approx() can be from the true total.
   //  - Once every add has returned: cpu_count() * (batch - 1).  An add that
@@ -118,8 +120,8 @@ class counter {
   //    A thread in the middle of a fold holds one CPU's residual in transit
   //    (no longer in the slot, not yet in the central count), and a residual
   //    can pass the batch by one add per adding thread before it is folded.
-  std::int64_t error_bound(std::int64_t largest_add = 1,
-                           unsigned adding_threads = 0) const noexcept;
+  [[nodiscard]] std::int64_t error_bound(std::int64_t largest_add = 1,
+                                         unsigned adding_threads = 0) const noexcept;
 
   // Sets the counter to `desired` and returns what it held.  Concurrent adds
   // are counted either in the result or in the new value, never lost.

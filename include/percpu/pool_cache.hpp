@@ -179,18 +179,18 @@ class raw_pool_cache {
   std::size_t reclaim();
 
   [[nodiscard]] pool_stats stats() const;
-  [[nodiscard]] std::size_t object_size() const noexcept {
+  std::size_t object_size() const noexcept {
     return size_;
   }
-  [[nodiscard]] const std::string& name() const noexcept {
+  const std::string& name() const noexcept {
     return options_.name;
   }
 
   // A process-unique number naming this cache (debug messages, statistics).
-  [[nodiscard]] std::uint32_t id() const noexcept;
+  std::uint32_t id() const noexcept;
 
   // The magazine size now (objects).
-  [[nodiscard]] unsigned magazine_size() const noexcept {
+  unsigned magazine_size() const noexcept {
     return magazine_size_.load(std::memory_order_relaxed);
   }
 
@@ -319,6 +319,6 @@ class pool_cache {
 };
 
 // Every live cache's statistics, oldest first (a `vmstat -m` view).
-std::vector<pool_stats> all_pool_stats();
+[[nodiscard]] std::vector<pool_stats> all_pool_stats();
 
 }  // namespace percpu

@@ -284,7 +284,7 @@ class batch_queue {
     return std::forward<F>(fn)();
   }
 
-  queue_stats stats() { return core_.stats(); }
+  [[nodiscard]] queue_stats stats() { return core_.stats(); }
 
  private:
   static void apply_records(void* context, const void* records, std::size_t count) {

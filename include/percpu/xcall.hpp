@@ -25,12 +25,14 @@
 // from, and the mapping to the kernel APIs.
 #pragma once
 
+#include <array>
 #include <bitset>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
-#include <typeinfo>
+#include <string_view>
 #include <utility>
 
 #include "percpu/core/stop.hpp"
@@ -113,9 +115,35 @@ void cancel() noexcept;
 void unicast_target(unsigned cpu);
 void broadcast_targets(broadcast_ticket& t);
 
+// The name of the callable type F as the compiler spells it, for error
+// messages ("function NAME did not run"), without RTTI: the part after
+// "F = " of the signature __PRETTY_FUNCTION__ gives a function template
+// (GCC: "... pretty_signature() [with F = NAME]", Clang: "... [F = NAME]"),
+// kept as a null-terminated string with static storage.
+template <class F>
+constexpr const char* pretty_signature() noexcept {
+  return __PRETTY_FUNCTION__;
+}
+
+template <class F>
+struct callable_name {
+  static constexpr std::string_view signature = pretty_signature<F>();
+  static constexpr std::size_t first =
+      signature.find("F = ") == std::string_view::npos ? 0 : signature.find("F = ") + 4;
+  static constexpr std::size_t last =
+      signature.rfind(']') == std::string_view::npos || signature.rfind(']') < first
+          ? signature.size()
+          : signature.rfind(']');
+  static constexpr auto text = [] {
+    std::array<char, last - first + 1> out{};
+    for (std::size_t i = 0; i < last - first; ++i) out[i] = signature[first + i];
+    return out;
+  }();
+};
+
 template <class F>
 void issue(unsigned cpu, std::uint64_t seq, bool skippable, F&& f) {
-  inline_function& slot = reserve(cpu, seq, typeid(std::decay_t<F>).name(), skippable);
+  inline_function& slot = reserve(cpu, seq, callable_name<std::decay_t<F>>::text.data(), skippable);
   try {
     slot.emplace(std::forward<F>(f));
   } catch (...) {
@@ -142,7 +170,7 @@ void issue(unsigned cpu, std::uint64_t seq, bool skippable, F&& f) {
 // timeout when all of the thread's descriptors are in flight and the
 // oldest does not complete.
 template <class F>
-ticket unicast(unsigned cpu, F&& f) {
+[[nodiscard]] ticket unicast(unsigned cpu, F&& f) {
   detail::unicast_target(cpu);
   ticket t{detail::open_ticket()};
   detail::issue(cpu, t.seq, false, std::forward<F>(f));
@@ -154,7 +182,7 @@ ticket unicast(unsigned cpu, F&& f) {
 // for CPUs found unavailable when the call was run).  Throws
 // percpu::error (would_deadlock) from a service thread.
 template <class F>
-broadcast_ticket broadcast(F&& f) {
+[[nodiscard]] broadcast_ticket broadcast(F&& f) {
   broadcast_ticket t;
   detail::broadcast_targets(t);
   t.seq = detail::open_ticket();
@@ -174,7 +202,7 @@ broadcast_ticket broadcast(F&& f) {
 // calls, or throws percpu::error: cpu_unavailable (the same for a unicast),
 // timeout (a call did not complete within timeout(); it stays in flight and
 // a later wait waits for it again).
-cpu_bits wait(ticket t);
+[[nodiscard]] cpu_bits wait(ticket t);
 
 // unicast + wait.
 template <class F>
@@ -185,7 +213,7 @@ void unicast_sync(unsigned cpu, F&& f) {
 // broadcast + wait; the result says which CPUs f ran on (targets) and
 // which were skipped.
 template <class F>
-broadcast_ticket broadcast_sync(F&& f) {
+[[nodiscard]] broadcast_ticket broadcast_sync(F&& f) {
   broadcast_ticket t = broadcast(std::forward<F>(f));
   cpu_bits skipped_late = wait(t);
   t.targets &= ~skipped_late;

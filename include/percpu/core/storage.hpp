@@ -44,7 +44,8 @@ namespace percpu {
 // that is not a power of two; errc::too_large for a size or alignment
 // beyond max_allocation(); errc::no_memory when no address space is left
 // for a new chunk.
-inline void* allocate_raw(std::size_t size, std::size_t alignment = alignof(std::max_align_t)) {
+[[nodiscard]] inline void* allocate_raw(std::size_t size,
+                                        std::size_t alignment = alignof(std::max_align_t)) {
   return detail::allocate_percpu(size, alignment);
 }
 
@@ -169,7 +170,7 @@ class storage {
   }
 
   // A torn-free, possibly stale read of CPU `cpu`'s copy (relaxed order).
-  T load(unsigned cpu) const noexcept requires slot_value<T> {
+  [[nodiscard]] T load(unsigned cpu) const noexcept requires slot_value<T> {
     return std::atomic_ref<const T>(*on_unchecked(cpu)).load(std::memory_order_relaxed);
   }
 

@@ -81,6 +81,6 @@ int numa_node_of(unsigned cpu);
 // Parses a kernel CPU list ("0-3,8,10-11"); throws percpu::error
 // (errc::invalid_argument) on malformed input.  Exposed because every sysfs
 // CPU file uses this format.
-std::vector<unsigned> parse_cpu_list(const std::string& text);
+[[nodiscard]] std::vector<unsigned> parse_cpu_list(const std::string& text);
 
 }  // namespace percpu
