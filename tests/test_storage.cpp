@@ -147,10 +147,15 @@ TEST(Storage, BadInputIsAClearError) {
   } catch (const percpu::error& e) {
     EXPECT_NE(std::string(e.what()).find("not a power of two"), std::string::npos);
   }
-  // The allocator is still consistent after all that.
-  void* q = percpu::allocate_raw(16);
-  EXPECT_EQ(percpu::detail::allocation_size(q), 16u);
+  // The allocator is still consistent after all that: a new allocation is
+  // zero and writable on every CPU, is freed once, and only once.
+  auto* q = static_cast<long*>(percpu::allocate_raw(16));
+  for (unsigned cpu = 0; cpu < s.cpus(); ++cpu) {
+    EXPECT_EQ(*percpu::raw_on(q, cpu), 0);
+    *percpu::raw_on(q, cpu) = cpu;
+  }
   percpu::free_raw(q);
+  EXPECT_TRUE(fails_with(errc::invalid_argument, [&] { percpu::free_raw(q); }));
 }
 
 TEST(StorageChild, ExhaustedAddressSpace) {

@@ -27,7 +27,7 @@
 #include "expect_error.hpp"
 #include "percpu/core/storage.hpp"
 #include "percpu/xcall.hpp"
-#include "xcall_internal.hpp"
+#include "probes.hpp"
 
 // ---- Counting allocator: every operator new in this program ----------------
 
@@ -488,7 +488,7 @@ TEST(Xcall, IdleServiceThreadSleeps) {
   unsigned cpu = reachable_cpus().front();
   xc::unicast_sync(cpu, [] {});
   pthread_t thread;
-  ASSERT_TRUE(xc::testing::service_thread(cpu, thread));
+  ASSERT_TRUE(percpu_test::service_thread(cpu, thread));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));  // past its polling
   long before = thread_cpu_ns(thread);
   std::this_thread::sleep_for(std::chrono::seconds(1));

@@ -203,11 +203,4 @@ void free_percpu(void* p0) {
   st.live.erase(it);
 }
 
-std::size_t allocation_size(const void* p0) noexcept {
-  allocator_state& st = allocator_state::state();
-  std::lock_guard<std::mutex> lock(st.mutex);
-  auto it = st.live.find(reinterpret_cast<std::uintptr_t>(p0));
-  return it == st.live.end() ? 0 : it->second.size;
-}
-
 }  // namespace percpu::detail

@@ -13,7 +13,6 @@
 #include <string>
 
 #include "xcall/internal.hpp"
-#include "xcall_internal.hpp"
 
 namespace percpu::xcall::internal {
 
@@ -201,18 +200,3 @@ void push(call& c) noexcept {
 }
 
 }  // namespace percpu::xcall::internal
-
-namespace percpu::xcall::testing {
-
-using namespace internal;
-
-bool service_thread(unsigned cpu, pthread_t& thread) {
-  registry& r = the_registry();
-  if (cpu >= r.count || r.services[cpu].state.load(std::memory_order_acquire) != running) {
-    return false;
-  }
-  thread = r.services[cpu].thread;
-  return true;
-}
-
-}  // namespace percpu::xcall::testing

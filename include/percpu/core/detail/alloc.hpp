@@ -21,7 +21,4 @@ void* allocate_percpu(std::size_t size, std::size_t alignment);
 // allocation's start.
 void free_percpu(void* p0);
 
-// Size of the live allocation whose CPU-0 copy is p0, or 0 if there is none.
-std::size_t allocation_size(const void* p0) noexcept;
-
 }  // namespace percpu::detail
