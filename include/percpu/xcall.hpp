@@ -239,13 +239,7 @@ void barrier();
 
 template <class F>
 void visit(unsigned cpu, std::span<stop_state* const> states, F&& f) {
-  stop_state::stop(states, cpu);
-  struct restart {
-    std::span<stop_state* const> states;
-    unsigned cpu;
-    ~restart() { stop_state::start(states, cpu); }
-  } guard{states, cpu};
-  f(cpu);
+  stop_state::visit(states, cpu, [&] { f(cpu); });
 }
 
 template <class F>
@@ -262,12 +256,7 @@ void visit(unsigned cpu, F&& f) {
 // broadcast fence, runs f(cpu) for each CPU in ascending order, restarts all.
 template <class F>
 void visit_all(std::span<stop_state* const> states, F&& f) {
-  stop_state::stop_all(states);
-  struct restart {
-    std::span<stop_state* const> states;
-    ~restart() { stop_state::start_all(states); }
-  } guard{states};
-  for (unsigned cpu = 0, n = cpu_count(); cpu < n; ++cpu) f(cpu);
+  stop_state::visit_all(states, std::forward<F>(f));
 }
 
 template <class F>

@@ -40,6 +40,7 @@
 #include <utility>
 #include <vector>
 
+#include "percpu/core/detail/scope_exit.hpp"
 #include "percpu/core/storage.hpp"
 #include "percpu/pool_cache.hpp"
 #include "runtime/runtime_internal.hpp"
@@ -221,19 +222,6 @@ struct pool_core {
     // attempt instead (a failed pop or push then comes here, nested).
     portable_enter();
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    struct release {
-      std::mutex& lock;
-      pool_core& self;
-      const pool_core* outer;
-      ~release() {
-        lock.unlock();
-        std::atomic_signal_fence(std::memory_order_seq_cst);
-        portable_leave();
-        pool_thread.held = outer;
-        std::atomic_signal_fence(std::memory_order_seq_cst);
-        if (outer != &self) self.apply_deferred_puts();
-      }
-    };
     if (&lock == &depot_lock) {
       depot_visits.fetch_add(1, std::memory_order_relaxed);
       if (!lock.try_lock()) {
@@ -243,7 +231,14 @@ struct pool_core {
     } else {
       lock.lock();
     }
-    release guard{lock, *this, outer};
+    scope_exit release([&lock, this, outer] {
+      lock.unlock();
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      portable_leave();
+      pool_thread.held = outer;
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      if (outer != this) apply_deferred_puts();
+    });
     return std::forward<F>(f)();
   }
 

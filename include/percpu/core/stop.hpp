@@ -37,6 +37,8 @@
 #include <span>
 #include <utility>
 
+#include "percpu/core/detail/scope_exit.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu {
@@ -70,11 +72,7 @@ class stop_state {
   template <class F>
   decltype(auto) visit(unsigned cpu, F&& f) {
     stop(cpu);
-    struct restart {
-      stop_state* self;
-      unsigned cpu;
-      ~restart() { self->start(cpu); }
-    } guard{this, cpu};
+    detail::scope_exit restart([this, cpu] { start(cpu); });
     return std::forward<F>(f)();
   }
 
@@ -82,10 +80,7 @@ class stop_state {
   template <class F>
   void visit_all(F&& f) {
     stop_all();
-    struct restart {
-      stop_state* self;
-      ~restart() { self->start_all(); }
-    } guard{this};
+    detail::scope_exit restart([this] { start_all(); });
     for (unsigned cpu = 0; cpu < slots_; ++cpu) f(cpu);
   }
 
@@ -101,6 +96,24 @@ class stop_state {
   // by address, CPUs ascending), then ONE broadcast fence.
   static void stop_all(std::span<stop_state* const> states);
   static void start_all(std::span<stop_state* const> states) noexcept;
+
+  // Several structures: stop(states, cpu); f(); start(states, cpu) - start
+  // also when f throws.
+  template <class F>
+  static decltype(auto) visit(std::span<stop_state* const> states, unsigned cpu, F&& f) {
+    stop(states, cpu);
+    detail::scope_exit restart([states, cpu] { start(states, cpu); });
+    return std::forward<F>(f)();
+  }
+
+  // Several structures, every CPU: stop_all(states); f(cpu) for each CPU
+  // below cpu_count() in ascending order; start_all(states).
+  template <class F>
+  static void visit_all(std::span<stop_state* const> states, F&& f) {
+    stop_all(states);
+    detail::scope_exit restart([states] { start_all(states); });
+    for (unsigned cpu = 0, n = cpu_count(); cpu < n; ++cpu) f(cpu);
+  }
 
   // CPU 0's stop word, for the sequences (runtime/detail/sequences.hpp).
   std::uint32_t* words() const noexcept { return words0_; }
