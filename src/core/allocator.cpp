@@ -13,7 +13,6 @@
 // again.  Chunks are never unmapped, so no address ever becomes invalid
 // behind a reader's back.  One mutex guards the bookkeeping: allocation is
 // not a fast path.
-#include <pthread.h>
 #include <sys/mman.h>
 
 #include <cerrno>
@@ -26,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "core/process_wide.hpp"
 #include "percpu/core/detail/alloc.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/runtime/error.hpp"
@@ -47,28 +47,14 @@ struct live_allocation {
   std::size_t size;
 };
 
-// The allocator's bookkeeping.  Built on first use and never destroyed: a
-// user's object at namespace scope (a `percpu::counter requests;`) allocates
-// from its own static initialiser, which may run before this file's, and may
-// free from a destructor that runs after it.  As namespace-scope globals,
-// these were constructed by the library's initialiser, which runs after the
-// program's when the static archive is linked after the program's objects:
-// the README's own example crashed in std::map before main().
-struct allocator_state {
-  std::mutex mutex;
+// The allocator's bookkeeping, under its lock: process-wide, built on first
+// use and never destroyed (a user's object at namespace scope allocates
+// from its static initialiser, which may run before this file's, and frees
+// from a destructor that may run after it), and its lock held across fork()
+// (see core/process_wide.hpp).
+struct allocator_state : held_across_fork {
   std::vector<std::unique_ptr<chunk>> chunks;
   std::map<std::uintptr_t, live_allocation> live;  // CPU-0 address -> allocation
-
-  allocator_state() {
-    // fork() while another thread allocates would leave the child with the
-    // mutex held forever: hold it across the fork, release it on both sides.
-    pthread_atfork([] { state().mutex.lock(); }, [] { state().mutex.unlock(); },
-                   [] { state().mutex.unlock(); });
-  }
-  static allocator_state& state() {
-    static allocator_state* const s = new allocator_state;
-    return *s;
-  }
 };
 
 std::size_t align_up(std::size_t value, std::size_t alignment) {
@@ -81,7 +67,7 @@ chunk* add_chunk() {
   // Everything that can throw besides mmap happens first, so a failure
   // leaves no mapping behind.
   auto c = std::make_unique<chunk>();
-  auto& chunks = allocator_state::state().chunks;
+  auto& chunks = process_wide<allocator_state>().chunks;
   chunks.reserve(chunks.size() + 1);
   std::size_t bytes = static_cast<std::size_t>(runtime.slots) * unit_size;
   // Over-reserve by one unit so the chunk can start on a unit boundary
@@ -158,8 +144,8 @@ void* allocate_percpu(std::size_t size, std::size_t alignment) {
                                      " bytes");
   }
   ensure_started();
-  allocator_state& st = allocator_state::state();
-  std::lock_guard<std::mutex> lock(st.mutex);
+  allocator_state& st = process_wide<allocator_state>();
+  std::lock_guard<std::mutex> lock(st.lock);
   chunk* owner = nullptr;
   std::size_t offset = unit_size;
   bool reused = false;
@@ -192,8 +178,8 @@ void* allocate_percpu(std::size_t size, std::size_t alignment) {
 
 void free_percpu(void* p0) {
   if (p0 == nullptr) return;
-  allocator_state& st = allocator_state::state();
-  std::lock_guard<std::mutex> lock(st.mutex);
+  allocator_state& st = process_wide<allocator_state>();
+  std::lock_guard<std::mutex> lock(st.lock);
   auto it = st.live.find(reinterpret_cast<std::uintptr_t>(p0));
   if (it == st.live.end()) {
     throw error(errc::invalid_argument,

@@ -54,7 +54,7 @@ raw_pool_cache::raw_pool_cache(pool_options options)
     part->array.items = part->items;
     part->array.capacity = 2 * magazine;
   }
-  detail::pool_registry& r = detail::the_pool_registry();
+  detail::pool_registry& r = detail::process_wide<detail::pool_registry>();
   std::lock_guard g(r.lock);
   c.id = r.next_id++;
   r.caches.push_back(this);
@@ -63,7 +63,7 @@ raw_pool_cache::raw_pool_cache(pool_options options)
 raw_pool_cache::~raw_pool_cache() {
   pool_core& c = *core_;
   {
-    detail::pool_registry& r = detail::the_pool_registry();
+    detail::pool_registry& r = detail::process_wide<detail::pool_registry>();
     std::lock_guard g(r.lock);
     std::erase(r.caches, this);
   }

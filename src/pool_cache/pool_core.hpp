@@ -40,6 +40,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/process_wide.hpp"
 #include "percpu/core/detail/scope_exit.hpp"
 #include "percpu/core/storage.hpp"
 #include "percpu/pool_cache.hpp"
@@ -93,14 +94,14 @@ constexpr std::size_t round_up(std::size_t n, std::size_t to) noexcept {
 // Reports a misuse of `cache` on stderr and aborts (debug_stats.cpp).
 [[noreturn]] void misuse(const char* what, const raw_pool_cache* cache, const void* object);
 
-// Every live cache, for all_pool_stats() and the debug checks.  Its lock
-// is taken before a cache's own locks, never under them.
-struct pool_registry {
-  std::mutex lock;
+// Every live cache, for all_pool_stats() and the debug checks: process-wide
+// (process_wide<pool_registry>(): caches may outlive static destructors),
+// its lock held across fork() so that the child can create and destroy
+// caches.  The lock is taken before a cache's own locks, never under them.
+struct pool_registry : held_across_fork {
   std::vector<raw_pool_cache*> caches;
   std::uint32_t next_id = 1;
 };
-pool_registry& the_pool_registry();
 
 // The puts a signal handler made while its thread held this cache's locks.
 struct deferred_puts {

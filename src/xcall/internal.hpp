@@ -50,6 +50,7 @@
 #include <mutex>
 #include <string>
 
+#include "core/process_wide.hpp"
 #include "percpu/runtime/detail/futex.hpp"
 #include "percpu/xcall.hpp"
 
@@ -135,16 +136,20 @@ bool poll_until(Pred pred, long budget_ns) noexcept {
 // A fork() child's reset: no service thread exists there (calls.cpp).
 void reset_after_fork() noexcept;
 
-// Every target CPU's service; never destroyed (service threads may still
-// touch it while the program exits).
+// Every target CPU's service: process-wide and never destroyed (service
+// threads may still touch it while the program exits); a fork() child
+// finds no service thread and starts afresh (core/process_wide.hpp).
 struct registry {
   unsigned count = 1;  // CPU numbers below it are accepted
   cpu_bits possible;   // the possible CPUs among them
   service* services;
   registry();
+  void after_fork_child() noexcept { reset_after_fork(); }
 };
 
-registry& the_registry();
+inline registry& the_registry() {
+  return percpu::detail::process_wide<registry>();
+}
 
 // The CPU whose service thread the calling thread is, or -1.
 extern thread_local constinit int current_service;

@@ -23,12 +23,6 @@ registry::registry() {
   }
   if (possible.none()) possible.set(0);
   services = new service[count];
-  pthread_atfork(nullptr, nullptr, reset_after_fork);
-}
-
-registry& the_registry() {
-  static registry* r = new registry;
-  return *r;
 }
 
 thread_local constinit int current_service = -1;
