@@ -17,7 +17,6 @@
 #include <cstdlib>
 #include <string>
 
-#include "percpu/core/detail/alloc.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/futex.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
@@ -66,27 +65,22 @@ std::int64_t load_count(const std::int64_t* p) noexcept {
 
 }  // namespace
 
-rwlock::rwlock()
-    : counts0_(static_cast<std::int64_t*>(detail::allocate_percpu(2 * sizeof(std::int64_t), 64))) {}
+rwlock::rwlock() : counts_(2, 64) {}
 
-rwlock::~rwlock() {
-  detail::free_percpu(counts0_);
-}
+rwlock::~rwlock() = default;
 
 bool rwlock::readers_inside() const noexcept {
   std::int64_t out = 0;
   std::int64_t in = 0;
-  unsigned cpus = stops_.size();
+  unsigned cpus = counts_.cpus();
   // All "out" counts, then all "in" counts (see rwlock.hpp).
-  for (unsigned cpu = 0; cpu < cpus; ++cpu)
-    out += load_count(detail::copy_on(counts0_ + out_index, cpu));
-  for (unsigned cpu = 0; cpu < cpus; ++cpu)
-    in += load_count(detail::copy_on(counts0_ + in_index, cpu));
+  for (unsigned cpu = 0; cpu < cpus; ++cpu) out += load_count(counts_.on(cpu) + out_index);
+  for (unsigned cpu = 0; cpu < cpus; ++cpu) in += load_count(counts_.on(cpu) + in_index);
   return in != out;
 }
 
 void rwlock::back_out() noexcept {
-  detail::seq::add(counts0_ + out_index, stops_.words(), 1);
+  detail::seq::add(counts_.data0() + out_index, counts_.stop_words(), 1);
   detail::light_barrier();
   wake_writer();  // the writer may be waiting for this very count
 }

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "percpu/core/detail/block.hpp"
 #include "percpu/core/stop.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
@@ -44,11 +45,11 @@ class counter_array {
   counter_array(const counter_array&) = delete;
   counter_array& operator=(const counter_array&) = delete;
 
-  std::size_t size() const noexcept { return n_; }
+  std::size_t size() const noexcept { return slots_.count(); }
 
   // Adds v to counter i on the current CPU.  i < size() (unchecked).
   void add(std::size_t i, std::int64_t v) noexcept {
-    detail::seq::add(slots0_ + i, stops_.words(), v);
+    detail::seq::add(slots_.data0() + i, slots_.stop_words(), v);
   }
   void inc(std::size_t i) noexcept { add(i, 1); }
 
@@ -67,15 +68,13 @@ class counter_array {
   // lost (all CPUs are stopped while the slots are taken).
   std::vector<std::int64_t> exchange_all();
 
-  stop_state& stops() noexcept { return stops_; }
+  stop_state& stops() noexcept { return slots_.stops(); }
 
  private:
   friend class counter;
   std::int64_t slot(unsigned cpu, std::size_t i) const noexcept;
 
-  stop_state stops_;
-  std::size_t n_;
-  std::int64_t* slots0_;
+  detail::cpu_block<std::int64_t> slots_;  // size() counters per CPU
 };
 
 // One event counter with exact and approximate reads.
@@ -95,7 +94,8 @@ class counter {
   // reaches the batch (then one fold into the central count).
   void add(std::int64_t v) noexcept {
     unsigned cpu;
-    std::int64_t residual = detail::seq::add_return(slots_.slots0_, slots_.stops_.words(), v, &cpu);
+    std::int64_t residual =
+        detail::seq::add_return(slots_.slots_.data0(), slots_.slots_.stop_words(), v, &cpu);
     if (residual >= batch_ || residual <= -batch_) [[unlikely]]
       fold(cpu, residual);
   }

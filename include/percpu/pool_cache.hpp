@@ -47,7 +47,7 @@
 #include <utility>
 #include <vector>
 
-#include "percpu/core/stop.hpp"
+#include "percpu/core/detail/block.hpp"
 #include "percpu/detail/pool_object.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 #include "percpu/runtime/error.hpp"
@@ -136,7 +136,7 @@ class raw_pool_cache {
   // get()'s fast path alone: an object from this CPU's array, or nullptr
   // (no depot visit, no construction).  Async-signal-safe.
   [[nodiscard]] void* get_cached() noexcept {
-    void* object = detail::seq::pop(arrays0_, stops_.words());
+    void* object = detail::seq::pop(arrays0(), parts_.stop_words());
 #if PERCPU_POOL_CHECKS
     if (object != nullptr) detail::pool_check_get(this, object);
 #endif
@@ -151,7 +151,7 @@ class raw_pool_cache {
     detail::pool_check_put(this, object);
 #endif
     detail::seq::guard current{&generation_, detail::pool_object_header(object)->generation};
-    if (detail::seq::push(arrays0_, stops_.words(), object, current)) [[likely]]
+    if (detail::seq::push(arrays0(), parts_.stop_words(), object, current)) [[likely]]
       return;
     put_slow(object);
   }
@@ -199,9 +199,13 @@ class raw_pool_cache {
   void* get_slow() noexcept;
   void put_slow(void* object) noexcept;
 
-  detail::cpu_array* arrays0_;    // per-CPU arrays, CPU 0's copy
-  stop_state stops_;              // per-CPU stop words of the arrays
-  std::uint64_t generation_ = 1;  // the guard of put's push (atomic_ref)
+  // CPU 0's array, where the fast paths pop and push.
+  detail::cpu_array* arrays0() const noexcept {
+    return &parts_.data0()->array;
+  }
+
+  detail::cpu_block<detail::cpu_part> parts_;  // per CPU: the array and counts; the stop words
+  std::uint64_t generation_ = 1;               // the guard of put's push (atomic_ref)
   std::size_t size_;
   pool_options options_;
   std::atomic<unsigned> magazine_size_;

@@ -41,7 +41,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "percpu/core/stop.hpp"
+#include "percpu/core/detail/block.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 #include "percpu/runtime/error.hpp"
 
@@ -120,8 +120,8 @@ class queue_core {
     return static_cast<unsigned>((key * 0x9e3779b97f4a7c15ull) >> 55);
   }
 
-  record_array* arrays0() const noexcept { return arrays0_; }
-  std::uint32_t* stop0() const noexcept { return stops_.words(); }
+  record_array* arrays0() const noexcept { return arrays_.data0(); }
+  std::uint32_t* stop0() const noexcept { return arrays_.stop_words(); }
   bool has_age_bound() const noexcept { return max_age_ns_ != 0; }
 
   // After a push onto CPU e.cpu: every 16th push of a thread looks at the
@@ -170,9 +170,8 @@ class queue_core {
   std::int64_t max_age_ns_;
   apply_function apply_;
   void* context_;
-  stop_state stops_;
-  record_array* arrays0_ = nullptr;
-  void* buffers0_ = nullptr;
+  cpu_block<record_array> arrays_;     // per CPU: the buffer's count and scoreboard
+  cpu_memory<std::uint64_t> buffers_;  // per CPU: the buffer's records
   // The target's lock.  Held across "stop, copy out, clear, start, apply" of
   // every flush: see flush_cpu_locked() for why.  On its own cache lines,
   // with what flushes write: every enqueue reads the fields above, and

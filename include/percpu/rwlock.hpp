@@ -40,7 +40,7 @@
 #include <cstdint>
 #include <mutex>
 
-#include "percpu/core/stop.hpp"
+#include "percpu/core/detail/block.hpp"
 #include "percpu/runtime/detail/fence.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 
@@ -84,7 +84,7 @@ class rwlock {
     // The add is the release: the section's accesses happen before it
     // (x86-64 stores are ordered after earlier loads and stores; the
     // portable backend stores the count with release order).
-    detail::seq::add(counts0_ + out_index, stops_.words(), 1);
+    detail::seq::add(counts_.data0() + out_index, counts_.stop_words(), 1);
     detail::light_barrier();  // pairs with lock()'s heavy barrier
     if (writer_.load(std::memory_order_relaxed) != 0) [[unlikely]]
       wake_writer();
@@ -109,7 +109,7 @@ class rwlock {
 
   // Counts this reader in; backs it out again (false) if a writer is there.
   bool try_lock_shared_inline() noexcept {
-    detail::seq::add(counts0_ + in_index, stops_.words(), 1);
+    detail::seq::add(counts_.data0() + in_index, counts_.stop_words(), 1);
     detail::light_barrier();  // pairs with lock()'s heavy barrier
     // Acquire: pairs with unlock()'s release of the flag, so the last
     // writer's changes are visible in this section.
@@ -133,13 +133,15 @@ class rwlock {
   void track_shared(int delta) noexcept;
   bool holds_shared() const noexcept;
 
-  stop_state stops_;       // the sequences' stop words (never stopped here)
-  std::int64_t* counts0_;  // per CPU: [in, out]
-  std::mutex writers_;     // orders writers
+  // Per CPU: [in, out], and the sequences' stop words (never stopped here).
+  detail::cpu_block<std::int64_t> counts_;
   alignas(64) std::atomic<std::uint32_t> writer_{0};  // 1: readers keep out
   std::atomic<std::uint32_t> sleeping_readers_{0};
+  // What only writers, and readers leaving under a writer, touch: off the
+  // lines every reader reads.
   alignas(64) std::atomic<std::uint32_t> drained_{0};  // bumped when a reader leaves under a writer
   std::atomic<const void*> owner_{nullptr};            // the writing thread
+  std::mutex writers_;                                 // orders writers
 };
 
 }  // namespace percpu

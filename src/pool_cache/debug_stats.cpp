@@ -82,8 +82,8 @@ pool_stats raw_pool_cache::stats() const {
   s.name = options_.name;
   s.object_size = size_;
   s.magazine_size = magazine_size();
-  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) {
-    const detail::cpu_part* part = raw_on(static_cast<const detail::cpu_part*>(c.parts0), cpu);
+  for (unsigned cpu = 0; cpu < parts_.cpus(); ++cpu) {
+    const detail::cpu_part* part = parts_.on(cpu);
     pool_cpu_stats one;
     one.cpu = cpu;
     // Racy reads of words the CPU's sequences change: relaxed atomic loads.

@@ -18,7 +18,7 @@ namespace percpu {
 using detail::pool_core;
 
 raw_pool_cache::raw_pool_cache(pool_options options)
-    : arrays0_(nullptr), size_(options.size), options_(std::move(options)), magazine_size_(0) {
+    : parts_(1, 64), size_(options.size), options_(std::move(options)), magazine_size_(0) {
   const std::string where = "percpu::pool_cache \"" + options_.name + "\": ";
   if (size_ == 0) throw error(errc::invalid_argument, where + "object size 0");
   if (size_ > detail::max_object_size) {
@@ -47,10 +47,8 @@ raw_pool_cache::raw_pool_cache(pool_options options)
   c.slab_bytes = std::bit_ceil(std::max(detail::min_slab_bytes, c.slots_offset + 8 * c.slot_size));
   c.slots_per_slab = static_cast<std::uint32_t>((c.slab_bytes - c.slots_offset) / c.slot_size);
 
-  c.parts0 = static_cast<detail::cpu_part*>(allocate_raw(sizeof(detail::cpu_part), 64));
-  arrays0_ = &c.parts0->array;
-  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) {
-    detail::cpu_part* part = raw_on(c.parts0, cpu);
+  for (unsigned cpu = 0; cpu < parts_.cpus(); ++cpu) {
+    detail::cpu_part* part = parts_.on(cpu);
     part->array.items = part->items;
     part->array.capacity = 2 * magazine;
   }
@@ -68,7 +66,7 @@ raw_pool_cache::~raw_pool_cache() {
     std::erase(r.caches, this);
   }
   std::vector<void*> victims;
-  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) c.drain_cpu(cpu, victims);
+  for (unsigned cpu = 0; cpu < parts_.cpus(); ++cpu) c.drain_cpu(cpu, victims);
   c.retire(c.detach_full());
   c.destroy(victims.data(), victims.size());
 #if PERCPU_POOL_CHECKS
@@ -82,7 +80,6 @@ raw_pool_cache::~raw_pool_cache() {
   // touch them.  Unused ones go back to the system.
   c.release_unused_slabs();
   c.release_magazine_memory();
-  free_raw(c.parts0);
 }
 
 void* raw_pool_cache::get_slow() noexcept {

@@ -49,22 +49,11 @@
 namespace percpu::detail {
 
 constexpr unsigned min_magazine = 4;
-constexpr unsigned max_magazine = 128;
 constexpr unsigned default_magazine = 32;
 constexpr std::size_t min_slab_bytes = std::size_t{64} * 1024;
 constexpr std::size_t max_object_size = std::size_t{1} << 30;
 constexpr std::uint64_t maintenance_period_ns = 1'000'000'000;
 constexpr std::size_t magazine_chunk_bytes = std::size_t{64} * 1024;
-
-// A CPU's part of a cache: its array of cached objects (two magazines'
-// worth at most) and its slow-path counts.  arrays0_ points at CPU 0's copy.
-struct cpu_part {
-  cpu_array array;
-  std::int64_t misses;
-  std::int64_t overflows;
-  void* items[2 * max_magazine];
-};
-static_assert(offsetof(cpu_part, array) == 0);
 
 // Room for one more than a magazine: an overflowing put adds its own object
 // to the magazine's worth it moves off the CPU's array.
@@ -134,7 +123,6 @@ struct pool_core {
   std::size_t slab_bytes = 0;
   std::uint32_t slots_per_slab = 0;
   std::uint32_t id = 0;
-  cpu_part* parts0 = nullptr;
 
   // Depot.
   std::mutex depot_lock;
@@ -180,12 +168,12 @@ struct pool_core {
     return std::atomic_ref<std::uint64_t>(cache.generation_).load(std::memory_order_seq_cst);
   }
 
-  cpu_part* part_on(unsigned cpu) const noexcept { return copy_on(parts0, cpu); }
+  cpu_part* part_on(unsigned cpu) const noexcept { return cache.parts_.on(cpu); }
 
-  std::uint32_t* stop0() const noexcept { return cache.stops_.words(); }
+  std::uint32_t* stop0() const noexcept { return cache.parts_.stop_words(); }
 
   void count(std::int64_t cpu_part::*field) const noexcept {
-    seq::add(&(parts0->*field), stop0(), 1);
+    seq::add(&(cache.parts_.data0()->*field), stop0(), 1);
   }
 
   pool_header* header(void* object) const noexcept { return pool_object_header(object); }

@@ -28,6 +28,7 @@
 #include <utility>
 
 #include "percpu/core/detail/alloc.hpp"
+#include "percpu/core/detail/block.hpp"
 #include "percpu/core/stop.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
@@ -96,9 +97,8 @@ class storage {
   // thread still uses the storage.
   ~storage() {
     if constexpr (!std::is_trivially_destructible_v<T>) {
-      for (unsigned cpu = 0; cpu < slots_; ++cpu) on_unchecked(cpu)->~T();
+      for (unsigned cpu = 0; cpu < cpus(); ++cpu) on_unchecked(cpu)->~T();
     }
-    detail::free_percpu(data0_);
   }
 
   storage(const storage&) = delete;
@@ -112,24 +112,22 @@ class storage {
   // CPU `cpu`'s copy.  Throws percpu::error (errc::out_of_range) for
   // cpu >= cpus().
   T* on(unsigned cpu) {
-    if (cpu >= slots_)
-      detail::throw_out_of_range("percpu::storage::on", "CPU", cpu, "cpus()", slots_);
+    if (cpu >= cpus())
+      detail::throw_out_of_range("percpu::storage::on", "CPU", cpu, "cpus()", cpus());
     return on_unchecked(cpu);
   }
-  T* on_unchecked(unsigned cpu) noexcept { return detail::copy_on(data0_, cpu); }
-  const T* on_unchecked(unsigned cpu) const noexcept {
-    return detail::copy_on(static_cast<const T*>(data0_), cpu);
-  }
+  T* on_unchecked(unsigned cpu) noexcept { return block_.on(cpu); }
+  const T* on_unchecked(unsigned cpu) const noexcept { return block_.on(cpu); }
 
   // Number of CPU slots (== cpu_count()).
-  unsigned cpus() const noexcept { return slots_; }
+  unsigned cpus() const noexcept { return block_.cpus(); }
 
   // f(cpu, T&) for every CPU, unsynchronised: for quiescent data or reads
   // that tolerate staleness (a slot read this way is torn-free only through
   // load()).
   template <class F>
   void for_each_cpu(F&& f) {
-    for (unsigned cpu = 0; cpu < slots_; ++cpu) f(cpu, *on_unchecked(cpu));
+    for (unsigned cpu = 0; cpu < cpus(); ++cpu) f(cpu, *on_unchecked(cpu));
   }
 
   // f(T&) with CPU `cpu` stopped: no slot operation of this storage commits
@@ -137,16 +135,16 @@ class storage {
   // (errc::out_of_range) for cpu >= cpus(), or what f throws.
   template <class F>
   decltype(auto) visit(unsigned cpu, F&& f) {
-    if (cpu >= slots_) {
-      detail::throw_out_of_range("percpu::storage::visit", "CPU", cpu, "cpus()", slots_);
+    if (cpu >= cpus()) {
+      detail::throw_out_of_range("percpu::storage::visit", "CPU", cpu, "cpus()", cpus());
     }
-    return stops_.visit(cpu, [&]() -> decltype(auto) { return f(*on_unchecked(cpu)); });
+    return stops().visit(cpu, [&]() -> decltype(auto) { return f(*on_unchecked(cpu)); });
   }
 
   // f(cpu, T&) for every CPU, all stopped at once (one broadcast fence).
   template <class F>
   void visit_all(F&& f) {
-    stops_.visit_all([&](unsigned cpu) { f(cpu, *on_unchecked(cpu)); });
+    stops().visit_all([&](unsigned cpu) { f(cpu, *on_unchecked(cpu)); });
   }
 
   // ---- Slot operations (one machine word, integral T) ----
@@ -154,7 +152,7 @@ class storage {
   // Adds v to the current CPU's copy.  Never lost under preemption,
   // migration or signals; async-signal-safe; no atomic instruction.
   void add(T v) noexcept requires slot_value<T> {
-    detail::seq::add(slot0(), stops_.words(), static_cast<std::int64_t>(v));
+    detail::seq::add(slot0(), block_.stop_words(), static_cast<std::int64_t>(v));
   }
 
   // If the thread runs on `cpu` and that CPU's copy equals `expected`,
@@ -164,7 +162,7 @@ class storage {
   // `cpu` >= cpus() always fails.
   [[nodiscard]] bool compare_and_store(unsigned cpu, T expected,
                                        T desired) noexcept requires slot_value<T> {
-    return detail::seq::compare_and_store(slot0(), stops_.words(), cpu,
+    return detail::seq::compare_and_store(slot0(), block_.stop_words(), cpu,
                                           static_cast<std::int64_t>(expected),
                                           static_cast<std::int64_t>(desired));
   }
@@ -175,7 +173,7 @@ class storage {
   }
 
   // The stop words of this storage, for facilities built on it.
-  stop_state& stops() noexcept { return stops_; }
+  stop_state& stops() noexcept { return block_.stops(); }
 
  private:
   struct construct_tag {};
@@ -183,31 +181,27 @@ class storage {
   // `zero_is_value`: fresh per-CPU memory reads as zero, which already is
   // the value to construct (T() for scalars), so no page is touched.
   template <class Construct>
-  storage(construct_tag, bool zero_is_value, Construct construct)
-      : slots_(stops_.size()),
-        data0_(static_cast<T*>(detail::allocate_percpu(sizeof(T), alignof(T)))) {
+  storage(construct_tag, bool zero_is_value, Construct construct) {
     if (!zero_is_value) construct_all(construct);
   }
 
+  // On a throw the block (a member) frees the memory.
   template <class Construct>
   void construct_all(Construct& construct) {
     unsigned built = 0;
     try {
-      for (; built < slots_; ++built) construct(on_unchecked(built));
+      for (; built < cpus(); ++built) construct(on_unchecked(built));
     } catch (...) {
       if constexpr (!std::is_trivially_destructible_v<T>) {
         while (built > 0) on_unchecked(--built)->~T();
       }
-      detail::free_percpu(data0_);
       throw;
     }
   }
 
-  std::int64_t* slot0() noexcept { return reinterpret_cast<std::int64_t*>(data0_); }
+  std::int64_t* slot0() noexcept { return reinterpret_cast<std::int64_t*>(block_.data0()); }
 
-  stop_state stops_;  // first: constructed before, destroyed after the data
-  unsigned slots_;
-  T* data0_;
+  detail::cpu_block<T> block_;
 };
 
 }  // namespace percpu
