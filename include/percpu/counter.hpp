@@ -2,10 +2,10 @@
 //
 // Problem: a statistic bumped on every request (hits, misses, bytes) is the
 // hottest shared write in many programs.  One std::atomic costs a locked
-// instruction and bounces its cache line between CPUs (8 ns alone, 35-45 ns
-// with two CPUs adding, on the development VM); per-thread counters avoid
-// that but grow with threads, strand counts in idle threads and cannot be
-// reset from outside without losing updates.
+// instruction and bounces its cache line between CPUs whenever several add
+// (docs/benchmarks.md has the figures); per-thread counters avoid that but
+// grow with threads, strand counts in idle threads and cannot be reset from
+// outside without losing updates.
 //
 // Mechanism: each CPU adds to its own slot with the shared restartable add
 // (runtime/detail/sequences.hpp): no atomic instruction, no shared cache line,

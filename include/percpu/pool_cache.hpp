@@ -30,9 +30,10 @@
 // the depot, and destructs what it found.  A put's push commits only while
 // the object's stamp equals the generation (the guard of the shared push
 // sequence), so an object constructed before the call and put back during
-// or after it is destructed instead of cached: once invalidate() returns,
-// no get() anywhere hands out an object constructed before it began.  See
-// docs/pool-cache.md.
+// or after it is destructed instead of cached: no get() that begins after
+// invalidate() returns, on any CPU, hands out an object constructed before
+// invalidate() began.  (A get running concurrently with it may still take
+// an older object.)  See docs/pool-cache.md.
 #pragma once
 
 #include <atomic>
@@ -158,8 +159,9 @@ class raw_pool_cache {
 
   // Destructs every object cached when it was called - the depot and every
   // CPU's array, CPUs without a running thread and CPUs this process may no
-  // longer run on included - and returns when that is done.  Afterwards no
-  // get() hands out an object constructed before the call began.  Waits on
+  // longer run on included - and returns when that is done.  No get() that
+  // begins after it returns hands out an object constructed before the call
+  // began (one running concurrently with it may).  Waits on
   // fences, never on other threads.  Throws percpu::error
   // (errc::would_deadlock) when called from a constructor or destructor of
   // this cache, or from a signal handler that interrupted this cache's own

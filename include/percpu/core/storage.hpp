@@ -83,11 +83,14 @@ class storage {
                 "percpu::storage<T> needs an object type");
 
  public:
-  // Value-initialises every CPU's copy (zero for scalars, without touching
-  // memory when T is trivially default-constructible).  Throws what
-  // allocate_raw() throws (percpu::error); if a constructor of T throws, the
-  // copies already built are destroyed and its exception propagates.
-  storage() : storage(construct_tag{}, std::is_scalar_v<T>, [](void* p) { ::new (p) T(); }) {}
+  // Value-initialises every CPU's copy.  For arithmetic, enumeration and
+  // pointer types, T() is all zero bytes, which fresh per-CPU memory already
+  // holds: no memory is touched.  Every other T, class types and member
+  // pointers (whose null is not all zero bytes) included, is constructed in
+  // every copy.  Throws what allocate_raw() throws (percpu::error); if a
+  // constructor of T throws, the copies already built are destroyed and its
+  // exception propagates.
+  storage() : storage(construct_tag{}, zero_bytes_are_value, [](void* p) { ::new (p) T(); }) {}
 
   // Copy-constructs every CPU's copy from `initial`.
   explicit storage(const T& initial)
@@ -178,8 +181,11 @@ class storage {
  private:
   struct construct_tag {};
 
+  // Whether T() is all zero bytes (see the default constructor).
+  static constexpr bool zero_bytes_are_value = std::is_scalar_v<T> && !std::is_member_pointer_v<T>;
+
   // `zero_is_value`: fresh per-CPU memory reads as zero, which already is
-  // the value to construct (T() for scalars), so no page is touched.
+  // the value to construct, so no page is touched.
   template <class Construct>
   storage(construct_tag, bool zero_is_value, Construct construct) {
     if (!zero_is_value) construct_all(construct);
