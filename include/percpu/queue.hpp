@@ -1,12 +1,14 @@
-// percpu/queue.hpp - per-CPU batching of updates to shared state (seed 004).
+// percpu/queue.hpp - per-CPU batching of updates to shared state.
 //
 // Problem: a shared structure guarded by one lock (a page table, a table of
 // counters, an index) is updated from every CPU.  Taking the lock for each
 // update makes every CPU wait on one cache line; queueing updates per CPU and
 // applying them in batches (the Xen per-CPU MMU queues) removes that wait,
-// but creates ordering problems: an update queued on one CPU and a read of
-// the same entry on another, a thread whose earlier updates sit on the CPU
-// it just left, updates stranded on a CPU that nothing runs on any more.
+// but creates ordering problems (NetBSD tech-kern, "CVS commit:
+// src/sys/arch/xen", replies of 22 August 2011 onwards): an update queued on
+// one CPU and a read of the same entry on another, a thread whose earlier
+// updates sit on the CPU it just left, updates stranded on a CPU that
+// nothing runs on any more.
 //
 // Mechanism: batch_queue<Op> keeps, per CPU, a buffer of operations and a
 // scoreboard (a 512-bit map of hash(key) over the operations pending there).
