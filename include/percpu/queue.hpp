@@ -188,7 +188,7 @@ class queue_core {
   std::unique_ptr<std::byte, free_scratch> scratch_;
   queue_stats stats_;               // under lock_
   std::int64_t last_sweep_ns_ = 0;  // atomic_ref: read without the lock
-  char pad_[64];                    // the next object starts on another line
+  [[maybe_unused]] char pad_[64];   // the next object starts on another line
 };
 
 }  // namespace detail
