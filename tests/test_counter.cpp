@@ -108,6 +108,7 @@ TEST(Counter, ExactUnderMigrationSignalsAndConcurrentResets) {
   std::vector<std::int64_t> added(workers, 0);
   std::vector<std::int64_t> iterations(workers, 0);
   std::vector<std::thread> threads;
+  threads.reserve(workers);
   for (int t = 0; t < workers; ++t) {
     threads.emplace_back([&, t] {
       sig.enroll();
@@ -175,6 +176,7 @@ TEST(Counter, ApproximateReadStaysInsideItsBound) {
   std::vector<progress> p(workers);
   std::atomic<bool> done{false};
   std::vector<std::thread> threads;
+  threads.reserve(workers);
   for (int t = 0; t < workers; ++t) {
     threads.emplace_back([&, t] {
       unsigned rng = 7u + static_cast<unsigned>(t);

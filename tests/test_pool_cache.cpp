@@ -85,6 +85,7 @@ TEST(PoolCache, ManyObjectsFlowThroughTheDepotAndNothingIsLost) {
   counted::reset();
   percpu::pool_cache<counted> cache("depot");
   std::vector<counted*> held;
+  held.reserve(5000);
   for (int i = 0; i < 5000; ++i) held.push_back(cache.get());
   std::set<counted*> distinct(held.begin(), held.end());
   EXPECT_EQ(distinct.size(), held.size());
@@ -157,6 +158,7 @@ TEST(PoolCache, InvalidateReachesACpuTheProcessCanNoLongerRunOn) {
   std::thread([&] {
     pin_to(cpus[1]);
     std::vector<counted*> held;
+    held.reserve(300);
     for (int i = 0; i < 300; ++i) held.push_back(cache.get());
     for (counted* p : held) cache.put(p);
   }).join();
@@ -178,6 +180,7 @@ TEST(PoolCache, InvalidateLocalEmptiesThisCpuAndTheDepot) {
   std::thread([&] {
     pin_to(cpus[0]);
     std::vector<counted*> held;
+    held.reserve(200);
     for (int i = 0; i < 200; ++i) held.push_back(cache.get());
     for (counted* p : held) cache.put(p);
     cache.invalidate_local();

@@ -58,6 +58,7 @@ TEST(Rwlock, ReadersNeverSeeAWriterHalfwayUnderMigration) {
   std::atomic<bool> done{false};
   auto allowed = percpu::allowed_cpus();
   std::vector<std::thread> threads;
+  threads.reserve(3);
   for (int r = 0; r < 3; ++r) {
     threads.emplace_back([&, r] {
       unsigned rng = 5u + static_cast<unsigned>(r);
@@ -110,6 +111,7 @@ TEST(Rwlock, WriterIsNotStarvedByAStreamOfReaders) {
   std::atomic<bool> done{false};
   std::atomic<long> reads{0};
   std::vector<std::thread> readers;
+  readers.reserve(4);
   for (int r = 0; r < 4; ++r) {
     readers.emplace_back([&] {
       while (!done.load(std::memory_order_relaxed)) {

@@ -104,6 +104,7 @@ TEST(Stop, StoppersExcludeEachOther) {
   std::atomic<int> inside{0};
   std::atomic<int> overlaps{0};
   std::vector<std::thread> stoppers;
+  stoppers.reserve(3);
   for (int t = 0; t < 3; ++t) {
     stoppers.emplace_back([&, t] {
       for (int i = 0; i < 300; ++i) {

@@ -103,6 +103,7 @@ TEST(Storage, GrowthNeverMovesExistingCopies) {
     anchor_copies.push_back(anchor.on(cpu));
   }
   std::vector<void*> big;
+  big.reserve(40);
   for (int i = 0; i < 40; ++i)
     big.push_back(percpu::allocate_raw(percpu::max_allocation() / 4, 64));
   for (unsigned cpu = 0; cpu < anchor.cpus(); ++cpu) {

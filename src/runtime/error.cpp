@@ -62,11 +62,16 @@ class category final : public std::error_category {
 }  // namespace
 
 const std::error_category& error_category() noexcept {
-  // Built on first use and never destroyed: an error may be thrown from a
-  // user's static initialiser or destructor, before or after this file's
-  // own.
-  static const category* const instance = new category;
-  return *instance;
+  // Constant-initialised and never destroyed (a union member's destructor
+  // runs only when called): an error may be thrown from a user's static
+  // initialiser or destructor, before or after this file's own.
+  union holder {
+    category value;
+    constexpr holder() : value() {}
+    ~holder() {}
+  };
+  static constinit holder instance;
+  return instance.value;
 }
 
 namespace detail {
