@@ -377,74 +377,44 @@ std::vector<double> pair_ratios(const std::vector<double>& c, const std::vector<
   return ratios;
 }
 
-}  // namespace
+// A group as the run measures it: its implementations (candidates) and the
+// label the progress bar shows ("name/size xthreads ").
+struct measured_group {
+  const group* g;
+  std::string label;
+  std::vector<candidate> cands;
+};
 
-bool is_preferred_baseline(const std::string& impl) {
-  return impl == "percpu";
+// The group's baseline: its `percpu` implementation, else its first.
+std::vector<candidate>::const_iterator baseline_of(const std::vector<candidate>& cands) {
+  auto base = std::find_if(cands.begin(), cands.end(),
+                           [](const candidate& c) { return is_preferred_baseline(c.r->impl); });
+  return base == cands.end() ? cands.begin() : base;
 }
 
-plan make_plan(const std::vector<row>& rows, const options& opts) {
-  return plan_for(select_groups(rows, opts), opts);
-}
-
-std::vector<result> run(const std::vector<row>& rows, const options& opts) {
-  auto groups = select_groups(rows, opts);
-  plan p = plan_for(groups, opts);
-  unsigned max_threads = 1;
-  for (const auto& g : groups) max_threads = std::max(max_threads, g.threads);
-
-  pool workers(max_threads);
-  progress_bar bar(opts.progress, p.implementations * p.repetitions * 2);
-  auto started = clock_type::now();
-  auto elapsed_ns = [&] {
-    return std::chrono::duration<double, std::nano>(clock_type::now() - started).count();
-  };
-
-  struct measured_group {
-    const group* g;
-    std::string label;  // "name/size xthreads "
-    std::vector<candidate> cands;
-  };
-  std::vector<measured_group> measured;
-  for (const auto& g : groups) {
-    measured_group m{&g, g.name, {}};
-    if (g.size != 0) {
-      m.label += '/';
-      m.label += std::to_string(g.size);
+// One run: the groups, the workers that measure them, the progress bar and
+// the clock; run() below drives it.
+class runner {
+ public:
+  runner(const std::vector<group>& groups, const plan& p, const options& opts)
+      : p_(p),
+        opts_(opts),
+        workers_(max_threads(groups)),
+        bar_(opts.progress, p.implementations * p.repetitions * 2),
+        measurement_ns_(p.target_ns) {
+    for (const auto& g : groups) {
+      measured_group m{&g, g.name, {}};
+      if (g.size != 0) {
+        m.label += '/';
+        m.label += std::to_string(g.size);
+      }
+      m.label += " x";
+      m.label += std::to_string(g.threads);
+      m.label += ' ';
+      for (const row* r : g.members) m.cands.push_back(candidate{r, nullptr, 0, {}, 0, {}});
+      measured_.push_back(std::move(m));
     }
-    m.label += " x";
-    m.label += std::to_string(g.threads);
-    m.label += ' ';
-    for (const row* r : g.members) m.cands.push_back(candidate{r, nullptr, 0, {}, 0, {}});
-    measured.push_back(std::move(m));
   }
-
-  // One pass of group `m`: its bodies made (and calibrated, the first
-  // time), warmed up, each measured once, destroyed.
-  auto measure_pass = [&](measured_group& m, double measurement_ns) {
-    unsigned threads = m.g->threads;
-    auto& cands = m.cands;
-    for (auto& c : cands) {
-      c.b = c.r->make(threads);
-      if (c.iterations == 0) c.iterations = calibrate(workers, *c.b, threads, measurement_ns);
-      auto warm_up =
-          static_cast<std::uint64_t>(static_cast<double>(c.iterations) * warm_up_fraction);
-      workers.measure(*c.b, threads, std::max<std::uint64_t>(1, warm_up));
-      bar.step(m.label + c.r->impl);
-    }
-    bool reversed = cands.front().samples.size() % 2 != 0;
-    for (std::size_t k = 0; k < cands.size(); ++k) {
-      auto& c = cands[reversed ? cands.size() - 1 - k : k];
-      auto res = workers.measure(*c.b, threads, c.iterations);
-      c.samples.push_back(res.ns / static_cast<double>(c.iterations));
-      if (res.preemptions != 0) ++c.interrupted;
-      bar.step(m.label + c.r->impl);
-    }
-    for (auto& c : cands) {
-      c.note = c.b->note();
-      c.b.reset();
-    }
-  };
 
   // Each repetition is a pass over the whole selection, so that a group's
   // pairs are spread evenly over the run instead of lying within one
@@ -463,27 +433,12 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
   // order reversed every other pass (A B C, C B A, ...), so that neither a
   // drift nor the position after a given neighbour favours one of them;
   // the groups' order is reversed every other pass too.
-  double measurement_ns = p.target_ns;  // what the measurements are calibrated for
-  for (unsigned pass = 0; pass < p.repetitions; ++pass) {
-    if (opts.quick && pass > 0) {
-      // A busy machine makes the passes longer than planned (others hold
-      // the CPU part of the time).  A quick run then shortens the
-      // measurements left, so that it stays within its wall-time budget.
-      double per_pass = elapsed_ns() / pass;
-      double fits = (quick_wall_budget_ns - elapsed_ns()) / (p.repetitions - pass);
-      if (per_pass > fits && measurement_ns > min_target_ns) {
-        double scale = std::max(fits / per_pass, min_target_ns / measurement_ns);
-        measurement_ns *= scale;
-        for (auto& m : measured) {
-          for (auto& c : m.cands) {
-            c.iterations = std::max<std::uint64_t>(
-                100, static_cast<std::uint64_t>(static_cast<double>(c.iterations) * scale));
-          }
-        }
+  void planned_passes() {
+    for (unsigned pass = 0; pass < p_.repetitions; ++pass) {
+      if (opts_.quick && pass > 0) keep_to_budget(pass);
+      for (std::size_t gi = 0; gi < measured_.size(); ++gi) {
+        measure_pass(measured_[pass % 2 == 0 ? gi : measured_.size() - 1 - gi]);
       }
-    }
-    for (std::size_t gi = 0; gi < measured.size(); ++gi) {
-      measure_pass(measured[pass % 2 == 0 ? gi : measured.size() - 1 - gi], measurement_ns);
     }
   }
 
@@ -493,60 +448,143 @@ std::vector<result> run(const std::vector<row>& rows, const options& opts) {
   // error of a mean shrinks with the square root of their number, and the
   // pairs, each from its own pass, are as independent as the run can make
   // them.
-  auto baseline_of = [](const std::vector<candidate>& cands) {
-    auto base = std::find_if(cands.begin(), cands.end(),
-                             [](const candidate& c) { return is_preferred_baseline(c.r->impl); });
-    return base == cands.end() ? cands.begin() : base;
-  };
-  auto needs_more = [&](const measured_group& m) {
+  void extra_passes() {
+    for (;;) {
+      std::vector<measured_group*> chosen;
+      for (auto& m : measured_) {
+        if (needs_more(m)) chosen.push_back(&m);
+      }
+      if (chosen.empty() || (opts_.quick && elapsed_ns() > quick_wall_budget_ns)) break;
+      for (auto* m : chosen) measure_pass(*m);
+    }
+  }
+
+  // Every candidate's figures, and its ratio against the group's baseline.
+  std::vector<result> results() const {
+    std::vector<result> out;
+    for (const auto& m : measured_) {
+      auto base = baseline_of(m.cands);
+      for (const auto& c : m.cands) out.push_back(result_of(*m.g, c, *base));
+    }
+    return out;
+  }
+
+ private:
+  static unsigned max_threads(const std::vector<group>& groups) {
+    unsigned most = 1;
+    for (const auto& g : groups) most = std::max(most, g.threads);
+    return most;
+  }
+
+  double elapsed_ns() const {
+    return std::chrono::duration<double, std::nano>(clock_type::now() - started_).count();
+  }
+
+  // A busy machine makes the passes longer than planned (others hold the
+  // CPU part of the time).  A quick run then shortens the measurements
+  // left, so that it stays within its wall-time budget.
+  void keep_to_budget(unsigned pass) {
+    double per_pass = elapsed_ns() / pass;
+    double fits = (quick_wall_budget_ns - elapsed_ns()) / (p_.repetitions - pass);
+    if (per_pass <= fits || measurement_ns_ <= min_target_ns) return;
+    double scale = std::max(fits / per_pass, min_target_ns / measurement_ns_);
+    measurement_ns_ *= scale;
+    for (auto& m : measured_) {
+      for (auto& c : m.cands) {
+        c.iterations = std::max<std::uint64_t>(
+            100, static_cast<std::uint64_t>(static_cast<double>(c.iterations) * scale));
+      }
+    }
+  }
+
+  // One pass of group `m`: its bodies made (and calibrated, the first
+  // time), warmed up, each measured once, destroyed.
+  void measure_pass(measured_group& m) {
+    unsigned threads = m.g->threads;
+    auto& cands = m.cands;
+    for (auto& c : cands) {
+      c.b = c.r->make(threads);
+      if (c.iterations == 0) c.iterations = calibrate(workers_, *c.b, threads, measurement_ns_);
+      auto warm_up =
+          static_cast<std::uint64_t>(static_cast<double>(c.iterations) * warm_up_fraction);
+      workers_.measure(*c.b, threads, std::max<std::uint64_t>(1, warm_up));
+      bar_.step(m.label + c.r->impl);
+    }
+    bool reversed = cands.front().samples.size() % 2 != 0;
+    for (std::size_t k = 0; k < cands.size(); ++k) {
+      auto& c = cands[reversed ? cands.size() - 1 - k : k];
+      auto res = workers_.measure(*c.b, threads, c.iterations);
+      c.samples.push_back(res.ns / static_cast<double>(c.iterations));
+      if (res.preemptions != 0) ++c.interrupted;
+      bar_.step(m.label + c.r->impl);
+    }
+    for (auto& c : cands) {
+      c.note = c.b->note();
+      c.b.reset();
+    }
+  }
+
+  bool needs_more(const measured_group& m) const {
     auto base = baseline_of(m.cands);
-    if (base->samples.size() >= std::size_t{extra_repetitions_factor} * p.repetitions) return false;
+    if (base->samples.size() >= std::size_t{extra_repetitions_factor} * p_.repetitions)
+      return false;
     for (const auto& c : m.cands) {
       if (&c == &*base) continue;
       auto ratios = pair_ratios(c.samples, base->samples);
       if (trimmed_geometric_mean(ratios, ratio_trim).log_error > ratio_log_error_goal) return true;
     }
     return false;
-  };
-  for (;;) {
-    std::vector<measured_group*> chosen;
-    for (auto& m : measured) {
-      if (needs_more(m)) chosen.push_back(&m);
-    }
-    if (chosen.empty() || (opts.quick && elapsed_ns() > quick_wall_budget_ns)) break;
-    for (auto* m : chosen) measure_pass(*m, measurement_ns);
   }
 
-  std::vector<result> results;
-  for (auto& m : measured) {
-    const group& g = *m.g;
-    auto& cands = m.cands;
-    auto base = baseline_of(cands);
-    for (auto& c : cands) {
-      result res;
-      res.name = g.name;
-      res.impl = c.r->impl;
-      res.threads = g.threads;
-      res.size = g.size;
-      res.median_ns = quantile(c.samples, 0.5);
-      res.min_ns = *std::min_element(c.samples.begin(), c.samples.end());
-      res.max_ns = *std::max_element(c.samples.begin(), c.samples.end());
-      res.repetitions = static_cast<unsigned>(c.samples.size());
-      res.interrupted = c.interrupted;
-      res.note = c.note;
-      if (&c != &*base) {
-        // Pair by pair: each sample against the baseline's sample of the
-        // same repetition, measured just before or after it.
-        auto ratios = pair_ratios(c.samples, base->samples);
-        res.baseline = base->r->impl;
-        res.ratio = trimmed_geometric_mean(ratios, ratio_trim).mean;
-        res.ratio_q1 = quantile(ratios, 0.25);
-        res.ratio_q3 = quantile(ratios, 0.75);
-      }
-      results.push_back(res);
+  static result result_of(const group& g, const candidate& c, const candidate& base) {
+    result res;
+    res.name = g.name;
+    res.impl = c.r->impl;
+    res.threads = g.threads;
+    res.size = g.size;
+    res.median_ns = quantile(c.samples, 0.5);
+    res.min_ns = *std::min_element(c.samples.begin(), c.samples.end());
+    res.max_ns = *std::max_element(c.samples.begin(), c.samples.end());
+    res.repetitions = static_cast<unsigned>(c.samples.size());
+    res.interrupted = c.interrupted;
+    res.note = c.note;
+    if (&c != &base) {
+      // Pair by pair: each sample against the baseline's sample of the
+      // same repetition, measured just before or after it.
+      auto ratios = pair_ratios(c.samples, base.samples);
+      res.baseline = base.r->impl;
+      res.ratio = trimmed_geometric_mean(ratios, ratio_trim).mean;
+      res.ratio_q1 = quantile(ratios, 0.25);
+      res.ratio_q3 = quantile(ratios, 0.75);
     }
+    return res;
   }
-  return results;
+
+  const plan p_;
+  const options& opts_;
+  pool workers_;
+  progress_bar bar_;
+  clock_type::time_point started_ = clock_type::now();
+  std::vector<measured_group> measured_;
+  double measurement_ns_;  // what the measurements are calibrated for
+};
+
+}  // namespace
+
+bool is_preferred_baseline(const std::string& impl) {
+  return impl == "percpu";
+}
+
+plan make_plan(const std::vector<row>& rows, const options& opts) {
+  return plan_for(select_groups(rows, opts), opts);
+}
+
+std::vector<result> run(const std::vector<row>& rows, const options& opts) {
+  auto groups = select_groups(rows, opts);
+  runner r(groups, plan_for(groups, opts), opts);
+  r.planned_passes();
+  r.extra_passes();
+  return r.results();
 }
 
 double measure_once(body& b, unsigned threads, std::uint64_t iterations) {

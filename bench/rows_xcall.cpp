@@ -101,8 +101,8 @@ class unicast_percpu final : public round_trips<unicast_percpu> {
 };
 
 // The spin budget of percpu's calls (poll_ns and spin_wait_ns in
-// src/xcall.cpp): how long a caller, and a service thread, spin before they
-// sleep.
+// src/xcall/internal.hpp): how long a caller, and a service thread, spin
+// before they sleep.
 constexpr auto spin_budget = std::chrono::microseconds(20);
 
 // Takes `s`, spinning on try_acquire for up to spin_budget before blocking.

@@ -150,7 +150,10 @@ run_install() {
       LD_LIBRARY_PATH="$prefix/lib" "build/consumer-$kind/$program"
     done
     if [ "$kind" = shared ]; then
-      LD_LIBRARY_PATH="$prefix/lib" ldd "build/consumer-$kind/readme_example" | grep -q "$prefix/lib/libpercpu.so" ||
+      # grep reads all of ldd's output (no -q): with pipefail, ldd killed by
+      # SIGPIPE after an early match would fail the stage.
+      LD_LIBRARY_PATH="$prefix/lib" ldd "build/consumer-$kind/readme_example" |
+        grep "$prefix/lib/libpercpu.so" >/dev/null ||
         { echo "install: the shared README example is not linked to the installed libpercpu.so" >&2; return 1; }
     fi
   done

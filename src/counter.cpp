@@ -5,73 +5,71 @@
 #include <signal.h>
 
 #include <atomic>
-#include <stdexcept>
 #include <string>
 
-#include "percpu/core/detail/alloc.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
 namespace {
 
-std::int64_t* allocate_slots(std::size_t n) {
-  if (n == 0) throw std::invalid_argument("percpu::counter_array: size 0");
+// n, once it is known to fit one per-CPU unit.
+std::size_t checked_size(std::size_t n) {
+  if (n == 0) throw error(errc::invalid_argument, "percpu::counter_array: size 0");
   if (n > detail::unit_size / sizeof(std::int64_t)) {
-    throw std::length_error("percpu::counter_array: " + std::to_string(n) +
-                            " counters do not fit one per-CPU unit (at most " +
-                            std::to_string(detail::unit_size / sizeof(std::int64_t)) + ")");
+    throw error(errc::too_large, "percpu::counter_array: " + std::to_string(n) +
+                                     " counters do not fit one per-CPU unit (at most " +
+                                     std::to_string(detail::unit_size / sizeof(std::int64_t)) +
+                                     ")");
   }
-  // 64-byte aligned: a CPU's counters start on their own cache line.
-  return static_cast<std::int64_t*>(detail::allocate_percpu(n * sizeof(std::int64_t), 64));
+  return n;
 }
 
 }  // namespace
 
-counter_array::counter_array(std::size_t n) : n_(n), slots0_(allocate_slots(n)) {}
+// 64-byte aligned: a CPU's counters start on their own cache line.
+counter_array::counter_array(std::size_t n) : slots_(checked_size(n), 64) {}
 
-counter_array::~counter_array() {
-  detail::free_percpu(slots0_);
-}
+counter_array::~counter_array() = default;
 
 std::int64_t counter_array::slot(unsigned cpu, std::size_t i) const noexcept {
   // Relaxed atomic read: the owner's add is a single aligned store, so the
   // value is never torn; staleness is the caller's to accept.
-  return std::atomic_ref<std::int64_t>(*detail::copy_on(slots0_ + i, cpu))
-      .load(std::memory_order_relaxed);
+  return std::atomic_ref<std::int64_t>(slots_.on(cpu)[i]).load(std::memory_order_relaxed);
 }
 
 std::int64_t counter_array::read(std::size_t i) const {
-  if (i >= n_) {
-    throw std::out_of_range("percpu::counter_array: counter " + std::to_string(i) +
-                            " is out of range (size " + std::to_string(n_) + ")");
-  }
+  if (i >= size())
+    detail::throw_out_of_range("percpu::counter_array::read", "counter", i, "size()", size());
   std::int64_t sum = 0;
-  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) sum += slot(cpu, i);
+  for (unsigned cpu = 0; cpu < slots_.cpus(); ++cpu) sum += slot(cpu, i);
   return sum;
 }
 
 std::vector<std::int64_t> counter_array::read_all() const {
-  std::vector<std::int64_t> sums(n_, 0);
-  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) {
-    for (std::size_t i = 0; i < n_; ++i) sums[i] += slot(cpu, i);
+  std::vector<std::int64_t> sums(size(), 0);
+  for (unsigned cpu = 0; cpu < slots_.cpus(); ++cpu) {
+    for (std::size_t i = 0; i < size(); ++i) sums[i] += slot(cpu, i);
   }
   return sums;
 }
 
 std::int64_t counter_array::read_on(unsigned cpu, std::size_t i) const {
-  if (cpu >= stops_.size() || i >= n_) {
-    throw std::out_of_range("percpu::counter_array: CPU " + std::to_string(cpu) + " counter " +
-                            std::to_string(i) + " is out of range");
+  if (cpu >= slots_.cpus()) {
+    detail::throw_out_of_range("percpu::counter_array::read_on", "CPU", cpu, "cpu_count()",
+                               slots_.cpus());
   }
+  if (i >= size())
+    detail::throw_out_of_range("percpu::counter_array::read_on", "counter", i, "size()", size());
   return slot(cpu, i);
 }
 
 std::vector<std::int64_t> counter_array::exchange_all() {
-  std::vector<std::int64_t> taken(n_, 0);
-  stops_.visit_all([&](unsigned cpu) {
-    for (std::size_t i = 0; i < n_; ++i) {
-      std::atomic_ref<std::int64_t> s(*detail::copy_on(slots0_ + i, cpu));
+  std::vector<std::int64_t> taken(size(), 0);
+  slots_.stops().visit_all([&](unsigned cpu) {
+    for (std::size_t i = 0; i < size(); ++i) {
+      std::atomic_ref<std::int64_t> s(slots_.on(cpu)[i]);
       taken[i] += s.load(std::memory_order_relaxed);
       s.store(0, std::memory_order_relaxed);
     }
@@ -81,8 +79,8 @@ std::vector<std::int64_t> counter_array::exchange_all() {
 
 counter::counter(std::int64_t batch) : batch_(batch) {
   if (batch < 1) {
-    throw std::invalid_argument("percpu::counter: batch " + std::to_string(batch) +
-                                " is not at least 1");
+    throw error(errc::invalid_argument,
+                "percpu::counter: batch " + std::to_string(batch) + " is not at least 1");
   }
 }
 
@@ -104,11 +102,12 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
   // to the next add on that slot (a stop, which would wait for the
   // interrupted operation, could deadlock); the bound then holds once that
   // add has returned.
-  if (cpu >= slots_.stops_.size()) return;  // the add was deferred (see add_return)
+  if (cpu >= slots_.slots_.cpus()) return;  // the add was deferred (see add_return)
   bool rseq = detail::runtime.backend == detail::backend_code::rseq;
   for (int tries = 0;; ++tries) {
     if (residual < batch_ && residual > -batch_) return;
-    if (detail::seq::compare_and_store(slots_.slots0_, slots_.stops_.words(), cpu, residual, 0)) {
+    if (detail::seq::compare_and_store(slots_.slots_.data0(), slots_.slots_.stop_words(), cpu,
+                                       residual, 0)) {
       central_.fetch_add(residual, std::memory_order_relaxed);
       return;
     }
@@ -128,8 +127,8 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
   sigset_t previous;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &previous);
-  slots_.stops_.visit(cpu, [&] {
-    std::atomic_ref<std::int64_t> slot(*detail::copy_on(slots_.slots0_, cpu));
+  slots_.stops().visit(cpu, [&] {
+    std::atomic_ref<std::int64_t> slot(*slots_.slots_.on(cpu));
     std::int64_t value = slot.load(std::memory_order_relaxed);
     if (value >= batch_ || value <= -batch_) {
       slot.store(0, std::memory_order_relaxed);
@@ -141,13 +140,13 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
 
 std::int64_t counter::read() const noexcept {
   std::int64_t sum = central_.load(std::memory_order_relaxed);
-  for (unsigned cpu = 0; cpu < slots_.stops_.size(); ++cpu) sum += slots_.slot(cpu, 0);
+  for (unsigned cpu = 0; cpu < slots_.slots_.cpus(); ++cpu) sum += slots_.slot(cpu, 0);
   return sum;
 }
 
 std::int64_t counter::error_bound(std::int64_t largest_add,
                                   unsigned adding_threads) const noexcept {
-  auto cpus = static_cast<std::int64_t>(slots_.stops_.size());
+  auto cpus = static_cast<std::int64_t>(slots_.slots_.cpus());
   auto threads = static_cast<std::int64_t>(adding_threads);
   return (cpus + threads) * (batch_ - 1 + threads * largest_add);
 }

@@ -7,7 +7,8 @@
 
 #include <cstdint>
 #include <string>
-#include <system_error>
+
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
@@ -71,8 +72,10 @@ raw_pool_cache& pool_resource::cache_for(std::size_t index) {
     options.name = name_ + "." + std::to_string(size) + (aligned ? "a64" : "");
     try {
       cache = new raw_pool_cache(std::move(options));
-    } catch (const std::system_error&) {
-      throw std::bad_alloc();  // no address space for per-CPU memory: a memory resource's error
+    } catch (const error& e) {
+      // No address space for per-CPU memory: a memory resource's error.
+      if (e.code() == errc::no_memory) throw std::bad_alloc();
+      throw;
     }
     caches_[index].store(cache, std::memory_order_release);
   }

@@ -17,11 +17,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
-#include <stdexcept>
 #include <string>
 
-#include "percpu/core/detail/alloc.hpp"
 #include "percpu/queue.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu::detail {
 
@@ -43,49 +42,47 @@ std::uint64_t evicted_bit(std::uint64_t id) noexcept {
   return std::uint64_t{1} << (id % 64);
 }
 
+// The capacity, once it is known to be from 1 to max_capacity (checked
+// before any per-CPU memory is allocated).
+std::uint32_t checked_capacity(std::uint32_t capacity) {
+  if (capacity == 0) throw error(errc::invalid_argument, "percpu::batch_queue: capacity 0");
+  if (capacity > max_capacity) {
+    throw error(errc::too_large, "percpu::batch_queue: capacity " + std::to_string(capacity) +
+                                     " is above " + std::to_string(max_capacity));
+  }
+  return capacity;
+}
+
 }  // namespace
 
 queue_core::queue_core(std::size_t record_words, const queue_options& options, apply_function apply,
                        void* context)
     : id_(next_queue_id.fetch_add(1, std::memory_order_relaxed)),
       record_bytes_(record_words * 8),
-      capacity_(options.capacity),
+      capacity_(checked_capacity(options.capacity)),
       early_flush_(std::max<std::uint32_t>(options.capacity / 2, 1)),
       max_age_ns_(options.max_age.count() > 0 ? options.max_age.count() : 0),
       apply_(apply),
       context_(context),
+      arrays_(1, 64),
+      buffers_(std::size_t{capacity_} * record_words, 64),
       last_sweep_ns_(now_ns()) {
-  if (capacity_ == 0 || capacity_ > max_capacity) {
-    throw std::invalid_argument("percpu::batch_queue: capacity " + std::to_string(capacity_) +
-                                " is not from 1 to " + std::to_string(max_capacity));
-  }
-  unsigned slots = stops_.size();
-  arrays0_ = static_cast<record_array*>(allocate_percpu(sizeof(record_array), 64));
-  try {
-    buffers0_ = allocate_percpu(capacity_ * record_bytes_, 64);
-    // A multiple of the 64-byte alignment, as aligned_alloc requires.
-    std::size_t bytes = (std::size_t{slots} * capacity_ * record_bytes_ + 63) & ~std::size_t{63};
-    scratch_.reset(static_cast<std::byte*>(std::aligned_alloc(64, bytes)));
-    if (!scratch_) throw std::bad_alloc();
-  } catch (...) {
-    if (buffers0_ != nullptr) free_percpu(buffers0_);
-    free_percpu(arrays0_);
-    throw;
-  }
+  unsigned slots = arrays_.cpus();
+  // A multiple of the 64-byte alignment, as aligned_alloc requires.
+  std::size_t bytes = (std::size_t{slots} * capacity_ * record_bytes_ + 63) & ~std::size_t{63};
+  scratch_.reset(static_cast<std::byte*>(std::aligned_alloc(64, bytes)));
+  if (!scratch_) throw std::bad_alloc();
   // Fresh per-CPU memory is zero: only the buffer pointer and capacity need
   // writing.  The queue is published to other threads by whatever hands them
   // its address.
   for (unsigned cpu = 0; cpu < slots; ++cpu) {
-    record_array* a = copy_on(arrays0_, cpu);
-    a->records = static_cast<std::uint64_t*>(copy_on(buffers0_, cpu));
+    record_array* a = arrays_.on(cpu);
+    a->records = buffers_.on(cpu);
     a->capacity = capacity_;
   }
 }
 
-queue_core::~queue_core() {
-  free_percpu(buffers0_);
-  free_percpu(arrays0_);
-}
+queue_core::~queue_core() = default;
 
 // A miss in the first entry: look further, or make an entry.  A thread whose
 // entry for this queue was evicted may still have operations on the CPU the
@@ -125,7 +122,7 @@ void queue_core::after_failed_push(unsigned on) {
 }
 
 void queue_core::every_16th_push(queue_thread_entry& e) {
-  std::uint32_t count = std::atomic_ref<const std::uint32_t>(copy_on(arrays0_, e.cpu)->count)
+  std::uint32_t count = std::atomic_ref<const std::uint32_t>(arrays_.on(e.cpu)->count)
                             .load(std::memory_order_relaxed);
   unsigned cpu = e.cpu;
   bool check_age_now = max_age_ns_ != 0 && (e.ticks & 63) == 0;
@@ -154,10 +151,8 @@ void queue_core::flush_calling_thread() {
 }
 
 void queue_core::flush_cpu(unsigned cpu) {
-  if (cpu >= stops_.size()) {
-    throw std::out_of_range("percpu::batch_queue::flush_cpu: CPU " + std::to_string(cpu) +
-                            " is out of range (cpu_count() is " + std::to_string(stops_.size()) +
-                            ")");
+  if (cpu >= arrays_.cpus()) {
+    throw_out_of_range("percpu::batch_queue::flush_cpu", "CPU", cpu, "cpu_count()", arrays_.cpus());
   }
   std::lock_guard<std::mutex> guard(lock_);
   flush_cpu_locked(cpu);
@@ -181,9 +176,9 @@ void queue_core::flush_all() {
 // order.  Holding the lock from the copy to the end of apply() means that
 // when anyone finds a buffer empty, what was taken from it is applied.
 void queue_core::flush_cpu_locked(unsigned cpu) {
-  stops_.stop(cpu);
+  arrays_.stops().stop(cpu);
   std::size_t count = take_stopped(cpu, scratch_.get());
-  stops_.start(cpu);
+  arrays_.stops().start(cpu);
   apply_locked(scratch_.get(), count);
 }
 
@@ -192,12 +187,12 @@ void queue_core::flush_cpu_locked(unsigned cpu) {
 // order: a thread's pending operations are all on one CPU at any time (it
 // flushes the old CPU before enqueueing on a new one).
 void queue_core::flush_all_locked() {
-  stops_.stop_all();
+  arrays_.stops().stop_all();
   std::size_t count = 0;
-  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) {
+  for (unsigned cpu = 0; cpu < arrays_.cpus(); ++cpu) {
     count += take_stopped(cpu, scratch_.get() + count * record_bytes_);
   }
-  stops_.start_all();
+  arrays_.stops().start_all();
   apply_locked(scratch_.get(), count);
 }
 
@@ -207,7 +202,7 @@ void queue_core::flush_all_locked() {
 // without a stop; the start() that follows publishes them to the CPU's next
 // sequence with release order.
 std::size_t queue_core::take_stopped(unsigned cpu, std::byte* out) noexcept {
-  record_array* a = copy_on(arrays0_, cpu);
+  record_array* a = arrays_.on(cpu);
   std::size_t count = a->count;
   if (count != 0) std::memcpy(out, a->records, count * record_bytes_);
   std::atomic_ref<std::uint32_t>(a->count).store(0, std::memory_order_relaxed);
@@ -242,8 +237,8 @@ void queue_core::apply_locked(const std::byte* records, std::size_t count) noexc
 unsigned queue_core::flush_for_bit_locked(unsigned bit) {
   std::uint64_t mask = std::uint64_t{1} << (bit % 64);
   unsigned flushed = 0;
-  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) {
-    record_array* a = copy_on(arrays0_, cpu);
+  for (unsigned cpu = 0; cpu < arrays_.cpus(); ++cpu) {
+    record_array* a = arrays_.on(cpu);
     // Acquire: pairs with the portable twin's release store of the count
     // (on x86-64 every load is an acquire anyway).
     if ((std::atomic_ref<std::uint64_t>(a->scoreboard[bit / 64]).load(std::memory_order_acquire) &

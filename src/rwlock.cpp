@@ -15,11 +15,12 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
-#include "percpu/core/detail/alloc.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/futex.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
@@ -31,9 +32,17 @@ const void* this_thread_id() noexcept {
   return &marker;
 }
 
+// A read-side misuse, caught only in builds with PERCPU_RWLOCK_CHECKS: the
+// read side is noexcept and async-signal-safe, so it stops the program.
 [[noreturn]] void misuse(const char* what) noexcept {
   std::fprintf(stderr, "percpu::rwlock misuse: %s\n", what);
   std::abort();
+}
+
+// A write-side misuse: the call would wait for itself, or releases what
+// this thread does not hold.
+[[noreturn]] void refuse(errc code, const char* what) {
+  throw error(code, std::string("percpu::rwlock::") + what);
 }
 
 // Read locks held by this thread, per lock (filled only by callers built
@@ -56,27 +65,22 @@ std::int64_t load_count(const std::int64_t* p) noexcept {
 
 }  // namespace
 
-rwlock::rwlock()
-    : counts0_(static_cast<std::int64_t*>(detail::allocate_percpu(2 * sizeof(std::int64_t), 64))) {}
+rwlock::rwlock() : counts_(2, 64) {}
 
-rwlock::~rwlock() {
-  detail::free_percpu(counts0_);
-}
+rwlock::~rwlock() = default;
 
 bool rwlock::readers_inside() const noexcept {
   std::int64_t out = 0;
   std::int64_t in = 0;
-  unsigned cpus = stops_.size();
+  unsigned cpus = counts_.cpus();
   // All "out" counts, then all "in" counts (see rwlock.hpp).
-  for (unsigned cpu = 0; cpu < cpus; ++cpu)
-    out += load_count(detail::copy_on(counts0_ + out_index, cpu));
-  for (unsigned cpu = 0; cpu < cpus; ++cpu)
-    in += load_count(detail::copy_on(counts0_ + in_index, cpu));
+  for (unsigned cpu = 0; cpu < cpus; ++cpu) out += load_count(counts_.on(cpu) + out_index);
+  for (unsigned cpu = 0; cpu < cpus; ++cpu) in += load_count(counts_.on(cpu) + in_index);
   return in != out;
 }
 
 void rwlock::back_out() noexcept {
-  detail::seq::add(counts0_ + out_index, stops_.words(), 1);
+  detail::seq::add(counts_.data0() + out_index, counts_.stop_words(), 1);
   detail::light_barrier();
   wake_writer();  // the writer may be waiting for this very count
 }
@@ -96,9 +100,12 @@ void rwlock::wake_writer() noexcept {
 
 void rwlock::lock() {
   if (owner_.load(std::memory_order_relaxed) == this_thread_id()) {
-    misuse("lock() by the thread that already holds the write lock (recursive write lock)");
+    refuse(errc::would_deadlock,
+           "lock: the calling thread already holds the write lock (recursive write lock)");
   }
-  if (holds_shared()) misuse("lock() by a thread that holds a read lock on the same rwlock");
+  if (holds_shared()) {
+    refuse(errc::would_deadlock, "lock: the calling thread holds a read lock on the same rwlock");
+  }
   writers_.lock();
   writer_.store(1, std::memory_order_seq_cst);
   detail::heavy_barrier();  // pairs with the readers' light barriers
@@ -112,7 +119,7 @@ void rwlock::lock() {
 
 bool rwlock::try_lock() {
   if (owner_.load(std::memory_order_relaxed) == this_thread_id()) {
-    misuse("try_lock() by the thread that already holds the write lock");
+    refuse(errc::would_deadlock, "try_lock: the calling thread already holds the write lock");
   }
   if (!writers_.try_lock()) return false;
   writer_.store(1, std::memory_order_seq_cst);
@@ -129,7 +136,7 @@ bool rwlock::try_lock() {
 
 void rwlock::unlock() {
   if (owner_.load(std::memory_order_relaxed) != this_thread_id()) {
-    misuse("unlock() by a thread that does not hold the write lock");
+    refuse(errc::not_owner, "unlock: the calling thread does not hold the write lock");
   }
   owner_.store(nullptr, std::memory_order_relaxed);
   // Release: pairs with the readers' acquire read of the flag.

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "gtest/gtest.h"
 #include "percpu/pool_cache.hpp"
 #include "percpu/runtime/cpu.hpp"
@@ -84,6 +85,7 @@ TEST(PoolCache, ManyObjectsFlowThroughTheDepotAndNothingIsLost) {
   counted::reset();
   percpu::pool_cache<counted> cache("depot");
   std::vector<counted*> held;
+  held.reserve(5000);
   for (int i = 0; i < 5000; ++i) held.push_back(cache.get());
   std::set<counted*> distinct(held.begin(), held.end());
   EXPECT_EQ(distinct.size(), held.size());
@@ -156,6 +158,7 @@ TEST(PoolCache, InvalidateReachesACpuTheProcessCanNoLongerRunOn) {
   std::thread([&] {
     pin_to(cpus[1]);
     std::vector<counted*> held;
+    held.reserve(300);
     for (int i = 0; i < 300; ++i) held.push_back(cache.get());
     for (counted* p : held) cache.put(p);
   }).join();
@@ -177,6 +180,7 @@ TEST(PoolCache, InvalidateLocalEmptiesThisCpuAndTheDepot) {
   std::thread([&] {
     pin_to(cpus[0]);
     std::vector<counted*> held;
+    held.reserve(200);
     for (int i = 0; i < 200; ++i) held.push_back(cache.get());
     for (counted* p : held) cache.put(p);
     cache.invalidate_local();
@@ -193,8 +197,8 @@ struct invalidates_itself {
   invalidates_itself() {
     try {
       cache->invalidate();
-    } catch (const std::logic_error&) {
-      refused = true;
+    } catch (const percpu::error& e) {
+      refused = e.code() == percpu::errc::would_deadlock;
     }
   }
 };
@@ -208,15 +212,21 @@ TEST(PoolCache, InvalidateFromInsideAConstructorIsRefused) {
 }
 
 TEST(PoolCache, BadOptionsAreRejected) {
+  using percpu::errc;
+  using percpu_test::fails_with;
   percpu::pool_options zero;
-  EXPECT_THROW(percpu::raw_pool_cache{zero}, std::invalid_argument);
+  EXPECT_TRUE(fails_with(errc::invalid_argument, [&] { percpu::raw_pool_cache c{zero}; }));
   percpu::pool_options huge;
   huge.size = std::size_t{1} << 40;
-  EXPECT_THROW(percpu::raw_pool_cache{huge}, std::invalid_argument);
+  EXPECT_TRUE(fails_with(errc::too_large, [&] { percpu::raw_pool_cache c{huge}; }));
   percpu::pool_options odd;
   odd.size = 8;
   odd.alignment = 24;
-  EXPECT_THROW(percpu::raw_pool_cache{odd}, std::invalid_argument);
+  EXPECT_TRUE(fails_with(errc::invalid_argument, [&] { percpu::raw_pool_cache c{odd}; }));
+  percpu::pool_options wide;
+  wide.size = 8;
+  wide.alignment = 8192;
+  EXPECT_TRUE(fails_with(errc::too_large, [&] { percpu::raw_pool_cache c{wide}; }));
 }
 
 TEST(PoolCache, RawBuffersHonourSizeAndAlignment) {

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "percpu/queue.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "storm_util.hpp"
@@ -48,12 +49,14 @@ struct table {
 
 TEST(Queue, BadInputIsRejected) {
   using queue = percpu::batch_queue<update>;
-  EXPECT_THROW(queue(nullptr), std::invalid_argument);
-  EXPECT_THROW(queue([](std::span<const update>) {}, {.capacity = 0}), std::invalid_argument);
-  EXPECT_THROW(queue([](std::span<const update>) {}, {.capacity = 1u << 20}),
-               std::invalid_argument);
-  queue q([](std::span<const update>) {});
-  EXPECT_THROW(q.flush_cpu(percpu::cpu_count()), std::out_of_range);
+  using percpu::errc;
+  using percpu_test::fails_with;
+  auto nothing = [](std::span<const update>) {};
+  EXPECT_TRUE(fails_with(errc::invalid_argument, [] { queue q(nullptr); }));
+  EXPECT_TRUE(fails_with(errc::invalid_argument, [&] { queue q(nothing, {.capacity = 0}); }));
+  EXPECT_TRUE(fails_with(errc::too_large, [&] { queue q(nothing, {.capacity = 1u << 20}); }));
+  queue q(nothing);
+  EXPECT_TRUE(fails_with(errc::out_of_range, [&] { q.flush_cpu(percpu::cpu_count()); }));
 }
 
 // A full buffer applies itself, in order; the rest waits for a flush.

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "percpu/core/storage.hpp"
 
 namespace {
@@ -103,6 +104,7 @@ TEST(Stop, StoppersExcludeEachOther) {
   std::atomic<int> inside{0};
   std::atomic<int> overlaps{0};
   std::vector<std::thread> stoppers;
+  stoppers.reserve(3);
   for (int t = 0; t < 3; ++t) {
     stoppers.emplace_back([&, t] {
       for (int i = 0; i < 300; ++i) {
@@ -127,8 +129,17 @@ TEST(Stop, StoppersExcludeEachOther) {
 
 TEST(Stop, OutOfRangeCpuIsAClearError) {
   percpu::stop_state stops;
-  EXPECT_THROW(stops.stop(stops.size()), std::out_of_range);
-  EXPECT_THROW(stops.visit(stops.size() + 7, [] {}), std::out_of_range);
+  using percpu::errc;
+  using percpu_test::fails_with;
+  EXPECT_TRUE(fails_with(errc::out_of_range, [&] { stops.stop(stops.size()); }));
+  EXPECT_TRUE(fails_with(errc::out_of_range, [&] { stops.visit(stops.size() + 7, [] {}); }));
+  // start() accepts exactly what stop() accepts.
+  EXPECT_TRUE(fails_with(errc::out_of_range, [&] { stops.start(stops.size()); }));
+  percpu::stop_state* both[] = {&stops};
+  EXPECT_TRUE(
+      fails_with(errc::out_of_range, [&] { percpu::stop_state::start(both, stops.size()); }));
+  // Nothing was stopped or started by the refused calls.
+  stops.visit(0, [] {});
 }
 
 TEST(Stop, VisitRestartsTheCpuWhenTheVisitorThrows) {

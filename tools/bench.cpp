@@ -40,14 +40,21 @@ std::string now_utc() {
   return buf;
 }
 
-}  // namespace
-
-int bench(const std::vector<std::string>& args) {
+// What the command line asks for: a run with these options and outputs, or
+// (compare non-empty) a comparison of two reports instead.
+struct request {
   percpu_bench::options opts;
   std::string json_path;
   std::string svg_path;
   std::string command = "percpu bench";
-  for (const auto& a : args) command += " " + a;
+  std::vector<std::string> compare;
+};
+
+// Parses the arguments in order; --compare ends them.  Throws
+// std::invalid_argument on a bad option.
+request parse_args(const std::vector<std::string>& args) {
+  request req;
+  for (const auto& a : args) req.command += " " + a;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto value = [&]() -> const std::string& {
@@ -55,52 +62,43 @@ int bench(const std::vector<std::string>& args) {
       return args[++i];
     };
     if (a == "--quick") {
-      opts.quick = true;
+      req.opts.quick = true;
     } else if (a == "--json") {
-      json_path = value();
+      req.json_path = value();
     } else if (a == "--svg") {
-      svg_path = value();
+      req.svg_path = value();
     } else if (a == "--compare") {
       if (i + 2 >= args.size()) throw std::invalid_argument("--compare needs two JSON files");
       const std::string& first = value();
       const std::string& second = value();
       if (i + 1 != args.size())
         throw std::invalid_argument("--compare takes two files and nothing else");
-      return compare_reports(first, second);
+      req.compare = {first, second};
+      return req;
     } else if (a == "--filter") {
-      opts.filter = value();
+      req.opts.filter = value();
     } else if (a == "--repetitions") {
-      opts.repetitions = parse_count(value(), "--repetitions");
+      req.opts.repetitions = parse_count(value(), "--repetitions");
     } else if (a == "--threads") {
       const std::string& list = value();
       std::size_t pos = 0;
       while (pos <= list.size()) {
         std::size_t comma = list.find(',', pos);
         if (comma == std::string::npos) comma = list.size();
-        opts.threads.push_back(parse_count(list.substr(pos, comma - pos), "--threads"));
+        req.opts.threads.push_back(parse_count(list.substr(pos, comma - pos), "--threads"));
         pos = comma + 1;
       }
     } else {
       throw std::invalid_argument("unknown option '" + a + "' (see percpu --help)");
     }
   }
-  report rep;
-  rep.machine = describe_machine();
-  rep.date = now_utc();
-  rep.command = command;
-  rep.quick = opts.quick;
-  auto rows = percpu_bench::all_rows(rep.missing_peers);
-  percpu_bench::plan plan;
-  try {
-    plan = percpu_bench::make_plan(rows, opts);
-  } catch (const std::regex_error&) {
-    throw std::invalid_argument("--filter '" + opts.filter + "' is not a valid regular expression");
-  }
-  if (plan.implementations == 0) {
-    std::printf("no row matches --filter '%s'\n", opts.filter.c_str());
-    return 1;
-  }
-  std::printf("%s: %s, %u CPUs, Linux %s, backend %s, %s\n", command.c_str(),
+  return req;
+}
+
+// The lines before the measurements: the machine, the plan, the peers that
+// will be missing.
+void print_header(const report& rep, const percpu_bench::plan& plan) {
+  std::printf("%s: %s, %u CPUs, Linux %s, backend %s, %s\n", rep.command.c_str(),
               rep.machine.cpu_model.c_str(), rep.machine.cpus, rep.machine.kernel.c_str(),
               rep.machine.backend.c_str(), rep.date.c_str());
   std::printf(
@@ -113,32 +111,61 @@ int bench(const std::vector<std::string>& args) {
     std::printf("not installed, not measured: %s (how to get them: at the end)\n", names.c_str());
   }
   std::fflush(stdout);
+}
+
+// The lines after the table: how to get the peers that were not measured.
+void print_missing_peers(const report& rep) {
+  if (rep.missing_peers.empty()) return;
+  std::printf(
+      "\npeers not measured because their libraries are not installed (the malloc peers "
+      "are looked up as the bench runs, the others when percpu is built):\n");
+  std::string packages;
+  for (const auto& m : rep.missing_peers) {
+    std::printf("  %-16s from Debian package %s\n", m.impl.c_str(), m.package.c_str());
+    if (packages.find(m.package) == std::string::npos) packages += " " + m.package;
+  }
+  std::printf(
+      "to measure them: sudo apt-get install%s, then configure and build again "
+      "(cmake --preset release && cmake --build --preset release -j --target percpu_tool)\n",
+      packages.c_str());
+}
+
+}  // namespace
+
+int bench(const std::vector<std::string>& args) {
+  request req = parse_args(args);
+  if (!req.compare.empty()) return compare_reports(req.compare[0], req.compare[1]);
+  const percpu_bench::options& opts = req.opts;
+  report rep;
+  rep.machine = describe_machine();
+  rep.date = now_utc();
+  rep.command = req.command;
+  rep.quick = opts.quick;
+  auto rows = percpu_bench::all_rows(rep.missing_peers);
+  percpu_bench::plan plan;
+  try {
+    plan = percpu_bench::make_plan(rows, opts);
+  } catch (const std::regex_error&) {
+    throw std::invalid_argument("--filter '" + opts.filter + "' is not a valid regular expression");
+  }
+  if (plan.implementations == 0) {
+    std::printf("no row matches --filter '%s'\n", opts.filter.c_str());
+    return 1;
+  }
+  print_header(rep, plan);
   auto start = std::chrono::steady_clock::now();
   rep.results = percpu_bench::run(rows, opts);
   rep.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   print_table(rep);
   std::printf("measured in %.0f s\n", rep.wall_s);
-  if (!rep.missing_peers.empty()) {
-    std::printf(
-        "\npeers not measured because their libraries are not installed (the malloc peers "
-        "are looked up as the bench runs, the others when percpu is built):\n");
-    std::string packages;
-    for (const auto& m : rep.missing_peers) {
-      std::printf("  %-16s from Debian package %s\n", m.impl.c_str(), m.package.c_str());
-      if (packages.find(m.package) == std::string::npos) packages += " " + m.package;
-    }
-    std::printf(
-        "to measure them: sudo apt-get install%s, then configure and build again "
-        "(cmake --preset release && cmake --build --preset release -j --target percpu_tool)\n",
-        packages.c_str());
+  print_missing_peers(rep);
+  if (!req.json_path.empty()) {
+    write_json(req.json_path, rep);
+    std::printf("wrote %s\n", req.json_path.c_str());
   }
-  if (!json_path.empty()) {
-    write_json(json_path, rep);
-    std::printf("wrote %s\n", json_path.c_str());
-  }
-  if (!svg_path.empty()) {
-    write_svg(svg_path, rep);
-    std::printf("wrote %s\n", svg_path.c_str());
+  if (!req.svg_path.empty()) {
+    write_svg(req.svg_path, rep);
+    std::printf("wrote %s\n", req.svg_path.c_str());
   }
   return 0;
 }

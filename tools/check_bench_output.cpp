@@ -147,38 +147,58 @@ std::string read_file(const std::string& path) {
 
 // Well-formedness of the subset of XML the chart uses: an optional
 // declaration, elements with quoted attributes, text, comments; tags must
-// nest and close.  Returns the number of <rect> elements of class "bar".
-unsigned check_svg(const std::string& text) {
-  std::size_t pos = 0;
-  auto fail = [&](const std::string& what) {
-    throw std::runtime_error("SVG: " + what + " at offset " + std::to_string(pos));
-  };
-  std::vector<std::string> open;
-  bool root_seen = false;
-  unsigned bars = 0;
-  if (text.compare(0, 5, "<?xml") == 0) {
-    pos = text.find("?>");
-    if (pos == std::string::npos) fail("unterminated declaration");
-    pos += 2;
+// nest and close.  count_bars() returns the number of <rect> elements of
+// class "bar".
+class svg_checker {
+ public:
+  explicit svg_checker(const std::string& text) : text_(text) {}
+
+  unsigned count_bars() {
+    if (text_.compare(0, 5, "<?xml") == 0) {
+      pos_ = text_.find("?>");
+      if (pos_ == std::string::npos) fail("unterminated declaration");
+      pos_ += 2;
+    }
+    while (pos_ < text_.size()) {
+      if (!text_before_tag()) break;
+      if (text_.compare(pos_, 4, "<!--") == 0) {
+        pos_ = text_.find("-->", pos_);
+        if (pos_ == std::string::npos) fail("unterminated comment");
+        pos_ += 3;
+        continue;
+      }
+      element(next_tag());
+    }
+    if (!root_seen_) fail("no root element");
+    if (!open_.empty()) fail("<" + open_.back() + "> is never closed");
+    return bars_;
   }
-  while (pos < text.size()) {
-    std::size_t lt = text.find('<', pos);
-    std::string chars = text.substr(pos, lt == std::string::npos ? std::string::npos : lt - pos);
-    if (open.empty() && chars.find_first_not_of(" \t\r\n") != std::string::npos)
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw std::runtime_error("SVG: " + what + " at offset " + std::to_string(pos_));
+  }
+
+  // Checks the text up to the next '<' and moves there; false when there is
+  // no further tag.
+  bool text_before_tag() {
+    std::size_t lt = text_.find('<', pos_);
+    std::string chars = text_.substr(pos_, lt == std::string::npos ? std::string::npos : lt - pos_);
+    if (open_.empty() && chars.find_first_not_of(" \t\r\n") != std::string::npos)
       fail("text outside the root");
     if (chars.find_first_of("<>") != std::string::npos) fail("stray angle bracket");
-    if (lt == std::string::npos) break;
-    pos = lt;
-    if (text.compare(pos, 4, "<!--") == 0) {
-      pos = text.find("-->", pos);
-      if (pos == std::string::npos) fail("unterminated comment");
-      pos += 3;
-      continue;
-    }
-    std::size_t gt = pos;
+    if (lt == std::string::npos) return false;
+    pos_ = lt;
+    return true;
+  }
+
+  // The tag at pos_ ("<...>", quotes respected), without its brackets; moves
+  // past it.
+  std::string next_tag() {
+    std::size_t gt = pos_;
     char quote = 0;
-    for (++gt; gt < text.size(); ++gt) {
-      char c = text[gt];
+    for (++gt; gt < text_.size(); ++gt) {
+      char c = text_[gt];
       if (quote != 0) {
         if (c == quote) {
           quote = 0;
@@ -191,24 +211,42 @@ unsigned check_svg(const std::string& text) {
         break;
       }
     }
-    if (gt >= text.size()) fail("unterminated tag");
-    std::string tag = text.substr(pos + 1, gt - pos - 1);
-    pos = gt + 1;
+    if (gt >= text_.size()) fail("unterminated tag");
+    std::string tag = text_.substr(pos_ + 1, gt - pos_ - 1);
+    pos_ = gt + 1;
+    return tag;
+  }
+
+  // A closing, opening or self-closing tag.
+  void element(std::string tag) {
     if (!tag.empty() && tag[0] == '/') {
       std::string name = tag.substr(1);
-      if (open.empty() || open.back() != name)
+      if (open_.empty() || open_.back() != name)
         fail("</" + name + "> does not close the open element");
-      open.pop_back();
-      continue;
+      open_.pop_back();
+      return;
     }
     bool self_closing = !tag.empty() && tag.back() == '/';
     if (self_closing) tag.pop_back();
     std::size_t name_end = tag.find_first_of(" \t\r\n");
     std::string name = tag.substr(0, name_end);
     if (name.empty()) fail("empty tag");
-    // Attributes: name="value" pairs, each name once.
-    std::regex attribute(R"(\s+([A-Za-z_:][-A-Za-z0-9_:.]*)\s*=\s*("[^"]*"|'[^']*'))");
     std::string rest = name_end == std::string::npos ? "" : tag.substr(name_end);
+    check_attributes(name, rest);
+    if (open_.empty()) {
+      if (root_seen_) fail("second root element");
+      if (name != "svg") fail("root element is <" + name + ">, not <svg>");
+      if (rest.find("xmlns=\"http://www.w3.org/2000/svg\"") == std::string::npos)
+        fail("no SVG namespace");
+      root_seen_ = true;
+    }
+    if (name == "rect" && rest.find("class=\"bar\"") != std::string::npos) ++bars_;
+    if (!self_closing) open_.push_back(name);
+  }
+
+  // Attributes: name="value" pairs, each name once.
+  void check_attributes(const std::string& name, const std::string& rest) const {
+    std::regex attribute(R"(\s+([A-Za-z_:][-A-Za-z0-9_:.]*)\s*=\s*("[^"]*"|'[^']*'))");
     std::set<std::string> names;
     std::string leftover = std::regex_replace(rest, attribute, "");
     if (leftover.find_first_not_of(" \t\r\n") != std::string::npos)
@@ -216,20 +254,14 @@ unsigned check_svg(const std::string& text) {
     for (std::sregex_iterator it(rest.begin(), rest.end(), attribute), end; it != end; ++it) {
       if (!names.insert((*it)[1]).second) fail("attribute repeated in <" + name + ">");
     }
-    if (open.empty()) {
-      if (root_seen) fail("second root element");
-      if (name != "svg") fail("root element is <" + name + ">, not <svg>");
-      if (rest.find("xmlns=\"http://www.w3.org/2000/svg\"") == std::string::npos)
-        fail("no SVG namespace");
-      root_seen = true;
-    }
-    if (name == "rect" && rest.find("class=\"bar\"") != std::string::npos) ++bars;
-    if (!self_closing) open.push_back(name);
   }
-  if (!root_seen) fail("no root element");
-  if (!open.empty()) fail("<" + open.back() + "> is never closed");
-  return bars;
-}
+
+  const std::string& text_;
+  std::size_t pos_ = 0;
+  std::vector<std::string> open_;
+  bool root_seen_ = false;
+  unsigned bars_ = 0;
+};
 
 }  // namespace
 
@@ -247,7 +279,7 @@ int main(int argc, char** argv) {
     if (!v.errors.empty()) return 1;
     std::printf("%s: valid against %s\n", argv[2], argv[1]);
     if (argc == 4) {
-      unsigned bars = check_svg(read_file(argv[3]));
+      unsigned bars = svg_checker(read_file(argv[3])).count_bars();
       if (bars == 0) {
         std::printf("%s: well-formed but has no bar\n", argv[3]);
         return 1;

@@ -172,14 +172,9 @@ std::string group_title(const group_key& key) {
   return title;
 }
 
-}  // namespace
-
-void write_svg(const std::string& path, const report& rep) {
-  auto panels = layout(rep.results);
+// The title block - what, where, when, how - from y down; moves y below it.
+std::string title_block(const report& rep, double& y) {
   std::string body;
-  double y = margin;
-
-  // Title block: what, where, when, how.
   const machine_info& m = rep.machine;
   y += 22;
   body += text_element({margin, y, 22, ink, "start", true,
@@ -204,7 +199,12 @@ void write_svg(const std::string& path, const report& rep) {
     y += 18;
     body += text_element({margin, y, 13, slower_colour, "start", false, busy});
   }
-  // Legend.
+  return body;
+}
+
+// The legend line, from y down; moves y below it.
+std::string legend(const report& rep, double& y) {
+  std::string body;
   y += 24;
   body += rect(margin, y - 11, 14, 12, percpu_colour) + "/>\n";
   // Every row has at least the planned repetitions; groups whose ratios
@@ -216,7 +216,10 @@ void write_svg(const std::string& path, const report& rep) {
     most = std::max(most, r.repetitions);
   }
   std::string repetitions = std::to_string(fewest);
-  if (most > fewest) repetitions += "-" + std::to_string(most);
+  if (most > fewest) {
+    repetitions += '-';  // not "-" + to_string(): g++ 12 warns there (-Wrestrict, a false alarm)
+    repetitions += std::to_string(most);
+  }
   body += text_element({margin + 20, y, 13, ink, "start", false, "percpu"});
   body += rect(margin + 90, y - 11, 14, 12, peer_colours[0]) + "/>\n";
   body += text_element({margin + 110, y, 13, ink, "start", false, "peers"});
@@ -227,57 +230,77 @@ void write_svg(const std::string& path, const report& rep) {
                         "min to max over " + repetitions +
                             " repetitions;  each group has its own scale: compare within a group"});
   y += 12;
+  return body;
+}
 
-  for (const auto& p : panels) {
-    y += panel_gap;
-    double top = y;
-    double height = panel_header;
-    for (const auto& g : p.groups) {
-      height +=
-          group_header + static_cast<double>(g.members.size()) * (bar_height + bar_gap) + group_gap;
-    }
+// One implementation's bar at y, on the group's scale: its name, the bar
+// with its min-max whisker and tooltip, its value and its verdict.
+std::string bar(const percpu_bench::result& r, double y, double scale_ns, unsigned& peer_index) {
+  std::string body;
+  double x0 = label_right;
+  double w = std::max(1.0, r.median_ns / scale_ns * bar_area);
+  double mid = y + bar_height / 2;
+  body += text_element({label_right - 8, mid + 4.5, 13,
+                        r.impl.rfind("percpu", 0) == 0 ? percpu_colour : ink, "end",
+                        r.impl == "percpu", shortened(r.impl)});
+  body += "<g>" + rect(x0, y, w, bar_height, colour_of(r, peer_index), " class=\"bar\"") +
+          "><title>" +
+          escape(r.impl + ": median " + ns_text(r.median_ns) + ", min " + ns_text(r.min_ns) +
+                 ", max " + ns_text(r.max_ns)) +
+          "</title></rect>\n";
+  double x_min = x0 + r.min_ns / scale_ns * bar_area;
+  double x_max = x0 + r.max_ns / scale_ns * bar_area;
+  body += line(x_min, mid, x_max, mid, ink);
+  body += line(x_min, mid - 4, x_min, mid + 4, ink);
+  body += line(x_max, mid - 4, x_max, mid + 4, ink) + "</g>\n";
+  double label_x = std::max(x0 + w, x_max) + 8;
+  body += text_element({label_x, mid + 4.5, 13, ink, "start", true, ns_text(r.median_ns)});
+  if (!r.baseline.empty()) {
     body +=
-        rect(margin, top, width - 2 * margin, height, "#f3f5f7", " rx=\"6\" stroke=\"#d5dade\"") +
-        "/>\n";
-    body += text_element({margin + 12, top + 23, 17, ink, "start", true, p.facility});
-    y = top + panel_header;
-    for (const auto& g : p.groups) {
-      y += group_header;
-      body += text_element({margin + 12, y - 8, 13, ink, "start", true, group_title(g.key)});
-      double scale_ns = 0;
-      for (const auto* r : g.members)
-        scale_ns = std::max(scale_ns, std::max(r->max_ns, r->median_ns));
-      if (scale_ns <= 0) scale_ns = 1;
-      unsigned peer_index = 0;
-      for (const auto* r : g.members) {
-        double x0 = label_right;
-        double w = std::max(1.0, r->median_ns / scale_ns * bar_area);
-        double mid = y + bar_height / 2;
-        body += text_element({label_right - 8, mid + 4.5, 13,
-                              r->impl.rfind("percpu", 0) == 0 ? percpu_colour : ink, "end",
-                              r->impl == "percpu", shortened(r->impl)});
-        body += "<g>" + rect(x0, y, w, bar_height, colour_of(*r, peer_index), " class=\"bar\"") +
-                "><title>" +
-                escape(r->impl + ": median " + ns_text(r->median_ns) + ", min " +
-                       ns_text(r->min_ns) + ", max " + ns_text(r->max_ns)) +
-                "</title></rect>\n";
-        double x_min = x0 + r->min_ns / scale_ns * bar_area;
-        double x_max = x0 + r->max_ns / scale_ns * bar_area;
-        body += line(x_min, mid, x_max, mid, ink);
-        body += line(x_min, mid - 4, x_min, mid + 4, ink);
-        body += line(x_max, mid - 4, x_max, mid + 4, ink) + "</g>\n";
-        double label_x = std::max(x0 + w, x_max) + 8;
-        body += text_element({label_x, mid + 4.5, 13, ink, "start", true, ns_text(r->median_ns)});
-        if (!r->baseline.empty()) {
-          body += text_element(
-              {verdict_left, mid + 4.5, 13, verdict_colour(*r), "start", false, verdict(*r)});
-        }
-        y += bar_height + bar_gap;
-      }
-      y += group_gap;
-    }
-    y = top + height;
+        text_element({verdict_left, mid + 4.5, 13, verdict_colour(r), "start", false, verdict(r)});
   }
+  return body;
+}
+
+// One panel (a facility) with its groups, from y down; moves y below it.
+std::string panel_element(const panel& p, double& y) {
+  std::string body;
+  y += panel_gap;
+  double top = y;
+  double height = panel_header;
+  for (const auto& g : p.groups) {
+    height +=
+        group_header + static_cast<double>(g.members.size()) * (bar_height + bar_gap) + group_gap;
+  }
+  body += rect(margin, top, width - 2 * margin, height, "#f3f5f7", " rx=\"6\" stroke=\"#d5dade\"") +
+          "/>\n";
+  body += text_element({margin + 12, top + 23, 17, ink, "start", true, p.facility});
+  y = top + panel_header;
+  for (const auto& g : p.groups) {
+    y += group_header;
+    body += text_element({margin + 12, y - 8, 13, ink, "start", true, group_title(g.key)});
+    double scale_ns = 0;
+    for (const auto* r : g.members)
+      scale_ns = std::max(scale_ns, std::max(r->max_ns, r->median_ns));
+    if (scale_ns <= 0) scale_ns = 1;
+    unsigned peer_index = 0;
+    for (const auto* r : g.members) {
+      body += bar(*r, y, scale_ns, peer_index);
+      y += bar_height + bar_gap;
+    }
+    y += group_gap;
+  }
+  y = top + height;
+  return body;
+}
+
+}  // namespace
+
+void write_svg(const std::string& path, const report& rep) {
+  double y = margin;
+  std::string body = title_block(rep, y);
+  body += legend(rep, y);
+  for (const auto& p : layout(rep.results)) body += panel_element(p, y);
   y += margin;
 
   std::ofstream out(path);

@@ -91,9 +91,9 @@ void xcall_step(std::mt19937_64& rng) {
       t.check(runs.load() == 1);
       t.check(wrong_cpu.load() == 0);
     }
-  } catch (const percpu::xcall::error& e) {
+  } catch (const percpu::error& e) {
     // A CPU removed from the process meanwhile: refused cleanly, not run.
-    t.check(e.code() != percpu::xcall::errc::timeout && runs.load() == 0);
+    t.check(e.code() != percpu::errc::timeout && runs.load() == 0);
   }
   t.operations.fetch_add(1, std::memory_order_relaxed);
 }

@@ -2,10 +2,10 @@
 //
 // Problem: a statistic bumped on every request (hits, misses, bytes) is the
 // hottest shared write in many programs.  One std::atomic costs a locked
-// instruction and bounces its cache line between CPUs (8 ns alone, 35-45 ns
-// with two CPUs adding, on the development VM); per-thread counters avoid
-// that but grow with threads, strand counts in idle threads and cannot be
-// reset from outside without losing updates.
+// instruction and bounces its cache line between CPUs whenever several add
+// (docs/benchmarks.md has the figures); per-thread counters avoid that but
+// grow with threads, strand counts in idle threads and cannot be reset from
+// outside without losing updates.
 //
 // Mechanism: each CPU adds to its own slot with the shared restartable add
 // (runtime/detail/sequences.hpp): no atomic instruction, no shared cache line,
@@ -26,53 +26,55 @@
 #include <cstdint>
 #include <vector>
 
+#include "percpu/core/detail/block.hpp"
 #include "percpu/core/stop.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
 // N 64-bit counters per CPU slot, in one per-CPU allocation.
 class counter_array {
  public:
-  // Throws std::invalid_argument for n == 0, std::length_error when n
-  // counters do not fit one per-CPU unit (max_allocation() / 8).
+  // Throws percpu::error: errc::invalid_argument for n == 0, errc::too_large
+  // when n counters do not fit one per-CPU unit (max_allocation() / 8), and
+  // what per-CPU allocation throws (errc::no_memory, errc::configuration).
   explicit counter_array(std::size_t n);
   ~counter_array();
   counter_array(const counter_array&) = delete;
   counter_array& operator=(const counter_array&) = delete;
 
-  std::size_t size() const noexcept { return n_; }
+  std::size_t size() const noexcept { return slots_.count(); }
 
   // Adds v to counter i on the current CPU.  i < size() (unchecked).
   void add(std::size_t i, std::int64_t v) noexcept {
-    detail::seq::add(slots0_ + i, stops_.words(), v);
+    detail::seq::add(slots_.data0() + i, slots_.stop_words(), v);
   }
   void inc(std::size_t i) noexcept { add(i, 1); }
 
   // Sum of counter i over all CPUs: exact when no one is adding; an add
-  // running concurrently may or may not be counted.  Throws
-  // std::out_of_range for i >= size().
-  std::int64_t read(std::size_t i) const;
+  // running concurrently may or may not be counted.  Throws percpu::error
+  // (errc::out_of_range) for i >= size().
+  [[nodiscard]] std::int64_t read(std::size_t i) const;
   // Every counter's sum.
-  std::vector<std::int64_t> read_all() const;
-  // Counter i on one CPU (a torn-free, possibly stale read).
-  std::int64_t read_on(unsigned cpu, std::size_t i) const;
+  [[nodiscard]] std::vector<std::int64_t> read_all() const;
+  // Counter i on one CPU (a torn-free, possibly stale read).  Throws
+  // percpu::error (errc::out_of_range) for cpu >= cpu_count() or i >= size().
+  [[nodiscard]] std::int64_t read_on(unsigned cpu, std::size_t i) const;
 
   // Takes every counter to zero and returns what each held; an add running
   // concurrently is counted either in the result or in the counter, never
   // lost (all CPUs are stopped while the slots are taken).
   std::vector<std::int64_t> exchange_all();
 
-  stop_state& stops() noexcept { return stops_; }
+  stop_state& stops() noexcept { return slots_.stops(); }
 
  private:
   friend class counter;
   std::int64_t slot(unsigned cpu, std::size_t i) const noexcept;
 
-  stop_state stops_;
-  std::size_t n_;
-  std::int64_t* slots0_;
+  detail::cpu_block<std::int64_t> slots_;  // size() counters per CPU
 };
 
 // One event counter with exact and approximate reads.
@@ -81,7 +83,8 @@ class counter {
   // Residual size at which a CPU folds its count into the central count.
   static constexpr std::int64_t default_batch = 256;
 
-  // batch >= 1; throws std::invalid_argument otherwise.
+  // batch >= 1; throws percpu::error (errc::invalid_argument) otherwise, or
+  // what per-CPU allocation throws (errc::no_memory, errc::configuration).
   explicit counter(std::int64_t batch = default_batch);
 
   // Adds v.  Never lost under preemption, migration or signals; usable from
@@ -91,7 +94,8 @@ class counter {
   // reaches the batch (then one fold into the central count).
   void add(std::int64_t v) noexcept {
     unsigned cpu;
-    std::int64_t residual = detail::seq::add_return(slots_.slots0_, slots_.stops_.words(), v, &cpu);
+    std::int64_t residual =
+        detail::seq::add_return(slots_.slots_.data0(), slots_.slots_.stop_words(), v, &cpu);
     if (residual >= batch_ || residual <= -batch_) [[unlikely]]
       fold(cpu, residual);
   }
@@ -99,10 +103,12 @@ class counter {
   void sub(std::int64_t v) noexcept { add(-v); }
 
   // Exact sum when no one is adding (central count plus every residual).
-  std::int64_t read() const noexcept;
+  [[nodiscard]] std::int64_t read() const noexcept;
 
   // The central count alone: one load, within error_bound() of the truth.
-  std::int64_t read_approx() const noexcept { return central_.load(std::memory_order_relaxed); }
+  [[nodiscard]] std::int64_t read_approx() const noexcept {
+    return central_.load(std::memory_order_relaxed);
+  }
 
   // How far read_approx() can be from the true total.
   //  - Once every add has returned: cpu_count() * (batch - 1).  An add that
@@ -114,8 +120,8 @@ class counter {
   //    A thread in the middle of a fold holds one CPU's residual in transit
   //    (no longer in the slot, not yet in the central count), and a residual
   //    can pass the batch by one add per adding thread before it is folded.
-  std::int64_t error_bound(std::int64_t largest_add = 1,
-                           unsigned adding_threads = 0) const noexcept;
+  [[nodiscard]] std::int64_t error_bound(std::int64_t largest_add = 1,
+                                         unsigned adding_threads = 0) const noexcept;
 
   // Sets the counter to `desired` and returns what it held.  Concurrent adds
   // are counted either in the result or in the new value, never lost.

@@ -30,9 +30,10 @@
 // the depot, and destructs what it found.  A put's push commits only while
 // the object's stamp equals the generation (the guard of the shared push
 // sequence), so an object constructed before the call and put back during
-// or after it is destructed instead of cached: once invalidate() returns,
-// no get() anywhere hands out an object constructed before it began.  See
-// docs/pool-cache.md.
+// or after it is destructed instead of cached: no get() that begins after
+// invalidate() returns, on any CPU, hands out an object constructed before
+// invalidate() began.  (A get running concurrently with it may still take
+// an older object.)  See docs/pool-cache.md.
 #pragma once
 
 #include <atomic>
@@ -47,9 +48,10 @@
 #include <utility>
 #include <vector>
 
-#include "percpu/core/stop.hpp"
+#include "percpu/core/detail/block.hpp"
 #include "percpu/detail/pool_object.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 
 #if !defined(PERCPU_POOL_CHECKS) && !defined(NDEBUG)
 #define PERCPU_POOL_CHECKS 1
@@ -113,8 +115,11 @@ struct pool_options {
 // all memory; no object may be in use then (a debug build reports it).
 class raw_pool_cache {
  public:
-  // Throws std::invalid_argument for size 0 or beyond 1 GiB, or an
-  // alignment that is not a power of two or exceeds 4096.
+  // Throws percpu::error: errc::invalid_argument for size 0 or an alignment
+  // that is not a power of two, errc::too_large for a size beyond 1 GiB or
+  // an alignment beyond 4096, and what per-CPU allocation throws
+  // (errc::no_memory, errc::configuration); std::bad_alloc when the heap is
+  // exhausted.
   explicit raw_pool_cache(pool_options options);
   ~raw_pool_cache();
   raw_pool_cache(const raw_pool_cache&) = delete;
@@ -132,7 +137,7 @@ class raw_pool_cache {
   // get()'s fast path alone: an object from this CPU's array, or nullptr
   // (no depot visit, no construction).  Async-signal-safe.
   [[nodiscard]] void* get_cached() noexcept {
-    void* object = detail::seq::pop(arrays0_, stops_.words());
+    void* object = detail::seq::pop(arrays0(), parts_.stop_words());
 #if PERCPU_POOL_CHECKS
     if (object != nullptr) detail::pool_check_get(this, object);
 #endif
@@ -147,18 +152,20 @@ class raw_pool_cache {
     detail::pool_check_put(this, object);
 #endif
     detail::seq::guard current{&generation_, detail::pool_object_header(object)->generation};
-    if (detail::seq::push(arrays0_, stops_.words(), object, current)) [[likely]]
+    if (detail::seq::push(arrays0(), parts_.stop_words(), object, current)) [[likely]]
       return;
     put_slow(object);
   }
 
   // Destructs every object cached when it was called - the depot and every
   // CPU's array, CPUs without a running thread and CPUs this process may no
-  // longer run on included - and returns when that is done.  Afterwards no
-  // get() hands out an object constructed before the call began.  Waits on
-  // fences, never on other threads.  Throws std::logic_error when called
-  // from a constructor or destructor of this cache, or from a signal handler
-  // that interrupted this cache's own work on this thread.
+  // longer run on included - and returns when that is done.  No get() that
+  // begins after it returns hands out an object constructed before the call
+  // began (one running concurrently with it may).  Waits on
+  // fences, never on other threads.  Throws percpu::error
+  // (errc::would_deadlock) when called from a constructor or destructor of
+  // this cache, or from a signal handler that interrupted this cache's own
+  // work on this thread.
   void invalidate();
 
   // The calling thread's CPU's array and the depot only; no generation
@@ -174,18 +181,18 @@ class raw_pool_cache {
   std::size_t reclaim();
 
   [[nodiscard]] pool_stats stats() const;
-  [[nodiscard]] std::size_t object_size() const noexcept {
+  std::size_t object_size() const noexcept {
     return size_;
   }
-  [[nodiscard]] const std::string& name() const noexcept {
+  const std::string& name() const noexcept {
     return options_.name;
   }
 
   // A process-unique number naming this cache (debug messages, statistics).
-  [[nodiscard]] std::uint32_t id() const noexcept;
+  std::uint32_t id() const noexcept;
 
   // The magazine size now (objects).
-  [[nodiscard]] unsigned magazine_size() const noexcept {
+  unsigned magazine_size() const noexcept {
     return magazine_size_.load(std::memory_order_relaxed);
   }
 
@@ -194,9 +201,13 @@ class raw_pool_cache {
   void* get_slow() noexcept;
   void put_slow(void* object) noexcept;
 
-  detail::cpu_array* arrays0_;    // per-CPU arrays, CPU 0's copy
-  stop_state stops_;              // per-CPU stop words of the arrays
-  std::uint64_t generation_ = 1;  // the guard of put's push (atomic_ref)
+  // CPU 0's array, where the fast paths pop and push.
+  detail::cpu_array* arrays0() const noexcept {
+    return &parts_.data0()->array;
+  }
+
+  detail::cpu_block<detail::cpu_part> parts_;  // per CPU: the array and counts; the stop words
+  std::uint64_t generation_ = 1;               // the guard of put's push (atomic_ref)
   std::size_t size_;
   pool_options options_;
   std::atomic<unsigned> magazine_size_;
@@ -314,6 +325,6 @@ class pool_cache {
 };
 
 // Every live cache's statistics, oldest first (a `vmstat -m` view).
-std::vector<pool_stats> all_pool_stats();
+[[nodiscard]] std::vector<pool_stats> all_pool_stats();
 
 }  // namespace percpu

@@ -72,7 +72,7 @@ class pool_resource final : public std::pmr::memory_resource {
   // handler.
   std::size_t release();
 
-  [[nodiscard]] std::pmr::memory_resource* upstream_resource() const noexcept { return upstream_; }
+  std::pmr::memory_resource* upstream_resource() const noexcept { return upstream_; }
 
  private:
   static constexpr std::size_t class_count = class_sizes.size();
@@ -132,7 +132,7 @@ class pool_allocator {
     resource_->deallocate(p, n * sizeof(T), alignof(T));
   }
 
-  [[nodiscard]] pool_resource* resource() const noexcept { return resource_; }
+  pool_resource* resource() const noexcept { return resource_; }
 
  private:
   pool_resource* resource_;

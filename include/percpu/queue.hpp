@@ -1,12 +1,14 @@
-// percpu/queue.hpp - per-CPU batching of updates to shared state (seed 004).
+// percpu/queue.hpp - per-CPU batching of updates to shared state.
 //
 // Problem: a shared structure guarded by one lock (a page table, a table of
 // counters, an index) is updated from every CPU.  Taking the lock for each
 // update makes every CPU wait on one cache line; queueing updates per CPU and
 // applying them in batches (the Xen per-CPU MMU queues) removes that wait,
-// but creates ordering problems: an update queued on one CPU and a read of
-// the same entry on another, a thread whose earlier updates sit on the CPU
-// it just left, updates stranded on a CPU that nothing runs on any more.
+// but creates ordering problems (NetBSD tech-kern, "CVS commit:
+// src/sys/arch/xen", replies of 22 August 2011 onwards): an update queued on
+// one CPU and a read of the same entry on another, a thread whose earlier
+// updates sit on the CPU it just left, updates stranded on a CPU that
+// nothing runs on any more.
 //
 // Mechanism: batch_queue<Op> keeps, per CPU, a buffer of operations and a
 // scoreboard (a 512-bit map of hash(key) over the operations pending there).
@@ -38,12 +40,12 @@
 #include <memory>
 #include <mutex>
 #include <span>
-#include <stdexcept>
 #include <type_traits>
 #include <utility>
 
-#include "percpu/core/stop.hpp"
+#include "percpu/core/detail/block.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
@@ -120,8 +122,8 @@ class queue_core {
     return static_cast<unsigned>((key * 0x9e3779b97f4a7c15ull) >> 55);
   }
 
-  record_array* arrays0() const noexcept { return arrays0_; }
-  std::uint32_t* stop0() const noexcept { return stops_.words(); }
+  record_array* arrays0() const noexcept { return arrays_.data0(); }
+  std::uint32_t* stop0() const noexcept { return arrays_.stop_words(); }
   bool has_age_bound() const noexcept { return max_age_ns_ != 0; }
 
   // After a push onto CPU e.cpu: every 16th push of a thread looks at the
@@ -170,9 +172,8 @@ class queue_core {
   std::int64_t max_age_ns_;
   apply_function apply_;
   void* context_;
-  stop_state stops_;
-  record_array* arrays0_ = nullptr;
-  void* buffers0_ = nullptr;
+  cpu_block<record_array> arrays_;     // per CPU: the buffer's count and scoreboard
+  cpu_memory<std::uint64_t> buffers_;  // per CPU: the buffer's records
   // The target's lock.  Held across "stop, copy out, clear, start, apply" of
   // every flush: see flush_cpu_locked() for why.  On its own cache lines,
   // with what flushes write: every enqueue reads the fields above, and
@@ -187,7 +188,7 @@ class queue_core {
   std::unique_ptr<std::byte, free_scratch> scratch_;
   queue_stats stats_;               // under lock_
   std::int64_t last_sweep_ns_ = 0;  // atomic_ref: read without the lock
-  char pad_[64];                    // the next object starts on another line
+  [[maybe_unused]] char pad_[64];   // the next object starts on another line
 };
 
 }  // namespace detail
@@ -225,13 +226,16 @@ class batch_queue {
 
   // `apply` is called with the target's lock held, with batches in order;
   // it must not throw (an exception terminates: the batch was already taken
-  // off its CPU) and must not use this queue.  Throws std::invalid_argument
-  // for an empty apply or a capacity of 0 or above 16384.
+  // off its CPU) and must not use this queue.  Throws percpu::error:
+  // errc::invalid_argument for an empty apply or a capacity of 0,
+  // errc::too_large for a capacity above 16384, and what per-CPU allocation
+  // throws (errc::no_memory, errc::configuration); std::bad_alloc when the
+  // heap is exhausted.
   explicit batch_queue(apply_function apply, queue_options options = {}, KeyOf key_of = {})
       : apply_(std::move(apply)),
         key_of_(std::move(key_of)),
         core_(words, options, &apply_records, this) {
-    if (!apply_) throw std::invalid_argument("percpu::batch_queue: apply is empty");
+    if (!apply_) throw error(errc::invalid_argument, "percpu::batch_queue: apply is empty");
   }
 
   // Applies every pending operation, then frees the buffers.  The caller
@@ -261,7 +265,8 @@ class batch_queue {
   // any others there).
   void flush() { core_.flush_calling_thread(); }
 
-  // Applies CPU `cpu`'s buffer.  Throws std::out_of_range for cpu >= cpu_count().
+  // Applies CPU `cpu`'s buffer.  Throws percpu::error (errc::out_of_range)
+  // for cpu >= cpu_count().
   void flush_cpu(unsigned cpu) { core_.flush_cpu(cpu); }
 
   // Applies every CPU's buffer, idle CPUs' included: every operation whose
@@ -280,7 +285,7 @@ class batch_queue {
     return std::forward<F>(fn)();
   }
 
-  queue_stats stats() { return core_.stats(); }
+  [[nodiscard]] queue_stats stats() { return core_.stats(); }
 
  private:
   static void apply_records(void* context, const void* records, std::size_t count) {

@@ -26,18 +26,21 @@
 // Names follow the standard (lock/unlock/try_lock, lock_shared/...), so
 // std::unique_lock, std::shared_lock and std::scoped_lock work.
 //
-// Misuse: a recursive write lock, or an unlock() by a thread that does not
-// hold the write lock, stops the program with a message in every build.  In
-// builds without NDEBUG, unlock_shared() without lock_shared() and lock()
-// while holding a read lock on the same rwlock (a self-deadlock) are caught
-// too.
+// Misuse: a recursive write lock (lock() or try_lock() by the thread that
+// holds it) throws percpu::error (errc::would_deadlock), and an unlock() by
+// a thread that does not hold the write lock throws percpu::error
+// (errc::not_owner), in every build.  In builds without NDEBUG (or with
+// PERCPU_RWLOCK_CHECKS) lock() while holding a read lock on the same rwlock
+// (a self-deadlock) throws errc::would_deadlock too, and unlock_shared()
+// without lock_shared() stops the program with a message: the read side is
+// noexcept and async-signal-safe, so it has no other way to report.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <mutex>
 
-#include "percpu/core/stop.hpp"
+#include "percpu/core/detail/block.hpp"
 #include "percpu/runtime/detail/fence.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 
@@ -49,7 +52,9 @@ namespace percpu {
 
 class rwlock {
  public:
-  // Allocates the per-CPU counts; starts the library if needed.
+  // Allocates the per-CPU counts; starts the library if needed.  Throws what
+  // per-CPU allocation throws (percpu::error: errc::no_memory,
+  // errc::configuration).
   rwlock();
   // The lock must be free.
   ~rwlock();
@@ -79,7 +84,7 @@ class rwlock {
     // The add is the release: the section's accesses happen before it
     // (x86-64 stores are ordered after earlier loads and stores; the
     // portable backend stores the count with release order).
-    detail::seq::add(counts0_ + out_index, stops_.words(), 1);
+    detail::seq::add(counts_.data0() + out_index, counts_.stop_words(), 1);
     detail::light_barrier();  // pairs with lock()'s heavy barrier
     if (writer_.load(std::memory_order_relaxed) != 0) [[unlikely]]
       wake_writer();
@@ -88,9 +93,14 @@ class rwlock {
   // ---- Writers ----
 
   // Excludes every reader and every other writer.  Sleeps while waiting.
+  // Throws percpu::error (errc::would_deadlock) when the calling thread
+  // already holds this lock (see "Misuse" above).
   void lock();
   // Takes the lock only if no writer holds it and no reader is inside.
+  // Throws like lock().
   [[nodiscard]] bool try_lock();
+  // Throws percpu::error (errc::not_owner) when the calling thread does not
+  // hold the write lock.
   void unlock();
 
  private:
@@ -99,7 +109,7 @@ class rwlock {
 
   // Counts this reader in; backs it out again (false) if a writer is there.
   bool try_lock_shared_inline() noexcept {
-    detail::seq::add(counts0_ + in_index, stops_.words(), 1);
+    detail::seq::add(counts_.data0() + in_index, counts_.stop_words(), 1);
     detail::light_barrier();  // pairs with lock()'s heavy barrier
     // Acquire: pairs with unlock()'s release of the flag, so the last
     // writer's changes are visible in this section.
@@ -123,13 +133,15 @@ class rwlock {
   void track_shared(int delta) noexcept;
   bool holds_shared() const noexcept;
 
-  stop_state stops_;       // the sequences' stop words (never stopped here)
-  std::int64_t* counts0_;  // per CPU: [in, out]
-  std::mutex writers_;     // orders writers
+  // Per CPU: [in, out], and the sequences' stop words (never stopped here).
+  detail::cpu_block<std::int64_t> counts_;
   alignas(64) std::atomic<std::uint32_t> writer_{0};  // 1: readers keep out
   std::atomic<std::uint32_t> sleeping_readers_{0};
+  // What only writers, and readers leaving under a writer, touch: off the
+  // lines every reader reads.
   alignas(64) std::atomic<std::uint32_t> drained_{0};  // bumped when a reader leaves under a writer
   std::atomic<const void*> owner_{nullptr};            // the writing thread
+  std::mutex writers_;                                 // orders writers
 };
 
 }  // namespace percpu

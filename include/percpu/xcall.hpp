@@ -25,43 +25,37 @@
 // from, and the mapping to the kernel APIs.
 #pragma once
 
+#include <array>
 #include <bitset>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
-#include <stdexcept>
-#include <string>
-#include <typeinfo>
+#include <string_view>
 #include <utility>
 
 #include "percpu/core/stop.hpp"
 #include "percpu/detail/inline_function.hpp"
 #include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu::xcall {
 
 // ---- Errors -----------------------------------------------------------------
-
-enum class errc : std::uint8_t {
-  cpu_out_of_range,  // not a CPU number on-CPU calls accept (see cpu_limit())
-  cpu_unavailable,   // the process may not run there (offline, cpuset, restricted)
-  recursive_call,    // a call to the CPU whose service thread is the caller
-  timeout,           // did not complete within timeout(); still in flight
-};
-
-// What went wrong and for which CPU; what() names the CPU and the function.
-class error : public std::runtime_error {
- public:
-  error(errc code, unsigned cpu, const std::string& what)
-      : std::runtime_error(what), code_(code), cpu_(cpu) {}
-  errc code() const noexcept { return code_; }
-  unsigned cpu() const noexcept { return cpu_; }
-
- private:
-  errc code_;
-  unsigned cpu_;
-};
+//
+// On-CPU calls throw percpu::error (runtime/error.hpp) with these codes;
+// what() names the CPU and the function, and cpu() gives the CPU:
+//   errc::out_of_range     not a CPU number on-CPU calls accept (see
+//                          cpu_limit()); cpu() is -1
+//   errc::cpu_unavailable  the process may not run there (offline, cpuset,
+//                          restricted)
+//   errc::would_deadlock   a call to the CPU whose service thread is the
+//                          caller (a recursive call), or a broadcast or
+//                          barrier from a service thread
+//   errc::timeout          did not complete within timeout(); still in flight
+// An exception thrown by the called function itself reaches the waiter
+// unchanged.
 
 // ---- Tickets ------------------------------------------------------------------
 
@@ -114,16 +108,42 @@ inline_function& reserve(unsigned cpu, std::uint64_t seq, const char* label, boo
 void post();
 void cancel() noexcept;
 
-// Checks of the target, throwing xcall::error: unicast_target checks range
+// Checks of the target, throwing percpu::error: unicast_target checks range
 // and recursion and starts the CPU's service thread; broadcast_targets
 // refuses recursion, starts every possible CPU's service thread and fills
 // the ticket's targets (started) and skipped (could not be started).
 void unicast_target(unsigned cpu);
 void broadcast_targets(broadcast_ticket& t);
 
+// The name of the callable type F as the compiler spells it, for error
+// messages ("function NAME did not run"), without RTTI: the part after
+// "F = " of the signature __PRETTY_FUNCTION__ gives a function template
+// (GCC: "... pretty_signature() [with F = NAME]", Clang: "... [F = NAME]"),
+// kept as a null-terminated string with static storage.
+template <class F>
+constexpr const char* pretty_signature() noexcept {
+  return __PRETTY_FUNCTION__;
+}
+
+template <class F>
+struct callable_name {
+  static constexpr std::string_view signature = pretty_signature<F>();
+  static constexpr std::size_t first =
+      signature.find("F = ") == std::string_view::npos ? 0 : signature.find("F = ") + 4;
+  static constexpr std::size_t last =
+      signature.rfind(']') == std::string_view::npos || signature.rfind(']') < first
+          ? signature.size()
+          : signature.rfind(']');
+  static constexpr auto text = [] {
+    std::array<char, last - first + 1> out{};
+    for (std::size_t i = 0; i < last - first; ++i) out[i] = signature[first + i];
+    return out;
+  }();
+};
+
 template <class F>
 void issue(unsigned cpu, std::uint64_t seq, bool skippable, F&& f) {
-  inline_function& slot = reserve(cpu, seq, typeid(std::decay_t<F>).name(), skippable);
+  inline_function& slot = reserve(cpu, seq, callable_name<std::decay_t<F>>::text.data(), skippable);
   try {
     slot.emplace(std::forward<F>(f));
   } catch (...) {
@@ -145,12 +165,12 @@ void issue(unsigned cpu, std::uint64_t seq, bool skippable, F&& f) {
 
 // Queues f for `cpu` and returns at once.  The calling thread's own
 // affinity mask does not matter (a pinned thread may call any CPU).  Throws
-// error: cpu_out_of_range, recursive_call (the caller is cpu's service
+// percpu::error: out_of_range, would_deadlock (the caller is cpu's service
 // thread), cpu_unavailable (its service thread cannot be pinned there); or
-// a timeout when all of the thread's descriptors are in flight and the
+// timeout when all of the thread's descriptors are in flight and the
 // oldest does not complete.
 template <class F>
-ticket unicast(unsigned cpu, F&& f) {
+[[nodiscard]] ticket unicast(unsigned cpu, F&& f) {
   detail::unicast_target(cpu);
   ticket t{detail::open_ticket()};
   detail::issue(cpu, t.seq, false, std::forward<F>(f));
@@ -159,10 +179,10 @@ ticket unicast(unsigned cpu, F&& f) {
 
 // Queues a copy of f for every possible CPU the process may run on; the
 // others are skipped and listed in the result (and in what wait() returns,
-// for CPUs found unavailable when the call was run).  Throws recursive_call
-// from a service thread.
+// for CPUs found unavailable when the call was run).  Throws
+// percpu::error (would_deadlock) from a service thread.
 template <class F>
-broadcast_ticket broadcast(F&& f) {
+[[nodiscard]] broadcast_ticket broadcast(F&& f) {
   broadcast_ticket t;
   detail::broadcast_targets(t);
   t.seq = detail::open_ticket();
@@ -179,10 +199,10 @@ broadcast_ticket broadcast(F&& f) {
 // those calls skipped because their service thread found itself off its CPU
 // (the process's threads were restricted, the cpuset shrank, the CPU went
 // offline): f did not run there.  Rethrows the first exception of those
-// calls, or throws error: cpu_unavailable (the same for a unicast),
+// calls, or throws percpu::error: cpu_unavailable (the same for a unicast),
 // timeout (a call did not complete within timeout(); it stays in flight and
 // a later wait waits for it again).
-cpu_bits wait(ticket t);
+[[nodiscard]] cpu_bits wait(ticket t);
 
 // unicast + wait.
 template <class F>
@@ -193,7 +213,7 @@ void unicast_sync(unsigned cpu, F&& f) {
 // broadcast + wait; the result says which CPUs f ran on (targets) and
 // which were skipped.
 template <class F>
-broadcast_ticket broadcast_sync(F&& f) {
+[[nodiscard]] broadcast_ticket broadcast_sync(F&& f) {
   broadcast_ticket t = broadcast(std::forward<F>(f));
   cpu_bits skipped_late = wait(t);
   t.targets &= ~skipped_late;
@@ -205,7 +225,7 @@ broadcast_ticket broadcast_sync(F&& f) {
 // completed (xc_barrier): an empty call goes through every CPU's queue that
 // has a service thread, behind everything queued there.  Errors of the
 // calling thread's own earlier calls are reported as by wait().  Throws
-// recursive_call from a service thread.
+// percpu::error (would_deadlock) from a service thread.
 void barrier();
 
 // ---- Stopped-CPU visits -----------------------------------------------------------
@@ -219,13 +239,7 @@ void barrier();
 
 template <class F>
 void visit(unsigned cpu, std::span<stop_state* const> states, F&& f) {
-  stop_state::stop(states, cpu);
-  struct restart {
-    std::span<stop_state* const> states;
-    unsigned cpu;
-    ~restart() { stop_state::start(states, cpu); }
-  } guard{states, cpu};
-  f(cpu);
+  stop_state::visit(states, cpu, [&] { f(cpu); });
 }
 
 template <class F>
@@ -242,12 +256,7 @@ void visit(unsigned cpu, F&& f) {
 // broadcast fence, runs f(cpu) for each CPU in ascending order, restarts all.
 template <class F>
 void visit_all(std::span<stop_state* const> states, F&& f) {
-  stop_state::stop_all(states);
-  struct restart {
-    std::span<stop_state* const> states;
-    ~restart() { stop_state::start_all(states); }
-  } guard{states};
-  for (unsigned cpu = 0, n = cpu_count(); cpu < n; ++cpu) f(cpu);
+  stop_state::visit_all(states, std::forward<F>(f));
 }
 
 template <class F>

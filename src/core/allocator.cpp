@@ -13,7 +13,6 @@
 // again.  Chunks are never unmapped, so no address ever becomes invalid
 // behind a reader's back.  One mutex guards the bookkeeping: allocation is
 // not a fast path.
-#include <pthread.h>
 #include <sys/mman.h>
 
 #include <cerrno>
@@ -23,13 +22,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <string>
-#include <system_error>
 #include <vector>
 
+#include "core/process_wide.hpp"
 #include "percpu/core/detail/alloc.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/error.hpp"
+#include "runtime/runtime_internal.hpp"
 
 namespace percpu::detail {
 
@@ -47,40 +47,27 @@ struct live_allocation {
   std::size_t size;
 };
 
-// The allocator's bookkeeping.  Built on first use and never destroyed: a
-// user's object at namespace scope (a `percpu::counter requests;`) allocates
-// from its own static initialiser, which may run before this file's, and may
-// free from a destructor that runs after it.  As namespace-scope globals,
-// these were constructed by the library's initialiser, which runs after the
-// program's when the static archive is linked after the program's objects:
-// the README's own example crashed in std::map before main().
-struct allocator_state {
-  std::mutex mutex;
+// The allocator's bookkeeping, under its lock: process-wide, built on first
+// use and never destroyed (a user's object at namespace scope allocates
+// from its static initialiser, which may run before this file's, and frees
+// from a destructor that may run after it), and its lock held across fork()
+// (see core/process_wide.hpp).
+struct allocator_state : held_across_fork {
   std::vector<std::unique_ptr<chunk>> chunks;
   std::map<std::uintptr_t, live_allocation> live;  // CPU-0 address -> allocation
-
-  allocator_state() {
-    // fork() while another thread allocates would leave the child with the
-    // mutex held forever: hold it across the fork, release it on both sides.
-    pthread_atfork([] { state().mutex.lock(); }, [] { state().mutex.unlock(); },
-                   [] { state().mutex.unlock(); });
-  }
-  static allocator_state& state() {
-    static allocator_state* const s = new allocator_state;
-    return *s;
-  }
 };
 
 std::size_t align_up(std::size_t value, std::size_t alignment) {
   return (value + alignment - 1) & ~(alignment - 1);
 }
 
-// Reserves a new chunk; throws std::system_error when mmap fails.
+// Reserves a new chunk; throws percpu::error (errc::no_memory) when mmap
+// fails.
 chunk* add_chunk() {
   // Everything that can throw besides mmap happens first, so a failure
   // leaves no mapping behind.
   auto c = std::make_unique<chunk>();
-  auto& chunks = allocator_state::state().chunks;
+  auto& chunks = process_wide<allocator_state>().chunks;
   chunks.reserve(chunks.size() + 1);
   std::size_t bytes = static_cast<std::size_t>(runtime.slots) * unit_size;
   // Over-reserve by one unit so the chunk can start on a unit boundary
@@ -88,9 +75,12 @@ chunk* add_chunk() {
   void* raw = mmap(nullptr, bytes + unit_size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED) {
-    throw std::system_error(errno, std::generic_category(),
-                            "percpu: cannot reserve " + std::to_string((bytes + unit_size) >> 20) +
-                                " MiB of address space for a new per-CPU chunk");
+    int err = errno;
+    char reason[128];
+    throw error(errc::no_memory, "percpu: cannot reserve " +
+                                     std::to_string((bytes + unit_size) >> 20) +
+                                     " MiB of address space for a new per-CPU chunk (" +
+                                     error_text(err, reason, sizeof reason) + ")");
   }
   auto start = reinterpret_cast<std::uintptr_t>(raw);
   std::uintptr_t base = align_up(start, unit_size);
@@ -142,19 +132,20 @@ void release_range(chunk& c, std::size_t offset, std::size_t size) {
 }  // namespace
 
 void* allocate_percpu(std::size_t size, std::size_t alignment) {
-  if (size == 0) throw std::invalid_argument("percpu: allocation of size 0");
+  if (size == 0) throw error(errc::invalid_argument, "percpu: allocation of size 0");
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
-    throw std::invalid_argument("percpu: alignment " + std::to_string(alignment) +
-                                " is not a power of two");
+    throw error(errc::invalid_argument,
+                "percpu: alignment " + std::to_string(alignment) + " is not a power of two");
   }
   if (size > unit_size || alignment > unit_size) {
-    throw std::length_error("percpu: allocation of " + std::to_string(size) + " bytes aligned to " +
-                            std::to_string(alignment) + " exceeds the per-CPU unit of " +
-                            std::to_string(unit_size) + " bytes");
+    throw error(errc::too_large, "percpu: allocation of " + std::to_string(size) +
+                                     " bytes aligned to " + std::to_string(alignment) +
+                                     " exceeds the per-CPU unit of " + std::to_string(unit_size) +
+                                     " bytes");
   }
   ensure_started();
-  allocator_state& st = allocator_state::state();
-  std::lock_guard<std::mutex> lock(st.mutex);
+  allocator_state& st = process_wide<allocator_state>();
+  std::lock_guard<std::mutex> lock(st.lock);
   chunk* owner = nullptr;
   std::size_t offset = unit_size;
   bool reused = false;
@@ -187,21 +178,15 @@ void* allocate_percpu(std::size_t size, std::size_t alignment) {
 
 void free_percpu(void* p0) {
   if (p0 == nullptr) return;
-  allocator_state& st = allocator_state::state();
-  std::lock_guard<std::mutex> lock(st.mutex);
+  allocator_state& st = process_wide<allocator_state>();
+  std::lock_guard<std::mutex> lock(st.lock);
   auto it = st.live.find(reinterpret_cast<std::uintptr_t>(p0));
   if (it == st.live.end()) {
-    throw std::invalid_argument("percpu: free of a pointer that is not a live per-CPU allocation");
+    throw error(errc::invalid_argument,
+                "percpu: free of a pointer that is not a live per-CPU allocation");
   }
   release_range(*it->second.owner, it->second.offset, it->second.size);
   st.live.erase(it);
-}
-
-std::size_t allocation_size(const void* p0) noexcept {
-  allocator_state& st = allocator_state::state();
-  std::lock_guard<std::mutex> lock(st.mutex);
-  auto it = st.live.find(reinterpret_cast<std::uintptr_t>(p0));
-  return it == st.live.end() ? 0 : it->second.size;
 }
 
 }  // namespace percpu::detail

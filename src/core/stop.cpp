@@ -26,14 +26,13 @@
 #include <cstring>
 #include <functional>
 #include <span>
-#include <stdexcept>
-#include <string>
 
 #include "percpu/core/detail/alloc.hpp"
 #include "percpu/core/stop.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/fence.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 #include "runtime/runtime_internal.hpp"
 
 namespace percpu {
@@ -121,9 +120,13 @@ void for_each_by_address(std::span<stop_state* const> states, F&& f) {
   }
 }
 
-[[noreturn]] void out_of_range(unsigned cpu, unsigned slots) {
-  throw std::out_of_range("percpu::stop_state::stop: CPU " + std::to_string(cpu) +
-                          " is out of range (cpu_count() is " + std::to_string(slots) + ")");
+// stop() and start() accept the same CPUs: below cpu_count() and below
+// every structure's size().
+void check_range(const char* where, std::span<stop_state* const> states, unsigned cpu) {
+  if (cpu >= cpu_count()) detail::throw_out_of_range(where, "CPU", cpu, "cpu_count()", cpu_count());
+  for (stop_state* s : states) {
+    if (cpu >= s->size()) detail::throw_out_of_range(where, "CPU", cpu, "size()", s->size());
+  }
 }
 
 }  // namespace
@@ -133,7 +136,12 @@ void stop_state::stop(unsigned cpu) {
   stop(std::span<stop_state* const>(&self, 1), cpu);
 }
 
-void stop_state::start(unsigned cpu) noexcept {
+void stop_state::start(unsigned cpu) {
+  stop_state* self = this;
+  start(std::span<stop_state* const>(&self, 1), cpu);
+}
+
+void stop_state::release_word(unsigned cpu) noexcept {
   // Release: pairs with the next stopper's acquire CAS and with the fast
   // path's read of the word (see the file comment).
   std::atomic_ref<std::uint32_t>(*detail::copy_on(words0_, cpu))
@@ -146,14 +154,11 @@ void stop_state::stop_all() {
 }
 
 void stop_state::start_all() noexcept {
-  for (unsigned cpu = 0; cpu < slots_; ++cpu) start(cpu);
+  for (unsigned cpu = 0; cpu < slots_; ++cpu) release_word(cpu);
 }
 
 void stop_state::stop(std::span<stop_state* const> states, unsigned cpu) {
-  if (cpu >= cpu_count()) out_of_range(cpu, cpu_count());
-  for (stop_state* s : states) {
-    if (cpu >= s->slots_) out_of_range(cpu, s->slots_);
-  }
+  check_range("percpu::stop_state::stop", states, cpu);
   for_each_by_address(states, [cpu](stop_state& s) { s.lock_word(cpu); });
   // No fence when the caller itself runs on `cpu` after setting the words.
   // A sequence there that read a word as clear did so before the CAS, on
@@ -174,8 +179,9 @@ void stop_state::stop(std::span<stop_state* const> states, unsigned cpu) {
   fence(static_cast<int>(cpu));
 }
 
-void stop_state::start(std::span<stop_state* const> states, unsigned cpu) noexcept {
-  for_each_by_address(states, [cpu](stop_state& s) { s.start(cpu); });
+void stop_state::start(std::span<stop_state* const> states, unsigned cpu) {
+  check_range("percpu::stop_state::start", states, cpu);
+  for_each_by_address(states, [cpu](stop_state& s) { s.release_word(cpu); });
 }
 
 void stop_state::stop_all(std::span<stop_state* const> states) {

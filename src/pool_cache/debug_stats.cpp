@@ -1,8 +1,6 @@
 // debug_stats.cpp - what pool_cache tells about itself: misuse reports, the
 // registry of live caches, the debug checks of get and put
 // (PERCPU_POOL_CHECKS), and statistics.
-#include <pthread.h>
-
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -18,20 +16,6 @@ namespace percpu::detail {
   std::fprintf(stderr, "percpu::pool_cache \"%s\": %s (object %p)\n",
                cache != nullptr ? cache->name().c_str() : "?", what, object);
   std::abort();
-}
-
-// The registry of live caches (see pool_core.hpp).
-pool_registry& the_pool_registry() {
-  // Never destroyed: caches may outlive static destructors.  Held across
-  // fork() so that the child can create and destroy caches.
-  static pool_registry* r = [] {
-    auto* made = new pool_registry;
-    pthread_atfork([] { the_pool_registry().lock.lock(); },
-                   [] { the_pool_registry().lock.unlock(); },
-                   [] { the_pool_registry().lock.unlock(); });
-    return made;
-  }();
-  return *r;
 }
 
 void pool_check_get(const raw_pool_cache* cache, void* object) noexcept {
@@ -53,7 +37,7 @@ void pool_check_put(const raw_pool_cache* cache, void* object) noexcept {
   std::string owner_name;
   bool at_object_start = false;
   {
-    pool_registry& r = the_pool_registry();
+    pool_registry& r = process_wide<pool_registry>();
     std::lock_guard g(r.lock);
     for (raw_pool_cache* c : r.caches) {
       if (pool_core::of(*c).holds(object, at_object_start)) {
@@ -98,8 +82,8 @@ pool_stats raw_pool_cache::stats() const {
   s.name = options_.name;
   s.object_size = size_;
   s.magazine_size = magazine_size();
-  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) {
-    const detail::cpu_part* part = raw_on(static_cast<const detail::cpu_part*>(c.parts0), cpu);
+  for (unsigned cpu = 0; cpu < parts_.cpus(); ++cpu) {
+    const detail::cpu_part* part = parts_.on(cpu);
     pool_cpu_stats one;
     one.cpu = cpu;
     // Racy reads of words the CPU's sequences change: relaxed atomic loads.
@@ -137,7 +121,7 @@ pool_stats raw_pool_cache::stats() const {
 }
 
 std::vector<pool_stats> all_pool_stats() {
-  detail::pool_registry& r = detail::the_pool_registry();
+  detail::pool_registry& r = detail::process_wide<detail::pool_registry>();
   std::lock_guard g(r.lock);
   std::vector<pool_stats> out;
   out.reserve(r.caches.size());

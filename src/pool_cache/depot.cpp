@@ -116,7 +116,7 @@ void pool_core::trim_and_adapt() noexcept {
 // makes pushes fail until gets or the next overflow bring it down.
 void pool_core::set_magazine_size(unsigned size) noexcept {
   cache.magazine_size_.store(size, std::memory_order_relaxed);
-  for (unsigned cpu = 0; cpu < cache.stops_.size(); ++cpu) {
+  for (unsigned cpu = 0; cpu < cache.parts_.cpus(); ++cpu) {
     std::atomic_ref<std::uint32_t>(part_on(cpu)->array.capacity)
         .store(2 * size, std::memory_order_relaxed);
   }

@@ -24,10 +24,10 @@
 #include <csignal>
 #include <cstring>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "percpu/runtime/error.hpp"
 #include "pool_core.hpp"
 
 namespace percpu::detail {
@@ -137,7 +137,7 @@ void* pool_core::get_slow() noexcept {
   // that invalidate's visit.  What does not fit, or was refused, goes back
   // through give(), which destructs stale objects.
   std::uint64_t g = m->count != 0 ? header(m->items[0])->generation : 0;
-  std::size_t moved = seq::push_batch(&parts0->array, stop0(), m->items, m->count,
+  std::size_t moved = seq::push_batch(cache.arrays0(), stop0(), m->items, m->count,
                                       seq::guard{&cache.generation_, g});
   std::memmove(m->items, m->items + moved, (m->count - moved) * sizeof(void*));
   m->count -= static_cast<std::uint32_t>(moved);
@@ -164,7 +164,7 @@ void pool_core::put_slow(void* object) noexcept {
     return;
   }
   m->count = static_cast<std::uint32_t>(
-      seq::pop_batch(&parts0->array, stop0(), m->items, cache.magazine_size()));
+      seq::pop_batch(cache.arrays0(), stop0(), m->items, cache.magazine_size()));
   m->items[m->count++] = object;
   give(m);
 }
@@ -175,12 +175,14 @@ void pool_core::put_slow(void* object) noexcept {
 // themselves.
 void pool_core::check_may_drain(const char* what) const {
   if (pool_thread.in_callback == &cache) {
-    throw std::logic_error(std::string("percpu::pool_cache::") + what +
-                           " called from a constructor or destructor of the same cache");
+    throw error(errc::would_deadlock,
+                std::string("percpu::pool_cache::") + what + " of \"" + cache.name() +
+                    "\" called from a constructor or destructor of the same cache");
   }
   if (nested_in_own_lock() || portable_in_operation()) {
-    throw std::logic_error(std::string("percpu::pool_cache::") + what +
-                           " called from a signal handler that interrupted the cache's own work");
+    throw error(errc::would_deadlock,
+                std::string("percpu::pool_cache::") + what + " of \"" + cache.name() +
+                    "\" called from a signal handler that interrupted the cache's own work");
   }
 }
 
@@ -212,12 +214,12 @@ void pool_core::invalidate() {
   // has passed, and nothing older enters the depot after detach_full.
   std::atomic_ref<std::uint64_t>(cache.generation_).fetch_add(1, std::memory_order_seq_cst);
   std::vector<void*> victims;
-  victims.reserve(std::size_t{cache.stops_.size()} * 2 * cache.magazine_size());
+  victims.reserve(std::size_t{cache.parts_.cpus()} * 2 * cache.magazine_size());
   {
     // Signals blocked: a handler's get or put on this thread would wait
     // for the stop words this thread holds.
     signals_blocked quiet;
-    cache.stops_.visit_all([&](unsigned cpu) { drain_cpu(cpu, victims); });
+    cache.parts_.stops().visit_all([&](unsigned cpu) { drain_cpu(cpu, victims); });
   }
   retire(detach_full());
   destroy(victims.data(), victims.size());
@@ -231,7 +233,7 @@ void pool_core::invalidate_local() {
   unsigned cpu = seq::current_cpu();
   {
     signals_blocked quiet;
-    cache.stops_.visit(cpu, [&] { drain_cpu(cpu, victims); });
+    cache.parts_.stops().visit(cpu, [&] { drain_cpu(cpu, victims); });
   }
   retire(detach_full());
   destroy(victims.data(), victims.size());

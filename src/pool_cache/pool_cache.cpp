@@ -7,9 +7,10 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "percpu/runtime/error.hpp"
 #include "pool_core.hpp"
 
 namespace percpu {
@@ -17,14 +18,20 @@ namespace percpu {
 using detail::pool_core;
 
 raw_pool_cache::raw_pool_cache(pool_options options)
-    : arrays0_(nullptr), size_(options.size), options_(std::move(options)), magazine_size_(0) {
-  if (size_ == 0 || size_ > detail::max_object_size) {
-    throw std::invalid_argument("percpu::pool_cache: object size must be between 1 byte and 1 GiB");
+    : parts_(1, 64), size_(options.size), options_(std::move(options)), magazine_size_(0) {
+  const std::string where = "percpu::pool_cache \"" + options_.name + "\": ";
+  if (size_ == 0) throw error(errc::invalid_argument, where + "object size 0");
+  if (size_ > detail::max_object_size) {
+    throw error(errc::too_large,
+                where + "object size " + std::to_string(size_) + " is above 1 GiB");
   }
   std::size_t align = options_.alignment;
-  if (align == 0 || !std::has_single_bit(align) || align > 4096) {
-    throw std::invalid_argument(
-        "percpu::pool_cache: alignment must be a power of two no larger than 4096");
+  if (align == 0 || !std::has_single_bit(align)) {
+    throw error(errc::invalid_argument,
+                where + "alignment " + std::to_string(align) + " is not a power of two");
+  }
+  if (align > 4096) {
+    throw error(errc::too_large, where + "alignment " + std::to_string(align) + " is above 4096");
   }
   unsigned magazine =
       options_.magazine_size != 0 ? options_.magazine_size : detail::default_magazine;
@@ -40,14 +47,12 @@ raw_pool_cache::raw_pool_cache(pool_options options)
   c.slab_bytes = std::bit_ceil(std::max(detail::min_slab_bytes, c.slots_offset + 8 * c.slot_size));
   c.slots_per_slab = static_cast<std::uint32_t>((c.slab_bytes - c.slots_offset) / c.slot_size);
 
-  c.parts0 = static_cast<detail::cpu_part*>(allocate_raw(sizeof(detail::cpu_part), 64));
-  arrays0_ = &c.parts0->array;
-  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) {
-    detail::cpu_part* part = raw_on(c.parts0, cpu);
+  for (unsigned cpu = 0; cpu < parts_.cpus(); ++cpu) {
+    detail::cpu_part* part = parts_.on(cpu);
     part->array.items = part->items;
     part->array.capacity = 2 * magazine;
   }
-  detail::pool_registry& r = detail::the_pool_registry();
+  detail::pool_registry& r = detail::process_wide<detail::pool_registry>();
   std::lock_guard g(r.lock);
   c.id = r.next_id++;
   r.caches.push_back(this);
@@ -56,12 +61,12 @@ raw_pool_cache::raw_pool_cache(pool_options options)
 raw_pool_cache::~raw_pool_cache() {
   pool_core& c = *core_;
   {
-    detail::pool_registry& r = detail::the_pool_registry();
+    detail::pool_registry& r = detail::process_wide<detail::pool_registry>();
     std::lock_guard g(r.lock);
     std::erase(r.caches, this);
   }
   std::vector<void*> victims;
-  for (unsigned cpu = 0; cpu < stops_.size(); ++cpu) c.drain_cpu(cpu, victims);
+  for (unsigned cpu = 0; cpu < parts_.cpus(); ++cpu) c.drain_cpu(cpu, victims);
   c.retire(c.detach_full());
   c.destroy(victims.data(), victims.size());
 #if PERCPU_POOL_CHECKS
@@ -75,7 +80,6 @@ raw_pool_cache::~raw_pool_cache() {
   // touch them.  Unused ones go back to the system.
   c.release_unused_slabs();
   c.release_magazine_memory();
-  free_raw(c.parts0);
 }
 
 void* raw_pool_cache::get_slow() noexcept {

@@ -40,6 +40,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/process_wide.hpp"
+#include "percpu/core/detail/scope_exit.hpp"
 #include "percpu/core/storage.hpp"
 #include "percpu/pool_cache.hpp"
 #include "runtime/runtime_internal.hpp"
@@ -47,22 +49,11 @@
 namespace percpu::detail {
 
 constexpr unsigned min_magazine = 4;
-constexpr unsigned max_magazine = 128;
 constexpr unsigned default_magazine = 32;
 constexpr std::size_t min_slab_bytes = std::size_t{64} * 1024;
 constexpr std::size_t max_object_size = std::size_t{1} << 30;
 constexpr std::uint64_t maintenance_period_ns = 1'000'000'000;
 constexpr std::size_t magazine_chunk_bytes = std::size_t{64} * 1024;
-
-// A CPU's part of a cache: its array of cached objects (two magazines'
-// worth at most) and its slow-path counts.  arrays0_ points at CPU 0's copy.
-struct cpu_part {
-  cpu_array array;
-  std::int64_t misses;
-  std::int64_t overflows;
-  void* items[2 * max_magazine];
-};
-static_assert(offsetof(cpu_part, array) == 0);
 
 // Room for one more than a magazine: an overflowing put adds its own object
 // to the magazine's worth it moves off the CPU's array.
@@ -92,14 +83,14 @@ constexpr std::size_t round_up(std::size_t n, std::size_t to) noexcept {
 // Reports a misuse of `cache` on stderr and aborts (debug_stats.cpp).
 [[noreturn]] void misuse(const char* what, const raw_pool_cache* cache, const void* object);
 
-// Every live cache, for all_pool_stats() and the debug checks.  Its lock
-// is taken before a cache's own locks, never under them.
-struct pool_registry {
-  std::mutex lock;
+// Every live cache, for all_pool_stats() and the debug checks: process-wide
+// (process_wide<pool_registry>(): caches may outlive static destructors),
+// its lock held across fork() so that the child can create and destroy
+// caches.  The lock is taken before a cache's own locks, never under them.
+struct pool_registry : held_across_fork {
   std::vector<raw_pool_cache*> caches;
   std::uint32_t next_id = 1;
 };
-pool_registry& the_pool_registry();
 
 // The puts a signal handler made while its thread held this cache's locks.
 struct deferred_puts {
@@ -132,7 +123,6 @@ struct pool_core {
   std::size_t slab_bytes = 0;
   std::uint32_t slots_per_slab = 0;
   std::uint32_t id = 0;
-  cpu_part* parts0 = nullptr;
 
   // Depot.
   std::mutex depot_lock;
@@ -178,12 +168,12 @@ struct pool_core {
     return std::atomic_ref<std::uint64_t>(cache.generation_).load(std::memory_order_seq_cst);
   }
 
-  cpu_part* part_on(unsigned cpu) const noexcept { return copy_on(parts0, cpu); }
+  cpu_part* part_on(unsigned cpu) const noexcept { return cache.parts_.on(cpu); }
 
-  std::uint32_t* stop0() const noexcept { return cache.stops_.words(); }
+  std::uint32_t* stop0() const noexcept { return cache.parts_.stop_words(); }
 
   void count(std::int64_t cpu_part::*field) const noexcept {
-    seq::add(&(parts0->*field), stop0(), 1);
+    seq::add(&(cache.parts_.data0()->*field), stop0(), 1);
   }
 
   pool_header* header(void* object) const noexcept { return pool_object_header(object); }
@@ -221,19 +211,6 @@ struct pool_core {
     // attempt instead (a failed pop or push then comes here, nested).
     portable_enter();
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    struct release {
-      std::mutex& lock;
-      pool_core& self;
-      const pool_core* outer;
-      ~release() {
-        lock.unlock();
-        std::atomic_signal_fence(std::memory_order_seq_cst);
-        portable_leave();
-        pool_thread.held = outer;
-        std::atomic_signal_fence(std::memory_order_seq_cst);
-        if (outer != &self) self.apply_deferred_puts();
-      }
-    };
     if (&lock == &depot_lock) {
       depot_visits.fetch_add(1, std::memory_order_relaxed);
       if (!lock.try_lock()) {
@@ -243,7 +220,14 @@ struct pool_core {
     } else {
       lock.lock();
     }
-    release guard{lock, *this, outer};
+    scope_exit release([&lock, this, outer] {
+      lock.unlock();
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      portable_leave();
+      pool_thread.held = outer;
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      if (outer != this) apply_deferred_puts();
+    });
     return std::forward<F>(f)();
   }
 

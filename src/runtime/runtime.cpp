@@ -41,6 +41,7 @@
 #include "percpu/runtime/detail/arch/x86_64/thread_pointer.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 #include "runtime_internal.hpp"
 #include "topology.hpp"
 
@@ -123,6 +124,11 @@ std::string& start_error() {
   static std::string* const e = new std::string;
   return *e;
 }
+// Why start-up refuses the environment; ensure_started() reports it as a
+// percpu::error (errc::configuration).
+struct refusal {
+  std::string why;
+};
 unsigned own_registration_length = rseq_original_size;
 unsigned real_cpu_slots = 1;  // highest possible CPU + 1 (portable slot mapping)
 std::atomic<unsigned> next_thread_index{0};
@@ -157,8 +163,8 @@ unsigned parse_slots(const char* text) {
   errno = 0;
   unsigned long value = std::strtoul(text, &end, 10);
   if (*text == '\0' || *end != '\0' || errno != 0 || value < 1 || value > max_slots) {
-    throw config_error(std::string("PERCPU_SLOTS='") + text +
-                       "' is not a whole number between 1 and " + std::to_string(max_slots));
+    throw refusal{std::string("PERCPU_SLOTS='") + text + "' is not a whole number between 1 and " +
+                  std::to_string(max_slots)};
   }
   return static_cast<unsigned>(value);
 }
@@ -244,15 +250,15 @@ void start_locked() {
   const char* forced = std::getenv("PERCPU_BACKEND");
   std::string want = forced != nullptr ? forced : "";
   if (!want.empty() && want != "rseq" && want != "portable") {
-    throw config_error("PERCPU_BACKEND='" + want + "' is not one of: rseq, portable");
+    throw refusal{"PERCPU_BACKEND='" + want + "' is not one of: rseq, portable"};
   }
   const char* slots_text = std::getenv("PERCPU_SLOTS");
   bool slots_forced = slots_text != nullptr && *slots_text != '\0';
   unsigned forced_slots = slots_forced ? parse_slots(slots_text) : 0;
   if (slots_forced && want == "rseq") {
-    throw config_error(
+    throw refusal{
         "PERCPU_SLOTS simulates CPUs with the portable backend; it cannot be "
-        "combined with PERCPU_BACKEND=rseq");
+        "combined with PERCPU_BACKEND=rseq"};
   }
 
   possible_set possible = read_possible_cpus(sysfs_cpu_dir());
@@ -285,7 +291,7 @@ void start_locked() {
   }
   if (!portable_reason.empty()) {
     if (want == "rseq") {
-      throw config_error("PERCPU_BACKEND=rseq, but rseq cannot be used here: " + portable_reason);
+      throw refusal{"PERCPU_BACKEND=rseq, but rseq cannot be used here: " + portable_reason};
     }
     info().kind = backend_kind::portable;
     info().reason = portable_reason;
@@ -306,12 +312,12 @@ void ensure_started() {
   if (started.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> lock(start_mutex);
   if (started.load(std::memory_order_relaxed)) return;
-  if (!start_error().empty()) throw config_error(start_error());
+  if (!start_error().empty()) throw error(errc::configuration, start_error());
   try {
     start_locked();
-  } catch (const config_error& e) {
-    start_error() = std::string("percpu: ") + e.what();
-    throw config_error(start_error());
+  } catch (const refusal& r) {
+    start_error() = "percpu: " + r.why;
+    throw error(errc::configuration, start_error());
   }
   started.store(true, std::memory_order_release);
 }

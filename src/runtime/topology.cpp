@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/error.hpp"
 #include "topology.hpp"
 
 namespace percpu {
@@ -37,13 +38,13 @@ bool read_first_line(const std::string& path, std::string& line) {
 
 unsigned parse_number(const std::string& text, std::size_t& pos, const std::string& all) {
   if (pos >= text.size() || text[pos] < '0' || text[pos] > '9') {
-    throw std::invalid_argument("percpu: malformed CPU list '" + all + "'");
+    throw error(errc::invalid_argument, "percpu: malformed CPU list '" + all + "'");
   }
   unsigned long value = 0;
   while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9') {
     value = value * 10 + static_cast<unsigned long>(text[pos] - '0');
     if (value > max_cpu_number) {
-      throw std::invalid_argument("percpu: CPU number too large in '" + all + "'");
+      throw error(errc::invalid_argument, "percpu: CPU number too large in '" + all + "'");
     }
     ++pos;
   }
@@ -55,7 +56,7 @@ std::vector<unsigned> read_list_or_empty(const std::string& path) {
   if (!read_first_line(path, line)) return {};
   try {
     return parse_cpu_list(line);
-  } catch (const std::invalid_argument&) {
+  } catch (const error&) {
     return {};
   }
 }
@@ -76,12 +77,13 @@ std::vector<unsigned> parse_cpu_list(const std::string& text) {
     if (pos < trimmed.size() && trimmed[pos] == '-') {
       ++pos;
       last = parse_number(trimmed, pos, text);
-      if (last < first) throw std::invalid_argument("percpu: reversed range in '" + text + "'");
+      if (last < first)
+        throw error(errc::invalid_argument, "percpu: reversed range in '" + text + "'");
     }
     for (unsigned cpu = first; cpu <= last; ++cpu) cpus.push_back(cpu);
     if (pos == trimmed.size()) break;
     if (trimmed[pos] != ',')
-      throw std::invalid_argument("percpu: malformed CPU list '" + text + "'");
+      throw error(errc::invalid_argument, "percpu: malformed CPU list '" + text + "'");
     ++pos;
   }
   std::sort(cpus.begin(), cpus.end());

@@ -43,14 +43,15 @@ void program::alloc_raw() {
       alignment = std::size_t{1} << in_.ConsumeIntegralInRange<int>(0, 12);
   }
   if (size == 0 || alignment == 0 || (alignment & (alignment - 1)) != 0) {
-    expect_throw<std::invalid_argument>(
-        [&] { (void)percpu::allocate_raw(size, alignment); },
+    expect_error(
+        percpu::errc::invalid_argument, [&] { (void)percpu::allocate_raw(size, alignment); },
         "allocate_raw(size 0 or bad alignment) must throw invalid_argument");
     return;
   }
   if (size > percpu::max_allocation() || alignment > percpu::max_allocation()) {
-    expect_throw<std::length_error>([&] { (void)percpu::allocate_raw(size, alignment); },
-                                    "allocate_raw(too large) must throw length_error");
+    expect_error(
+        percpu::errc::too_large, [&] { (void)percpu::allocate_raw(size, alignment); },
+        "allocate_raw(too large) must throw too_large");
     return;
   }
   if (allocations_.size() >= 16) return;
@@ -72,8 +73,9 @@ void program::free_allocation(std::size_t i) {
   allocations_.erase(allocations_.begin() + static_cast<std::ptrdiff_t>(i));
   if (!concurrent_ && in_.ConsumeBool()) {
     // Nothing allocates in between: the pointer is not live again.
-    expect_throw<std::invalid_argument>([&] { percpu::free_raw(a.p0); },
-                                        "double free_raw must throw invalid_argument");
+    expect_error(
+        percpu::errc::invalid_argument, [&] { percpu::free_raw(a.p0); },
+        "double free_raw must throw invalid_argument");
   }
 }
 
@@ -93,8 +95,9 @@ void program::free_foreign() {
       p = allocations_[0].p0 + in_.ConsumeIntegralInRange<std::size_t>(1, allocations_[0].size - 1);
     }
   }
-  expect_throw<std::invalid_argument>([&] { percpu::free_raw(p); },
-                                      "free_raw(foreign pointer) must throw invalid_argument");
+  expect_error(
+      percpu::errc::invalid_argument, [&] { percpu::free_raw(p); },
+      "free_raw(foreign pointer) must throw invalid_argument");
 }
 
 }  // namespace percpu_fuzz

@@ -143,9 +143,15 @@ void program::raw_cache_new() {
   o.arg = census.get();
   o.name = "fuzz-raw";
   if (bad) {
-    expect_throw<std::invalid_argument>(
+    // Checked in this order: size 0, size too large, alignment not a power
+    // of two, alignment too large.
+    bool too_large = o.size != 0 && (o.size > (std::size_t{1} << 30) ||
+                                     (o.alignment != 0 && (o.alignment & (o.alignment - 1)) == 0));
+    expect_error(
+        too_large ? percpu::errc::too_large : percpu::errc::invalid_argument,
         [&] { percpu::raw_pool_cache c(o); },
-        "raw_pool_cache with a bad size or alignment must throw invalid_argument");
+        "raw_pool_cache with a bad size or alignment must throw invalid_argument or "
+        "too_large");
     return;
   }
   std::size_t alignment = o.alignment;

@@ -26,6 +26,7 @@
 #include "percpu/counter.hpp"
 #include "percpu/pool_cache.hpp"
 #include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/error.hpp"
 #include "percpu/rwlock.hpp"
 
 namespace percpu_fuzz {
@@ -43,13 +44,15 @@ inline void check(bool condition, const char* what) {
   if (!condition) fail(what);
 }
 
-// Runs f and requires it to throw exactly E (or a type derived from it)
-// with a non-empty message.
-template <class E, class F>
-void expect_throw(F&& f, const char* what) {
+// Runs f and requires it to throw the library's error, percpu::error, with
+// `code` in percpu's category and a non-empty message.
+template <class F>
+void expect_error(percpu::errc code, F&& f, const char* what) {
   try {
     f();
-  } catch (const E& e) {
+  } catch (const percpu::error& e) {
+    check(e.code() == code, what);
+    check(&e.code().category() == &percpu::error_category(), what);
     check(e.what() != nullptr && e.what()[0] != '\0', what);
     return;
   } catch (...) {
@@ -119,7 +122,7 @@ struct tracked {
 
 // Constructs tracked objects; may refuse (construction_refused) or call the
 // cache's invalidate() from inside the constructor (which must refuse with
-// std::logic_error).
+// errc::would_deadlock).
 struct tracked_factory {
   object_census* census;
   percpu::pool_cache<tracked>** cache;  // set once the cache exists
@@ -131,8 +134,9 @@ struct tracked_factory {
     }
     if (reenter_next_construction && *cache != nullptr) {
       reenter_next_construction = false;
-      expect_throw<std::logic_error>([&] { (*cache)->invalidate(); },
-                                     "invalidate() from a constructor must throw logic_error");
+      expect_error(
+          percpu::errc::would_deadlock, [&] { (*cache)->invalidate(); },
+          "invalidate() from a constructor must throw would_deadlock");
     }
     ::new (memory) tracked(census);
   }

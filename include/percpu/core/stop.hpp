@@ -37,6 +37,8 @@
 #include <span>
 #include <utility>
 
+#include "percpu/core/detail/scope_exit.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu {
@@ -44,8 +46,8 @@ namespace percpu {
 class stop_state {
  public:
   // Allocates one stop word per CPU slot, all clear.  Starts the library if
-  // needed (may throw config_error, or std::bad_alloc-like errors from the
-  // per-CPU allocator).
+  // needed.  Throws percpu::error: errc::configuration (start-up, see
+  // runtime/cpu.hpp) or errc::no_memory (the per-CPU allocator).
   stop_state();
   ~stop_state();
   stop_state(const stop_state&) = delete;
@@ -53,12 +55,14 @@ class stop_state {
 
   // Stops `cpu`: returns once no fast path of this structure is running on
   // `cpu` or can commit there until start(cpu).  Waits for another stopper
-  // of the same CPU to finish.  Throws std::out_of_range for cpu >= cpu_count().
+  // of the same CPU to finish.  Throws percpu::error (errc::out_of_range)
+  // for cpu >= size().
   void stop(unsigned cpu);
   // Ends a stop(cpu): what the visitor wrote is visible to the CPU's next
   // fast path (release, paired with the acquire of the next stopper and with
-  // the fast path's read of the word).
-  void start(unsigned cpu) noexcept;
+  // the fast path's read of the word).  Throws percpu::error
+  // (errc::out_of_range) for cpu >= size(), as stop() does.
+  void start(unsigned cpu);
 
   // stop() for every CPU with one broadcast fence instead of one per CPU.
   void stop_all();
@@ -68,11 +72,7 @@ class stop_state {
   template <class F>
   decltype(auto) visit(unsigned cpu, F&& f) {
     stop(cpu);
-    struct restart {
-      stop_state* self;
-      unsigned cpu;
-      ~restart() { self->start(cpu); }
-    } guard{this, cpu};
+    detail::scope_exit restart([this, cpu] { start(cpu); });
     return std::forward<F>(f)();
   }
 
@@ -80,10 +80,7 @@ class stop_state {
   template <class F>
   void visit_all(F&& f) {
     stop_all();
-    struct restart {
-      stop_state* self;
-      ~restart() { self->start_all(); }
-    } guard{this};
+    detail::scope_exit restart([this] { start_all(); });
     for (unsigned cpu = 0; cpu < slots_; ++cpu) f(cpu);
   }
 
@@ -91,13 +88,32 @@ class stop_state {
   // address order), then fences `cpu` once.  With no structure it is the
   // fence alone: every fast path that was running on `cpu` has finished or
   // been aborted, and its committed stores are visible.  Throws
-  // std::out_of_range when cpu >= cpu_count() or >= a structure's size().
+  // percpu::error (errc::out_of_range) when cpu >= cpu_count() or >= a
+  // structure's size(), and so does start().
   static void stop(std::span<stop_state* const> states, unsigned cpu);
-  static void start(std::span<stop_state* const> states, unsigned cpu) noexcept;
+  static void start(std::span<stop_state* const> states, unsigned cpu);
   // Several structures, every CPU: every word of every structure (structures
   // by address, CPUs ascending), then ONE broadcast fence.
   static void stop_all(std::span<stop_state* const> states);
   static void start_all(std::span<stop_state* const> states) noexcept;
+
+  // Several structures: stop(states, cpu); f(); start(states, cpu) - start
+  // also when f throws.
+  template <class F>
+  static decltype(auto) visit(std::span<stop_state* const> states, unsigned cpu, F&& f) {
+    stop(states, cpu);
+    detail::scope_exit restart([states, cpu] { start(states, cpu); });
+    return std::forward<F>(f)();
+  }
+
+  // Several structures, every CPU: stop_all(states); f(cpu) for each CPU
+  // below cpu_count() in ascending order; start_all(states).
+  template <class F>
+  static void visit_all(std::span<stop_state* const> states, F&& f) {
+    stop_all(states);
+    detail::scope_exit restart([states] { start_all(states); });
+    for (unsigned cpu = 0, n = cpu_count(); cpu < n; ++cpu) f(cpu);
+  }
 
   // CPU 0's stop word, for the sequences (runtime/detail/sequences.hpp).
   std::uint32_t* words() const noexcept { return words0_; }
@@ -106,6 +122,7 @@ class stop_state {
 
  private:
   void lock_word(unsigned cpu) noexcept;
+  void release_word(unsigned cpu) noexcept;
   std::uint32_t* words0_;
   unsigned slots_;
 };

@@ -24,32 +24,35 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
-#include <stdexcept>
-#include <string>
 #include <type_traits>
 #include <utility>
 
 #include "percpu/core/detail/alloc.hpp"
+#include "percpu/core/detail/block.hpp"
 #include "percpu/core/stop.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
 // ---- Raw allocation -------------------------------------------------------
 
 // Allocates `size` bytes aligned to `alignment` for every CPU slot, all
-// zero, and returns CPU 0's copy.  Errors (nothing is allocated on a throw):
-// std::invalid_argument for size 0 or an alignment that is not a power of
-// two; std::length_error for a size or alignment beyond max_allocation();
-// std::system_error (ENOMEM) when no address space is left for a new chunk.
-inline void* allocate_raw(std::size_t size, std::size_t alignment = alignof(std::max_align_t)) {
+// zero, and returns CPU 0's copy.  Errors, percpu::error (nothing is
+// allocated on a throw): errc::invalid_argument for size 0 or an alignment
+// that is not a power of two; errc::too_large for a size or alignment
+// beyond max_allocation(); errc::no_memory when no address space is left
+// for a new chunk.
+[[nodiscard]] inline void* allocate_raw(std::size_t size,
+                                        std::size_t alignment = alignof(std::max_align_t)) {
   return detail::allocate_percpu(size, alignment);
 }
 
 // Frees what allocate_raw returned.  The caller ensures no one still uses
-// any copy.  Throws std::invalid_argument for any other pointer.
+// any copy.  Throws percpu::error (errc::invalid_argument) for any other
+// pointer.
 inline void free_raw(void* p0) {
   detail::free_percpu(p0);
 }
@@ -80,11 +83,14 @@ class storage {
                 "percpu::storage<T> needs an object type");
 
  public:
-  // Value-initialises every CPU's copy (zero for scalars, without touching
-  // memory when T is trivially default-constructible).  If a constructor
-  // throws, the copies already built are destroyed and the exception
-  // propagates.
-  storage() : storage(construct_tag{}, std::is_scalar_v<T>, [](void* p) { ::new (p) T(); }) {}
+  // Value-initialises every CPU's copy.  For arithmetic, enumeration and
+  // pointer types, T() is all zero bytes, which fresh per-CPU memory already
+  // holds: no memory is touched.  Every other T, class types and member
+  // pointers (whose null is not all zero bytes) included, is constructed in
+  // every copy.  Throws what allocate_raw() throws (percpu::error); if a
+  // constructor of T throws, the copies already built are destroyed and its
+  // exception propagates.
+  storage() : storage(construct_tag{}, zero_bytes_are_value, [](void* p) { ::new (p) T(); }) {}
 
   // Copy-constructs every CPU's copy from `initial`.
   explicit storage(const T& initial)
@@ -94,9 +100,8 @@ class storage {
   // thread still uses the storage.
   ~storage() {
     if constexpr (!std::is_trivially_destructible_v<T>) {
-      for (unsigned cpu = 0; cpu < slots_; ++cpu) on_unchecked(cpu)->~T();
+      for (unsigned cpu = 0; cpu < cpus(); ++cpu) on_unchecked(cpu)->~T();
     }
-    detail::free_percpu(data0_);
   }
 
   storage(const storage&) = delete;
@@ -107,39 +112,42 @@ class storage {
   // the slot operations for updates.
   T* local() noexcept { return on_unchecked(current_cpu()); }
 
-  // CPU `cpu`'s copy.  Throws std::out_of_range for cpu >= cpus().
+  // CPU `cpu`'s copy.  Throws percpu::error (errc::out_of_range) for
+  // cpu >= cpus().
   T* on(unsigned cpu) {
-    if (cpu >= slots_) throw_out_of_range(cpu);
+    if (cpu >= cpus())
+      detail::throw_out_of_range("percpu::storage::on", "CPU", cpu, "cpus()", cpus());
     return on_unchecked(cpu);
   }
-  T* on_unchecked(unsigned cpu) noexcept { return detail::copy_on(data0_, cpu); }
-  const T* on_unchecked(unsigned cpu) const noexcept {
-    return detail::copy_on(static_cast<const T*>(data0_), cpu);
-  }
+  T* on_unchecked(unsigned cpu) noexcept { return block_.on(cpu); }
+  const T* on_unchecked(unsigned cpu) const noexcept { return block_.on(cpu); }
 
   // Number of CPU slots (== cpu_count()).
-  unsigned cpus() const noexcept { return slots_; }
+  unsigned cpus() const noexcept { return block_.cpus(); }
 
   // f(cpu, T&) for every CPU, unsynchronised: for quiescent data or reads
   // that tolerate staleness (a slot read this way is torn-free only through
   // load()).
   template <class F>
   void for_each_cpu(F&& f) {
-    for (unsigned cpu = 0; cpu < slots_; ++cpu) f(cpu, *on_unchecked(cpu));
+    for (unsigned cpu = 0; cpu < cpus(); ++cpu) f(cpu, *on_unchecked(cpu));
   }
 
   // f(T&) with CPU `cpu` stopped: no slot operation of this storage commits
-  // on that CPU while f runs.  Returns what f returns.
+  // on that CPU while f runs.  Returns what f returns.  Throws percpu::error
+  // (errc::out_of_range) for cpu >= cpus(), or what f throws.
   template <class F>
   decltype(auto) visit(unsigned cpu, F&& f) {
-    if (cpu >= slots_) throw_out_of_range(cpu);
-    return stops_.visit(cpu, [&]() -> decltype(auto) { return f(*on_unchecked(cpu)); });
+    if (cpu >= cpus()) {
+      detail::throw_out_of_range("percpu::storage::visit", "CPU", cpu, "cpus()", cpus());
+    }
+    return stops().visit(cpu, [&]() -> decltype(auto) { return f(*on_unchecked(cpu)); });
   }
 
   // f(cpu, T&) for every CPU, all stopped at once (one broadcast fence).
   template <class F>
   void visit_all(F&& f) {
-    stops_.visit_all([&](unsigned cpu) { f(cpu, *on_unchecked(cpu)); });
+    stops().visit_all([&](unsigned cpu) { f(cpu, *on_unchecked(cpu)); });
   }
 
   // ---- Slot operations (one machine word, integral T) ----
@@ -147,7 +155,7 @@ class storage {
   // Adds v to the current CPU's copy.  Never lost under preemption,
   // migration or signals; async-signal-safe; no atomic instruction.
   void add(T v) noexcept requires slot_value<T> {
-    detail::seq::add(slot0(), stops_.words(), static_cast<std::int64_t>(v));
+    detail::seq::add(slot0(), block_.stop_words(), static_cast<std::int64_t>(v));
   }
 
   // If the thread runs on `cpu` and that CPU's copy equals `expected`,
@@ -157,55 +165,49 @@ class storage {
   // `cpu` >= cpus() always fails.
   [[nodiscard]] bool compare_and_store(unsigned cpu, T expected,
                                        T desired) noexcept requires slot_value<T> {
-    return detail::seq::compare_and_store(slot0(), stops_.words(), cpu,
+    return detail::seq::compare_and_store(slot0(), block_.stop_words(), cpu,
                                           static_cast<std::int64_t>(expected),
                                           static_cast<std::int64_t>(desired));
   }
 
   // A torn-free, possibly stale read of CPU `cpu`'s copy (relaxed order).
-  T load(unsigned cpu) const noexcept requires slot_value<T> {
+  [[nodiscard]] T load(unsigned cpu) const noexcept requires slot_value<T> {
     return std::atomic_ref<const T>(*on_unchecked(cpu)).load(std::memory_order_relaxed);
   }
 
   // The stop words of this storage, for facilities built on it.
-  stop_state& stops() noexcept { return stops_; }
+  stop_state& stops() noexcept { return block_.stops(); }
 
  private:
   struct construct_tag {};
 
+  // Whether T() is all zero bytes (see the default constructor).
+  static constexpr bool zero_bytes_are_value = std::is_scalar_v<T> && !std::is_member_pointer_v<T>;
+
   // `zero_is_value`: fresh per-CPU memory reads as zero, which already is
-  // the value to construct (T() for scalars), so no page is touched.
+  // the value to construct, so no page is touched.
   template <class Construct>
-  storage(construct_tag, bool zero_is_value, Construct construct)
-      : slots_(stops_.size()),
-        data0_(static_cast<T*>(detail::allocate_percpu(sizeof(T), alignof(T)))) {
+  storage(construct_tag, bool zero_is_value, Construct construct) {
     if (!zero_is_value) construct_all(construct);
   }
 
+  // On a throw the block (a member) frees the memory.
   template <class Construct>
   void construct_all(Construct& construct) {
     unsigned built = 0;
     try {
-      for (; built < slots_; ++built) construct(on_unchecked(built));
+      for (; built < cpus(); ++built) construct(on_unchecked(built));
     } catch (...) {
       if constexpr (!std::is_trivially_destructible_v<T>) {
         while (built > 0) on_unchecked(--built)->~T();
       }
-      detail::free_percpu(data0_);
       throw;
     }
   }
 
-  std::int64_t* slot0() noexcept { return reinterpret_cast<std::int64_t*>(data0_); }
+  std::int64_t* slot0() noexcept { return reinterpret_cast<std::int64_t*>(block_.data0()); }
 
-  [[noreturn]] void throw_out_of_range(unsigned cpu) const {
-    throw std::out_of_range("percpu::storage: CPU " + std::to_string(cpu) +
-                            " is out of range (cpu_count() is " + std::to_string(slots_) + ")");
-  }
-
-  stop_state stops_;  // first: constructed before, destroyed after the data
-  unsigned slots_;
-  T* data0_;
+  detail::cpu_block<T> block_;
 };
 
 }  // namespace percpu

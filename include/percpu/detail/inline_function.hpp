@@ -8,8 +8,11 @@
 // std::function (which allocates beyond its small buffer) will not do.
 //
 // Mechanism: a fixed inline buffer and two function pointers (invoke,
-// destroy).  A callable that does not fit, is over-aligned, or cannot be
-// moved without throwing is rejected at compile time, never allocated.
+// destroy).  A callable that does not fit or is over-aligned is rejected at
+// compile time (the static_asserts in emplace()), never allocated.  The
+// callable is copied or moved into the buffer once and never moved again,
+// so a throwing move or copy is allowed: it throws from emplace(), before
+// the call is queued (xcall.hpp gives the descriptor back).
 #pragma once
 
 #include <cstddef>

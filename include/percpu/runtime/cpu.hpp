@@ -21,20 +21,18 @@
 #pragma once
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "percpu/runtime/detail/sequences.hpp"
+#include "percpu/runtime/error.hpp"
 
 namespace percpu {
 
-// Thrown when the environment asks for something this machine cannot give
-// (PERCPU_BACKEND=rseq without rseq, a malformed PERCPU_SLOTS, ...).
-class config_error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+// Errors: the calls below that start the library throw percpu::error with
+// errc::configuration when the environment asks for something this machine
+// cannot give (PERCPU_BACKEND=rseq without rseq, a malformed PERCPU_SLOTS,
+// ...); every later call that starts it reports the same error again.
 
 enum class backend_kind : std::uint8_t { rseq, portable };
 
@@ -58,7 +56,6 @@ struct backend_info {
 };
 
 // Starts the library if needed and describes the active backend.
-// Throws config_error on an impossible configuration.
 const backend_info& backend();
 
 // Number of per-CPU slots: every CPU number current_cpu() can return is
@@ -81,8 +78,9 @@ std::vector<unsigned> numa_nodes();    // online NUMA nodes ({0} if unknown)
 // NUMA node of `cpu`, or -1 when the system does not say.
 int numa_node_of(unsigned cpu);
 
-// Parses a kernel CPU list ("0-3,8,10-11"); throws std::invalid_argument on
-// malformed input.  Exposed because every sysfs CPU file uses this format.
-std::vector<unsigned> parse_cpu_list(const std::string& text);
+// Parses a kernel CPU list ("0-3,8,10-11"); throws percpu::error
+// (errc::invalid_argument) on malformed input.  Exposed because every sysfs
+// CPU file uses this format.
+[[nodiscard]] std::vector<unsigned> parse_cpu_list(const std::string& text);
 
 }  // namespace percpu

@@ -56,8 +56,9 @@ struct runtime_state {
 // obtained after start-up completed, so it is ordered by that allocation).
 extern runtime_state runtime;
 
-// Performs start-up if it has not happened; throws percpu::config_error when
-// the environment asks for something this machine cannot give.
+// Performs start-up if it has not happened; throws percpu::error
+// (errc::configuration) when the environment asks for something this
+// machine cannot give.
 void ensure_started();
 
 // Address of CPU `cpu`'s copy of the object whose CPU-0 copy is `p0`.
