@@ -50,6 +50,7 @@
 #include <utility>
 
 #include "percpu/detail/futex.hpp"
+#include "topology.hpp"
 #include "xcall_internal.hpp"
 
 namespace percpu::xcall {
@@ -86,7 +87,8 @@ struct alignas(64) service {
   std::atomic<std::uint32_t> sleeping{0};  // 1: the service thread is about to sleep or sleeps
   std::atomic<std::uint32_t> state{0};     // see service_state
   pthread_t thread{};
-  std::mutex start_lock;  // serialises creation of the thread
+  percpu::detail::cpu_mask* mask = nullptr;  // the service thread's own (never freed)
+  std::mutex start_lock;                     // serialises creation of the thread
 };
 
 enum service_state : std::uint32_t { absent = 0, starting = 1, running = 2, failed = 3 };
@@ -326,27 +328,31 @@ thread_local caller_ring ring;
 
 // ---- Target side: service threads ----------------------------------------------
 
-// True when the calling service thread runs on `cpu`.  A thread pinned
-// there finds itself elsewhere only when the CPU went offline, the cpuset
-// shrank, or someone restricted the process's threads (taskset -a): it
-// respects such a restriction (moving back only if its mask still allows
-// `cpu`), and never lets a call run off its CPU.
-bool on_cpu(unsigned cpu) noexcept {
-  if (sched_getcpu() == static_cast<int>(cpu)) return true;
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) != 0 || !CPU_ISSET(cpu, &set)) return false;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  if (sched_setaffinity(0, sizeof set, &set) != 0) return false;
+// True when the calling service thread may run a call for `cpu`: its
+// affinity mask is exactly {cpu}.  Running there is not enough: a thread
+// whose mask someone widened (taskset -a -p, a cgroup-v1 cpuset update,
+// the kernel's fallback when the CPU went offline) may be on `cpu` at this
+// check and migrate during the call.  So the mask is read before every
+// call (one system call); a mask that still allows `cpu` is narrowed to it
+// again, which moves the thread there before sched_setaffinity returns.  A
+// mask without `cpu` is a restriction (the CPU went offline, the cpuset
+// shrank, taskset -a): it is respected, and the call does not run.
+bool on_cpu(unsigned cpu, percpu::detail::cpu_mask& mask) noexcept {
+  if (!mask.read(0) || !mask.test(cpu)) return false;
+  if (!mask.only(cpu)) {
+    mask.clear();
+    mask.set(cpu);
+    if (!mask.apply(0)) return false;
+  }
   return sched_getcpu() == static_cast<int>(cpu);
 }
 
 // Runs one call and hands the descriptor back to its caller; true when the
 // caller was asleep and had to be woken.
-bool run(call& c, unsigned cpu) noexcept {
+bool run(call& c, unsigned cpu, percpu::detail::cpu_mask& mask) noexcept {
   if (c.anywhere) {
     c.result = outcome::returned;
-  } else if (!on_cpu(cpu)) {
+  } else if (!on_cpu(cpu, mask)) {
     c.result = outcome::off_cpu;
   } else {
     try {
@@ -370,6 +376,7 @@ bool run(call& c, unsigned cpu) noexcept {
 }
 
 void serve(service& s, unsigned cpu) {
+  percpu::detail::cpu_mask& mask = *s.mask;
   for (;;) {
     // Acquire: pairs with the callers' release (seq_cst) push, so each
     // descriptor taken is seen fully filled.
@@ -401,7 +408,7 @@ void serve(service& s, unsigned cpu) {
       // Read the link before completing the call: afterwards the caller may
       // re-queue the descriptor and overwrite it.
       call* next = ordered->next;
-      woke |= run(*ordered, cpu);
+      woke |= run(*ordered, cpu, mask);
       ordered = next;
     }
     // A woken waiter may be waiting for this very CPU (a call to its own
@@ -416,10 +423,9 @@ void* service_main(void* arg) {
     unsigned cpu;
   } a{static_cast<service*>(arg),
       static_cast<unsigned>(static_cast<service*>(arg) - the_registry().services)};
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(a.cpu, &set);
-  bool pinned = sched_setaffinity(0, sizeof set, &set) == 0;
+  a.s->mask->clear();
+  a.s->mask->set(a.cpu);
+  bool pinned = a.s->mask->apply(0);
   char name[16];
   std::snprintf(name, sizeof name, "percpu-xc/%u", a.cpu);
   pthread_setname_np(pthread_self(), name);
@@ -439,6 +445,9 @@ service& ensure_service(unsigned cpu) {
   if (s.state.load(std::memory_order_acquire) == running) return s;
   std::lock_guard<std::mutex> lock(s.start_lock);
   if (s.state.load(std::memory_order_acquire) == running) return s;
+  // The service thread's affinity mask, sized for `cpu` and the kernel's
+  // range; kept for the thread's checks before each call (allocated once).
+  if (s.mask == nullptr) s.mask = new percpu::detail::cpu_mask(the_registry().count);
   s.state.store(starting, std::memory_order_relaxed);
   pthread_attr_t attr;
   pthread_attr_init(&attr);
