@@ -146,8 +146,8 @@ struct registry {
 
   registry() {
     for (unsigned cpu : possible_cpus()) {
-      if (cpu < max_cpus) possible.set(cpu);
-      if (cpu < max_cpus && cpu + 1 > count) count = cpu + 1;
+      possible.set(cpu);
+      if (cpu + 1 > count) count = cpu + 1;
     }
     if (possible.none()) possible.set(0);
     services = new service[count];
@@ -208,6 +208,7 @@ class caller_ring {
       unsigned n = 64;
       while (n < 2 * the_registry().count) n *= 2;
       calls_.reset(new call[n]);
+      skipped_.reserve(the_registry().count);
       mask_ = n - 1;
     }
     return ++last_seq_;
@@ -253,7 +254,11 @@ class caller_ring {
                "there: offline, or outside the process's CPUs); function " +
                f.label + " did not run");
     }
-    return std::exchange(skipped_, cpu_bits{});
+    // A copy, not a move: skipped_ keeps its room for every CPU, so that
+    // reap(), which must not throw, never allocates.
+    cpu_bits skipped = skipped_;
+    skipped_.reset();
+    return skipped;
   }
 
   // fork() child: the service threads are gone; abandon what was in flight
@@ -586,6 +591,8 @@ void unicast_target(unsigned cpu) {
 void broadcast_targets(broadcast_ticket& t) {
   refuse_in_service("a broadcast");
   registry& r = the_registry();
+  t.targets.reserve(r.count);  // allocates only for CPU numbers from 1024 up
+  t.skipped.reserve(r.count);
   for (unsigned cpu = 0; cpu < r.count; ++cpu) {
     if (!r.possible.test(cpu)) continue;
     try {

@@ -4,10 +4,15 @@
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdlib.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
+#include "child_process.hpp"
 #include "cpu_mask.hpp"
 #include "percpu/cpu.hpp"
 #include "percpu/xcall.hpp"
@@ -24,6 +29,33 @@ std::vector<unsigned> reachable_cpus() {
   }
   return cpus;
 }
+
+// A directory that stands in for /sys/devices/system/cpu
+// (PERCPU_SYSFS_CPU_DIR): its `possible` file names the machine's real CPUs
+// plus `extra`, CPUs the kernel does not have, so no thread can be pinned
+// there - as on a machine with more possible CPUs than online ones.
+class fake_sysfs {
+ public:
+  explicit fake_sysfs(const std::string& extra) {
+    char dir[] = "/tmp/percpu_sysfs_XXXXXX";
+    if (mkdtemp(dir) != nullptr) dir_ = dir;
+    std::string real;
+    for (unsigned cpu : percpu::possible_cpus()) real += std::to_string(cpu) + ",";
+    std::ofstream(dir_ + "/possible") << real << extra << "\n";
+    std::ofstream(dir_ + "/online") << real.substr(0, real.size() - 1) << "\n";
+  }
+  ~fake_sysfs() {
+    std::remove((dir_ + "/possible").c_str());
+    std::remove((dir_ + "/online").c_str());
+    rmdir(dir_.c_str());
+  }
+  fake_sysfs(const fake_sysfs&) = delete;
+  fake_sysfs& operator=(const fake_sysfs&) = delete;
+  std::string env() const { return "PERCPU_SYSFS_CPU_DIR=" + dir_; }
+
+ private:
+  std::string dir_;
+};
 
 // A service thread whose affinity was widened (taskset -a -p, a cgroup-v1
 // cpuset update, the kernel's fallback when its CPU went offline) may run
@@ -57,6 +89,33 @@ TEST(XcallCpus, WidenedServiceThreadIsPinnedAgainBeforeACall) {
   }
   EXPECT_EQ(wide, 0) << "calls run with a widened mask, of " << calls;
   EXPECT_EQ(elsewhere, 0) << "calls run off their CPU, of " << calls;
+}
+
+// CPU numbers from 1024 up (glibc's cpu_set_t ends at 1023): such a CPU is
+// a CPU like any other, refused only because no thread can run there - not
+// dropped, and not out of range.
+TEST(XcallCpusChild, CpuNumbersPast1023AreCpusLikeAnyOther) {
+  if (!percpu_test::in_child()) GTEST_SKIP() << "runs in a child process";
+  EXPECT_EQ(xc::cpu_limit(), 1501u);
+  try {
+    xc::unicast_sync(1500, [] {});
+    ADD_FAILURE() << "a call to CPU 1500, which the kernel does not have, ran";
+  } catch (const xc::error& e) {
+    EXPECT_EQ(e.code(), xc::errc::cpu_unavailable) << e.what();
+    EXPECT_EQ(e.cpu(), 1500u);
+  }
+  auto b = xc::broadcast_sync([] {});
+  EXPECT_TRUE(b.skipped.test(1500));
+  EXPECT_FALSE(b.targets.test(1500));
+  EXPECT_EQ(b.targets.count(), reachable_cpus().size());
+  EXPECT_EQ(b.skipped.count(), 1u);
+  for (unsigned cpu : reachable_cpus()) EXPECT_TRUE(b.targets.test(cpu)) << cpu;
+}
+
+TEST(XcallCpus, CpuNumbersPast1023AreCpusLikeAnyOther) {
+  fake_sysfs sysfs("1500");
+  auto child = percpu_test::run_self("XcallCpusChild.CpuNumbersPast1023*", {sysfs.env()});
+  EXPECT_EQ(child.exit_code, 0) << child.output;
 }
 
 }  // namespace
