@@ -38,6 +38,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
@@ -87,11 +88,15 @@ struct alignas(64) service {
   std::atomic<std::uint32_t> sleeping{0};  // 1: the service thread is about to sleep or sleeps
   std::atomic<std::uint32_t> state{0};     // see service_state
   pthread_t thread{};
+  pid_t tid = 0;                             // the service thread's, once it started
   percpu::detail::cpu_mask* mask = nullptr;  // the service thread's own (never freed)
-  std::mutex start_lock;                     // serialises creation of the thread
+  std::mutex start_lock;                     // serialises starting, and pinning a parked thread
 };
 
-enum service_state : std::uint32_t { absent = 0, starting = 1, running = 2, failed = 3 };
+// absent: no thread.  starting: being created.  running: pinned, serving.
+// parked: the thread could not be pinned to its CPU (offline, outside the
+// cpuset); it waits, unpinned, on `state` until a caller pins it there.
+enum service_state : std::uint32_t { absent = 0, starting = 1, running = 2, parked = 3 };
 
 // How long a service thread polls its queue, and a waiter its descriptor,
 // before sleeping: long enough to catch the next call of a caller that
@@ -100,6 +105,7 @@ constexpr long poll_ns = 20000;
 constexpr long spin_wait_ns = 20000;
 
 std::atomic<long> timeout_ms{10000};
+std::atomic<unsigned long> threads_started{0};  // for the tests
 
 long now_ns() noexcept {
   timespec ts{};
@@ -143,6 +149,8 @@ struct registry {
   unsigned count = 1;  // CPU numbers below it are accepted
   cpu_bits possible;   // the possible CPUs among them
   service* services;
+  percpu::detail::cpu_mask* probe;  // pin_parked_that_came_back's, under probe_lock
+  std::mutex probe_lock;
 
   registry() {
     for (unsigned cpu : possible_cpus()) {
@@ -151,6 +159,7 @@ struct registry {
     }
     if (possible.none()) possible.set(0);
     services = new service[count];
+    probe = new percpu::detail::cpu_mask(count);
     pthread_atfork(nullptr, nullptr, reset_after_fork);
   }
 };
@@ -423,33 +432,51 @@ void serve(service& s, unsigned cpu) {
 }
 
 void* service_main(void* arg) {
-  struct {
-    service* s;
-    unsigned cpu;
-  } a{static_cast<service*>(arg),
-      static_cast<unsigned>(static_cast<service*>(arg) - the_registry().services)};
-  a.s->mask->clear();
-  a.s->mask->set(a.cpu);
-  bool pinned = a.s->mask->apply(0);
+  service& s = *static_cast<service*>(arg);
+  auto cpu = static_cast<unsigned>(&s - the_registry().services);
+  s.tid = gettid();
+  s.mask->clear();
+  s.mask->set(cpu);
+  bool pinned = s.mask->apply(0);
   char name[16];
-  std::snprintf(name, sizeof name, "percpu-xc/%u", a.cpu);
+  std::snprintf(name, sizeof name, "percpu-xc/%u", cpu);
   pthread_setname_np(pthread_self(), name);
-  // Release: pairs with the starter's acquire load; the pin happened first.
-  a.s->state.store(pinned ? running : failed, std::memory_order_release);
-  futex_wake_all(a.s->state);
-  if (!pinned) return nullptr;
-  current_service = static_cast<int>(a.cpu);
-  serve(*a.s, a.cpu);
+  // Release: pairs with the starter's acquire load; the pin and tid first.
+  s.state.store(pinned ? running : parked, std::memory_order_release);
+  futex_wake_all(s.state);
+  // Parked until a caller finds the CPU usable and pins this thread there
+  // (pin_parked); acquire pairs with its release of `running`.
+  while (s.state.load(std::memory_order_acquire) == parked) futex_wait(s.state, parked);
+  current_service = static_cast<int>(cpu);
+  serve(s, cpu);
   return nullptr;
 }
 
-// Makes sure `cpu` has a running service thread (creating it on first use).
-service& ensure_service(unsigned cpu) {
-  service& s = the_registry().services[cpu];
-  // Acquire: pairs with service_main's release of `running`.
-  if (s.state.load(std::memory_order_acquire) == running) return s;
+// A parked service thread: pins it to its CPU and lets it serve; false when
+// the CPU is still unusable.  One system call; the caller holds start_lock.
+bool pin_parked(service& s, unsigned cpu) noexcept {
+  s.mask->clear();
+  s.mask->set(cpu);
+  if (!s.mask->apply(s.tid)) return false;
+  // Release: pairs with the parked thread's acquire load; the pin first.
+  s.state.store(running, std::memory_order_release);
+  futex_wake_all(s.state);
+  return true;
+}
+
+enum class start_result : std::uint8_t { running, unavailable, no_thread };
+
+// Makes sure `cpu` has a running service thread: starts one on first use,
+// or pins its parked one.  A CPU whose thread cannot be pinned keeps the
+// parked thread, so asking again costs one sched_setaffinity, never another
+// thread.
+start_result start_service(service& s, unsigned cpu) {
+  // Acquire: pairs with the release of `running` (service_main, pin_parked).
+  if (s.state.load(std::memory_order_acquire) == running) return start_result::running;
   std::lock_guard<std::mutex> lock(s.start_lock);
-  if (s.state.load(std::memory_order_acquire) == running) return s;
+  std::uint32_t st = s.state.load(std::memory_order_acquire);
+  if (st == running) return start_result::running;
+  if (st == parked) return pin_parked(s, cpu) ? start_result::running : start_result::unavailable;
   // The service thread's affinity mask, sized for `cpu` and the kernel's
   // range; kept for the thread's checks before each call (allocated once).
   if (s.mask == nullptr) s.mask = new percpu::detail::cpu_mask(the_registry().count);
@@ -468,19 +495,53 @@ service& ensure_service(unsigned cpu) {
   pthread_attr_destroy(&attr);
   if (rc != 0) {
     s.state.store(absent, std::memory_order_relaxed);
-    fail(errc::cpu_unavailable, cpu,
-         "cannot start the service thread for CPU " + std::to_string(cpu));
+    return start_result::no_thread;
   }
-  std::uint32_t st;
+  threads_started.fetch_add(1, std::memory_order_relaxed);
   while ((st = s.state.load(std::memory_order_acquire)) == starting) futex_wait(s.state, starting);
-  if (st == failed) {
-    s.state.store(absent, std::memory_order_relaxed);
-    fail(errc::cpu_unavailable, cpu,
-         "CPU " + std::to_string(cpu) +
-             " is unavailable: a service thread cannot be pinned there (offline or outside the "
-             "process's cpuset)");
+  return st == running ? start_result::running : start_result::unavailable;
+}
+
+// Many possible CPUs, few usable (a VM with 64 possible CPUs and 4 online,
+// a narrow cpuset): a broadcast must not pay a system call for each
+// unusable CPU.  One sched_setaffinity of one parked thread to the set of
+// all parked CPUs fails unless one of them became usable (online again,
+// back in the cpuset); only then are the parked threads pinned one by one.
+// Sets `usable` to the parked CPUs that were pinned.  Allocates nothing.
+void pin_parked_that_came_back(registry& r, cpu_bits& usable) {
+  std::lock_guard<std::mutex> lock(r.probe_lock);
+  percpu::detail::cpu_mask& probe = *r.probe;
+  probe.clear();
+  pid_t prober = 0;
+  for (unsigned cpu = 0; cpu < r.count; ++cpu) {
+    if (r.services[cpu].state.load(std::memory_order_acquire) != parked) continue;
+    probe.set(cpu);
+    if (prober == 0) prober = r.services[cpu].tid;
   }
-  return s;
+  if (prober == 0 || !probe.apply(prober) || !probe.read(prober)) return;
+  // The prober's mask is now the parked CPUs it may use (read() keeps the
+  // active ones); it stays parked with that mask until pinned itself.
+  for (unsigned cpu = 0; cpu < r.count; ++cpu) {
+    if (probe.test(cpu) && start_service(r.services[cpu], cpu) == start_result::running) {
+      usable.set(cpu);
+    }
+  }
+}
+
+// unicast's form: throws cpu_unavailable.
+void ensure_service(unsigned cpu) {
+  switch (start_service(the_registry().services[cpu], cpu)) {
+    case start_result::running:
+      return;
+    case start_result::no_thread:
+      fail(errc::cpu_unavailable, cpu,
+           "cannot start the service thread for CPU " + std::to_string(cpu));
+    case start_result::unavailable:
+      fail(errc::cpu_unavailable, cpu,
+           "CPU " + std::to_string(cpu) +
+               " is unavailable: a service thread cannot be pinned there (offline or outside "
+               "the process's cpuset)");
+  }
 }
 
 // Queues the calling thread's reserved descriptor on its CPU's queue.
@@ -514,6 +575,7 @@ void reset_after_fork() noexcept {
     // Another thread may have held the lock at the fork; it does not exist here.
     new (&s.start_lock) std::mutex;
   }
+  new (&r.probe_lock) std::mutex;
   ring.abandon_in_flight();
 }
 
@@ -593,14 +655,21 @@ void broadcast_targets(broadcast_ticket& t) {
   registry& r = the_registry();
   t.targets.reserve(r.count);  // allocates only for CPU numbers from 1024 up
   t.skipped.reserve(r.count);
+  bool any_parked = false;
   for (unsigned cpu = 0; cpu < r.count; ++cpu) {
     if (!r.possible.test(cpu)) continue;
-    try {
-      ensure_service(cpu);
+    service& s = r.services[cpu];
+    // A parked CPU is tried again below, for all of them at once.
+    if (s.state.load(std::memory_order_acquire) == parked) {
+      any_parked = true;
+    } else if (start_service(s, cpu) == start_result::running) {
       t.targets.set(cpu);
-    } catch (const error&) {
-      t.skipped.set(cpu);  // offline, or outside the process's cpuset
     }
+  }
+  if (any_parked) pin_parked_that_came_back(r, t.targets);
+  for (unsigned cpu = 0; cpu < r.count; ++cpu) {
+    // Offline, or outside the process's cpuset.
+    if (r.possible.test(cpu) && !t.targets.test(cpu)) t.skipped.set(cpu);
   }
 }
 
@@ -636,6 +705,10 @@ bool service_thread(unsigned cpu, pthread_t& thread) {
   }
   thread = r.services[cpu].thread;
   return true;
+}
+
+unsigned long service_threads_started() noexcept {
+  return threads_started.load(std::memory_order_relaxed);
 }
 
 }  // namespace testing

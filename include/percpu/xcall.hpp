@@ -154,8 +154,9 @@ class cpu_bits {
  private:
   static constexpr std::size_t inline_words = inline_cpus / 64;
   std::size_t words() const noexcept { return inline_words + more_words_; }
+  // i < words(): more_ holds more_words_ words (the analyzer cannot see it).
   std::uint64_t& at(std::size_t i) noexcept {
-    return i < inline_words ? inline_[i] : more_[i - inline_words];
+    return i < inline_words ? inline_[i] : more_[i - inline_words];  // NOLINT(clang-analyzer-*)
   }
   std::uint64_t at(std::size_t i) const noexcept {
     return i < inline_words ? inline_[i] : more_[i - inline_words];
