@@ -1,0 +1,142 @@
+// xcall_service.hpp - internal: what the two halves of percpu::xcall share.
+//
+// xcall.cpp is the callers' side (descriptor rings, tickets, waiting, the
+// public functions); xcall_service.cpp the targets' (per-CPU queues, the
+// service threads, which CPUs can be served).  xcall.cpp describes the
+// mechanism as a whole.
+#pragma once
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <string>
+
+#include "percpu/xcall.hpp"
+#include "topology.hpp"
+
+namespace percpu::xcall::internal {
+
+enum class outcome : std::uint8_t { returned, threw, off_cpu };
+
+// busy values
+constexpr std::uint32_t idle = 0;           // owned by the caller
+constexpr std::uint32_t in_flight = 1;      // owned by the target
+constexpr std::uint32_t waiter_asleep = 2;  // in flight, the caller futex-waits
+
+// One call: what to run where, and how it ended.
+struct alignas(64) call {
+  detail::inline_function fn;
+  call* next = nullptr;  // queue link, written by the caller before the push
+  std::atomic<std::uint32_t> busy{idle};
+  unsigned cpu = 0;
+  bool anywhere = false;   // a barrier marker: position in the queue only
+  bool skippable = false;  // part of a broadcast: off-CPU means skipped, not failed
+  outcome result = outcome::returned;
+  const char* label = "";
+  std::uint64_t seq = 0;
+  std::exception_ptr exception;
+};
+
+// A target CPU: its queue and its service thread.
+struct alignas(64) service {
+  std::atomic<call*> head{nullptr};
+  std::atomic<std::uint32_t> sleeping{0};  // 1: the service thread is about to sleep or sleeps
+  std::atomic<std::uint32_t> state{0};     // see service_state
+  pthread_t thread{};
+  pid_t tid = 0;                             // the service thread's, once it started
+  percpu::detail::cpu_mask* mask = nullptr;  // the service thread's own (never freed)
+  std::mutex start_lock;                     // serialises starting, and pinning a parked thread
+};
+
+// absent: no thread.  starting: being created.  running: pinned, serving.
+// parked: the thread could not be pinned to its CPU (offline, outside the
+// cpuset); it waits, unpinned, on `state` until a caller pins it there.
+enum service_state : std::uint32_t { absent = 0, starting = 1, running = 2, parked = 3 };
+
+// How long a service thread polls its queue, and a waiter its descriptor,
+// before sleeping: long enough to catch the next call of a caller that
+// issues them back to back, short enough that an idle thread costs nothing.
+constexpr long poll_ns = 20000;
+constexpr long spin_wait_ns = 20000;
+
+inline long now_ns() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+inline void cpu_pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Spins until pred() holds or `budget_ns` passed.  After the first
+// yield_after_ns it also yields the CPU about every microsecond: a runnable
+// thread on the same CPU (a waiter woken there, a service thread with work)
+// must not wait for the poller's time slice.  Not earlier, because a
+// sched_yield costs about 1.5 us in a VM, and a reply that arrives during
+// one is seen that much later.
+constexpr long yield_after_ns = 5000;
+
+template <class Pred>
+bool poll_until(Pred pred, long budget_ns) noexcept {
+  long start = now_ns();
+  for (unsigned spins = 0;; ++spins) {
+    if (pred()) return true;
+    if (spins % 16 == 15) {
+      long spent = now_ns() - start;
+      if (spent > budget_ns) return false;
+      if (spent > yield_after_ns) sched_yield();
+    }
+    cpu_pause();
+  }
+}
+
+// Every target CPU's service; never destroyed (service threads may still
+// touch it while the program exits).
+struct registry {
+  unsigned count = 1;  // CPU numbers below it are accepted
+  cpu_bits possible;   // the possible CPUs among them
+  service* services;
+  percpu::detail::cpu_mask* probe;  // pin_parked_that_came_back's, under probe_lock
+  std::mutex probe_lock;
+
+  registry();
+};
+
+registry& the_registry();
+
+// The CPU whose service thread is the calling thread, or -1.
+extern thread_local int current_service;
+
+// Throws xcall::error; `text` follows "percpu::xcall: ".
+[[noreturn]] void fail(errc code, unsigned cpu, const std::string& text);
+
+// Runs in the child after fork(): the service threads are gone (xcall.cpp).
+void reset_after_fork() noexcept;
+
+// ---- The target side (xcall_service.cpp) ------------------------------------
+
+enum class start_result : std::uint8_t { running, unavailable, no_thread };
+
+// Makes sure `cpu` has a running service thread; allocates nothing once the
+// CPU's thread was started (or parked).
+start_result start_service(service& s, unsigned cpu);
+
+// Adds to `usable` the parked CPUs that can be served again.
+void pin_parked_that_came_back(registry& r, cpu_bits& usable);
+
+// Queues a filled descriptor on its CPU's queue, waking the service thread.
+void push(call& c) noexcept;
+
+// The fork child's half of reset_after_fork(): no service thread exists.
+void reset_services_after_fork() noexcept;
+
+}  // namespace percpu::xcall::internal
