@@ -146,6 +146,10 @@ run_install() {
       echo "--- $kind: $program"
       LD_LIBRARY_PATH="$prefix/lib" "build/consumer-$kind/$program"
     done
+    if [ "$kind" = shared ] && ! readelf -d "$prefix"/lib*/libpercpu.so | grep -q 'Flags:.*NODELETE'; then
+      echo "install: libpercpu.so is not linked -z nodelete" >&2
+      return 1
+    fi
     if [ "$kind" = shared ]; then
       LD_LIBRARY_PATH="$prefix/lib" ldd "build/consumer-$kind/readme_example" | grep -q "$prefix/lib/libpercpu.so" ||
         { echo "install: the shared README example is not linked to the installed libpercpu.so" >&2; return 1; }

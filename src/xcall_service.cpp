@@ -293,6 +293,14 @@ bool service_thread(unsigned cpu, pthread_t& thread) {
   return true;
 }
 
+const std::atomic<std::uint32_t>* service_sleep_word(unsigned cpu) {
+  registry& r = the_registry();
+  if (cpu >= r.count || r.services[cpu].state.load(std::memory_order_acquire) == internal::absent) {
+    return nullptr;
+  }
+  return &r.services[cpu].sleeping;
+}
+
 unsigned long service_threads_started() noexcept {
   return internal::threads_started.load(std::memory_order_relaxed);
 }
