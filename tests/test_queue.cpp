@@ -236,9 +236,10 @@ TEST(Queue, PerThreadOrderUnderMigrationStorm) {
     }
     issued[t] = n;
   });
-  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  auto stormy = [&] { return migrations.load() > 100 && signals.sent() > 100; };
+  percpu_test::storm_clock clock(std::chrono::seconds(2));
   unsigned round = 0;
-  while (std::chrono::steady_clock::now() < end) {
+  while (clock.more(stormy)) {
     switch (round++ % 3) {
       case 0:
         q.flush_cpu(round % percpu::cpu_count());
@@ -261,11 +262,11 @@ TEST(Queue, PerThreadOrderUnderMigrationStorm) {
   }
   EXPECT_EQ(applied, total);
   EXPECT_EQ(q.stats().applied, total);
-  EXPECT_GT(migrations.load(), 100);
-  EXPECT_GT(signals.sent(), 100);
-  std::printf("queue storm: %llu operations, %ld migrations, %ld signals, %llu cpu flushes\n",
-              static_cast<unsigned long long>(total), migrations.load(), signals.sent(),
-              static_cast<unsigned long long>(q.stats().cpu_flushes));
+  std::printf(
+      "queue storm: %.1f s, %llu operations, %ld migrations, %ld signals, %llu cpu flushes\n",
+      clock.seconds(), static_cast<unsigned long long>(total), migrations.load(), signals.sent(),
+      static_cast<unsigned long long>(q.stats().cpu_flushes));
+  if (!stormy()) GTEST_SKIP() << "the machine could not produce the storm in time (above)";
 }
 
 // Read-your-writes across CPUs: a writer pinned to one CPU enqueues, round
