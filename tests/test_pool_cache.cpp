@@ -23,17 +23,7 @@
 namespace {
 
 void pin_to(unsigned cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
-}
-
-void allow_all() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  for (unsigned cpu : percpu::allowed_cpus()) CPU_SET(cpu, &set);
-  sched_setaffinity(0, sizeof(set), &set);
+  ASSERT_TRUE(percpu_test::pin(cpu));
 }
 
 // Counts its constructions and destructions; marks itself live.
@@ -353,7 +343,7 @@ TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
     clock.wait(stormy);
     crew.stop();
     maintainer.join();
-    allow_all();
+    percpu_test::allow(allowed);
 
     EXPECT_EQ(violations.load(), 0)
         << dead_objects.load() << " not constructed, " << handed_out_twice.load()

@@ -33,10 +33,7 @@ struct update {
 
 // Runs the calling thread on `cpu` only.
 void pin(unsigned cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+  ASSERT_TRUE(percpu_test::pin(cpu));
 }
 
 // A table the queue's apply() writes; read only under the queue's lock.
