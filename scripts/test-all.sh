@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds and runs every test percpu has, the way CI does:
-#   1. model: spin checks the models of the stop/fence/visit protocol and of
-#      pool_cache's invalidate, and that their broken variants fail
+#   1. model: spin checks the models of the stop/fence/visit protocol, of
+#      pool_cache's invalidate, and of its per-CPU arrays under migration,
+#      two threads per CPU and invalidate_local, and that their broken
+#      variants fail
 #      (verify/run.sh; needs `apt-get install spin`);
 #   2. release build: the whole suite once per backend configuration
 #      (rseq with glibc's registration, rseq with the library's own,
