@@ -9,6 +9,7 @@
 
 #include <sys/stat.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -236,7 +237,7 @@ TEST(XcallCpusChild, CpuLeavingAndReenteringTheCpusetIsFollowed) {
   restrict_to({kept});
   ASSERT_TRUE(write_file(dir + "/cgroup.procs", std::to_string(getpid())));
 
-  int wrong = 0;
+  std::atomic<int> wrong{0};  // counted by the service threads of both CPUs at once
   auto check = [&wrong](unsigned cpu) {
     wrong += percpu::allowed_cpus() != std::vector<unsigned>{cpu};
     wrong += sched_getcpu() != static_cast<int>(cpu);
@@ -270,7 +271,7 @@ TEST(XcallCpusChild, CpuLeavingAndReenteringTheCpusetIsFollowed) {
     EXPECT_LE(xc::testing::service_threads_started(), started + 1) << "round " << round;
     restrict_to({kept});
   }
-  EXPECT_EQ(wrong, 0) << "calls run with a mask other than their CPU, or off it";
+  EXPECT_EQ(wrong.load(), 0) << "calls run with a mask other than their CPU, or off it";
 }
 
 TEST(XcallCpus, CpuLeavingAndReenteringTheCpusetIsFollowed) {
