@@ -29,6 +29,7 @@
 #include "percpu/storage.hpp"
 #include "percpu/xcall.hpp"
 #include "xcall_internal.hpp"
+#include "xcall_util.hpp"
 
 // ---- Counting allocator: every operator new in this program ----------------
 
@@ -92,13 +93,7 @@ namespace {
 
 namespace xc = percpu::xcall;
 
-std::vector<unsigned> reachable_cpus() {
-  std::vector<unsigned> cpus;
-  for (unsigned cpu : percpu::allowed_cpus()) {
-    if (cpu < xc::cpu_limit()) cpus.push_back(cpu);
-  }
-  return cpus;
-}
+using percpu_test::reachable_cpus;
 
 bool built_with_tsan() {
   return percpu::backend().under_sanitizer;

@@ -22,18 +22,13 @@
 #include "percpu/cpu.hpp"
 #include "percpu/xcall.hpp"
 #include "xcall_internal.hpp"
+#include "xcall_util.hpp"
 
 namespace {
 
 namespace xc = percpu::xcall;
 
-std::vector<unsigned> reachable_cpus() {
-  std::vector<unsigned> cpus;
-  for (unsigned cpu : percpu::allowed_cpus()) {
-    if (cpu < xc::cpu_limit()) cpus.push_back(cpu);
-  }
-  return cpus;
-}
+using percpu_test::reachable_cpus;
 
 // A directory that stands in for /sys/devices/system/cpu
 // (PERCPU_SYSFS_CPU_DIR): its `possible` file names the machine's real CPUs
