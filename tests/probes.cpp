@@ -8,14 +8,27 @@
 
 namespace percpu_test {
 
+using namespace percpu::xcall::internal;  // NOLINT(google-build-using-namespace)
+
 bool service_thread(unsigned cpu, pthread_t& thread) {
-  using namespace percpu::xcall::internal;
   registry& r = the_registry();
   if (cpu >= r.count || r.services[cpu].state.load(std::memory_order_acquire) != running) {
     return false;
   }
   thread = r.services[cpu].thread;
   return true;
+}
+
+const std::atomic<std::uint32_t>* service_sleep_word(unsigned cpu) {
+  registry& r = the_registry();
+  if (cpu >= r.count || r.services[cpu].state.load(std::memory_order_acquire) == absent) {
+    return nullptr;
+  }
+  return &r.services[cpu].sleeping;
+}
+
+unsigned long service_threads_started() noexcept {
+  return threads_started.load(std::memory_order_relaxed);
 }
 
 }  // namespace percpu_test

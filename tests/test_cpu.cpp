@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "child_process.hpp"
+#include "cpu_mask.hpp"
 #include "expect_error.hpp"
 #include "percpu/core/storage.hpp"
 #include "percpu/runtime/cpu.hpp"
@@ -19,13 +20,6 @@ namespace {
 std::string env_or_empty(const char* name) {
   const char* value = std::getenv(name);
   return value != nullptr ? value : "";
-}
-
-bool pin_to(unsigned cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  return sched_setaffinity(0, sizeof(set), &set) == 0;
 }
 
 TEST(CpuList, ParsesRangesAndSparseSets) {
@@ -103,7 +97,7 @@ TEST(Backend, RseqCpuMatchesSchedGetcpuWhenPinned) {
   auto allowed = percpu::allowed_cpus();
   for (unsigned cpu : allowed) {
     std::thread([cpu] {
-      ASSERT_TRUE(pin_to(cpu));
+      ASSERT_TRUE(percpu_test::pin(cpu));
       EXPECT_EQ(percpu::current_cpu(), cpu);
       EXPECT_EQ(sched_getcpu(), static_cast<int>(cpu));
     }).join();

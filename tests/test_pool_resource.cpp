@@ -182,10 +182,7 @@ TEST(PoolResource, EveryClassServesItsSizesAndAlignments) {
 TEST(PoolResource, FreedBlocksAreReusedOnTheSameCpu) {
   percpu::pool_resource resource;
   std::thread([&] {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(percpu::allowed_cpus().front(), &set);
-    ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+    ASSERT_TRUE(percpu_test::pin(percpu::allowed_cpus().front()));
     void* a = resource.allocate(40);
     resource.deallocate(a, 40);
     void* b = resource.allocate(33);  // the same class (48)

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_mask.hpp"
 #include "expect_error.hpp"
 #include "percpu/core/storage.hpp"
 
@@ -22,10 +23,7 @@ void spin_for(std::chrono::microseconds d) {
 }
 
 void pin(unsigned cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+  ASSERT_TRUE(percpu_test::pin(cpu));
 }
 
 // Workers add to their CPUs' slots without pause; a visitor stops each CPU

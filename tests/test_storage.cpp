@@ -9,11 +9,14 @@
 #include <set>
 #include <stdexcept>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include "child_process.hpp"
+#include "cpu_mask.hpp"
 #include "expect_error.hpp"
 #include "percpu/core/storage.hpp"
+#include "percpu/runtime/cpu.hpp"
 
 namespace {
 
@@ -69,7 +72,11 @@ TEST(Storage, CopiesAreZeroAndDistinct) {
     addresses.insert(s.on(cpu));
   }
   EXPECT_EQ(addresses.size(), s.cpus());
-  EXPECT_EQ(s.local(), s.on_unchecked(percpu::current_cpu()));
+  // Pinned: local() and current_cpu() each read the CPU.
+  std::thread([&] {
+    ASSERT_TRUE(percpu_test::pin(percpu::allowed_cpus().front()));
+    EXPECT_EQ(s.local(), s.on_unchecked(percpu::current_cpu()));
+  }).join();
 }
 
 TEST(Storage, ReusedMemoryIsZeroAgain) {

@@ -24,10 +24,12 @@
 #include <vector>
 
 #include "child_process.hpp"
+#include "cpu_mask.hpp"
 #include "expect_error.hpp"
 #include "percpu/core/storage.hpp"
 #include "percpu/xcall.hpp"
 #include "probes.hpp"
+#include "xcall_util.hpp"
 
 // ---- Counting allocator: every operator new in this program ----------------
 
@@ -91,13 +93,7 @@ namespace {
 
 namespace xc = percpu::xcall;
 
-std::vector<unsigned> reachable_cpus() {
-  std::vector<unsigned> cpus;
-  for (unsigned cpu : percpu::allowed_cpus()) {
-    if (cpu < xc::cpu_limit()) cpus.push_back(cpu);
-  }
-  return cpus;
-}
+using percpu_test::reachable_cpus;
 
 bool built_with_tsan() {
   return percpu::backend().under_sanitizer;
@@ -345,19 +341,16 @@ TEST(Xcall, CpuOutsideTheAffinityMaskIsReportedAndStillVisited) {
   xc::unicast_sync(other, [] {});  // its service thread exists
 
   // Restrict every thread of the process, remembering each one's mask.
-  std::vector<std::pair<pid_t, cpu_set_t>> saved;
+  std::vector<std::pair<pid_t, std::vector<unsigned>>> saved;
   DIR* dir = opendir("/proc/self/task");
   ASSERT_NE(dir, nullptr);
-  cpu_set_t only;
-  CPU_ZERO(&only);
-  CPU_SET(kept, &only);
   while (dirent* e = readdir(dir)) {
     if (e->d_name[0] == '.') continue;
     pid_t tid = static_cast<pid_t>(std::strtol(e->d_name, nullptr, 10));
-    cpu_set_t mask;
-    if (sched_getaffinity(tid, sizeof mask, &mask) != 0) continue;
+    std::vector<unsigned> mask = percpu_test::mask_of(tid);
+    if (mask.empty()) continue;
     saved.emplace_back(tid, mask);
-    sched_setaffinity(tid, sizeof only, &only);
+    percpu_test::set_mask_of(tid, {kept});
   }
   closedir(dir);
 
@@ -382,7 +375,7 @@ TEST(Xcall, CpuOutsideTheAffinityMaskIsReportedAndStillVisited) {
   unsigned visited_all = 0;
   xc::visit_all([&](unsigned) { ++visited_all; });
 
-  for (auto& [tid, mask] : saved) sched_setaffinity(tid, sizeof mask, &mask);
+  for (auto& [tid, mask] : saved) percpu_test::set_mask_of(tid, mask);
 
   EXPECT_TRUE(failed_cleanly);
   EXPECT_FALSE(ran_off_cpu);
@@ -410,10 +403,7 @@ TEST(Xcall, VisitAllStopsEveryListedStructure) {
   std::vector<std::thread> workers;
   for (std::size_t i = 0; i < cpus.size(); ++i) {
     workers.emplace_back([&, i] {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      CPU_SET(cpus[i], &set);
-      sched_setaffinity(0, sizeof set, &set);
+      percpu_test::pin(cpus[i]);
       long n = 0;
       while (!done.load(std::memory_order_relaxed)) {
         a.add(1);

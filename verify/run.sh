@@ -90,6 +90,10 @@ check pool_invalidate.pml pass
 check pool_invalidate.pml fail -DBROKEN_BUMP_AFTER_FENCE
 check pool_invalidate.pml fail -DBROKEN_REFILL_GUARD_CURRENT
 check pool_invalidate.pml fail -DBROKEN_UNGUARDED_PUT
+check pool_local.pml pass
+check pool_local.pml fail -DBROKEN_REFILL_STALE_CPU
+check pool_local.pml fail -DBROKEN_COUNT_READ_OUTSIDE
+check pool_local.pml fail -DBROKEN_LOCAL_NO_FENCE
 elapsed=$(($(date +%s) - start))
 
 if [ "$failures" -ne 0 ]; then

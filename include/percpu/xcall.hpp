@@ -26,7 +26,7 @@
 #pragma once
 
 #include <array>
-#include <bitset>
+#include <bit>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -59,10 +59,108 @@ namespace percpu::xcall {
 
 // ---- Tickets ------------------------------------------------------------------
 
-// CPU numbers on-CPU calls accept are below max_cpus (the size of the
-// kernel's cpu_set_t; cpu_limit() may be lower).
-inline constexpr unsigned max_cpus = 1024;
-using cpu_bits = std::bitset<max_cpus>;
+// A set of CPU numbers, of any size.  CPUs below inline_cpus live in the
+// object itself, so on machines whose CPU numbers are below 1024 a set
+// never allocates; room for larger numbers is allocated by reserve() or by
+// the first set() that needs it (std::bad_alloc), and kept by reset().
+class cpu_bits {
+ public:
+  static constexpr unsigned inline_cpus = 1024;
+
+  cpu_bits() noexcept = default;
+  cpu_bits(const cpu_bits& other) { *this = other; }
+  cpu_bits(cpu_bits&& other) noexcept { swap(other); }
+  cpu_bits& operator=(const cpu_bits& other) {
+    if (this != &other) {
+      reserve(other.room());
+      reset();
+      *this |= other;
+    }
+    return *this;
+  }
+  cpu_bits& operator=(cpu_bits&& other) noexcept {
+    swap(other);
+    return *this;
+  }
+  ~cpu_bits() { delete[] more_; }
+
+  // Room for CPU numbers below `cpus`, so that set() of them cannot throw.
+  void reserve(unsigned cpus) {
+    std::size_t words = cpus > inline_cpus ? (cpus - inline_cpus + 63) / 64 : 0;
+    if (words <= more_words_) return;
+    auto* more = new std::uint64_t[words]();
+    for (std::size_t i = 0; i < more_words_; ++i) more[i] = more_[i];
+    delete[] more_;
+    more_ = more;
+    more_words_ = words;
+  }
+  unsigned room() const noexcept { return inline_cpus + static_cast<unsigned>(more_words_ * 64); }
+
+  bool test(unsigned cpu) const noexcept {
+    return cpu < room() && ((word(cpu) >> (cpu % 64)) & 1) != 0;
+  }
+  void set(unsigned cpu) {
+    reserve(cpu + 1);
+    word(cpu) |= std::uint64_t{1} << (cpu % 64);
+  }
+  void reset(unsigned cpu) noexcept {
+    if (cpu < room()) word(cpu) &= ~(std::uint64_t{1} << (cpu % 64));
+  }
+  void reset() noexcept {
+    for (std::size_t i = 0; i < words(); ++i) at(i) = 0;
+  }
+  std::size_t count() const noexcept {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < words(); ++i) n += static_cast<std::size_t>(std::popcount(at(i)));
+    return n;
+  }
+  bool none() const noexcept { return count() == 0; }
+  bool any() const noexcept { return !none(); }
+
+  cpu_bits& operator|=(const cpu_bits& other) {
+    reserve(other.room());
+    for (std::size_t i = 0; i < other.words(); ++i) at(i) |= other.at(i);
+    return *this;
+  }
+  cpu_bits& operator&=(const cpu_bits& other) noexcept {
+    for (std::size_t i = 0; i < words(); ++i) at(i) &= i < other.words() ? other.at(i) : 0;
+    return *this;
+  }
+  // Removes every CPU of `other`.
+  cpu_bits& operator-=(const cpu_bits& other) noexcept {
+    for (std::size_t i = 0; i < words() && i < other.words(); ++i) at(i) &= ~other.at(i);
+    return *this;
+  }
+  friend bool operator==(const cpu_bits& a, const cpu_bits& b) noexcept {
+    for (std::size_t i = 0; i < a.words() || i < b.words(); ++i) {
+      if ((i < a.words() ? a.at(i) : 0) != (i < b.words() ? b.at(i) : 0)) return false;
+    }
+    return true;
+  }
+
+  void swap(cpu_bits& other) noexcept {
+    for (std::size_t i = 0; i < inline_words; ++i) std::swap(inline_[i], other.inline_[i]);
+    std::swap(more_, other.more_);
+    std::swap(more_words_, other.more_words_);
+  }
+
+ private:
+  static constexpr std::size_t inline_words = inline_cpus / 64;
+  std::size_t words() const noexcept { return inline_words + more_words_; }
+  // i < words(): more_ holds more_words_ words (the analyzer cannot see it).
+  std::uint64_t& at(std::size_t i) noexcept {
+    return i < inline_words ? inline_[i] : more_[i - inline_words];  // NOLINT(clang-analyzer-*)
+  }
+  std::uint64_t at(std::size_t i) const noexcept {
+    return i < inline_words ? inline_[i] : more_[i - inline_words];
+  }
+  std::uint64_t& word(unsigned cpu) noexcept { return at(cpu / 64); }
+  std::uint64_t word(unsigned cpu) const noexcept { return at(cpu / 64); }
+
+  std::uint64_t inline_[inline_words] = {};
+  std::uint64_t* more_ = nullptr;  // words for CPUs from inline_cpus up
+  std::size_t more_words_ = 0;
+};
 
 // A calling thread's call, by its position in that thread's issue order.
 // Tickets of one thread are increasing; wait(t) covers every earlier one.
@@ -84,7 +182,7 @@ void set_timeout(std::chrono::milliseconds limit) noexcept;
 std::chrono::milliseconds timeout() noexcept;
 
 // On-CPU calls take real CPU numbers below cpu_limit(): the highest
-// possible CPU + 1, at most max_cpus.  (With PERCPU_SLOTS the per-CPU
+// possible CPU + 1.  (With PERCPU_SLOTS the per-CPU
 // structures have simulated slots; visits take those slot numbers.)
 unsigned cpu_limit();
 
@@ -186,7 +284,7 @@ template <class F>
   broadcast_ticket t;
   detail::broadcast_targets(t);
   t.seq = detail::open_ticket();
-  for (unsigned cpu = 0; cpu < max_cpus; ++cpu) {
+  for (unsigned cpu = 0, n = t.targets.room(); cpu < n; ++cpu) {
     if (t.targets.test(cpu)) detail::issue(cpu, t.seq, true, f);
   }
   return t;
@@ -216,7 +314,7 @@ template <class F>
 [[nodiscard]] broadcast_ticket broadcast_sync(F&& f) {
   broadcast_ticket t = broadcast(std::forward<F>(f));
   cpu_bits skipped_late = wait(t);
-  t.targets &= ~skipped_late;
+  t.targets -= skipped_late;
   t.skipped |= skipped_late;
   return t;
 }

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
+#include <new>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -109,6 +110,59 @@ possible_set read_possible_cpus(const std::string& sysfs_cpu_dir) {
   return result;
 }
 
+unsigned kernel_cpu_range() {
+  static const unsigned range = [] {
+    // Grow until the kernel accepts the buffer (EINVAL: smaller than its mask).
+    for (unsigned cpus = 1024; cpus <= max_cpu_number; cpus *= 2) {
+      cpu_set_t* set = CPU_ALLOC(cpus);
+      if (set == nullptr) break;
+      int rc = sched_getaffinity(0, CPU_ALLOC_SIZE(cpus), set);
+      int err = errno;
+      CPU_FREE(set);
+      if (rc == 0 || err != EINVAL) return cpus;
+    }
+    return max_cpu_number;
+  }();
+  return range;
+}
+
+cpu_mask::cpu_mask(unsigned cpus)
+    : set_(nullptr), cpus_(std::max(cpus, kernel_cpu_range())), bytes_(CPU_ALLOC_SIZE(cpus_)) {
+  set_ = CPU_ALLOC(cpus_);
+  if (set_ == nullptr) throw std::bad_alloc();
+  // CPU_ALLOC rounds up to whole words: use all of them.
+  cpus_ = static_cast<unsigned>(bytes_ * 8);
+  clear();
+}
+
+cpu_mask::~cpu_mask() {
+  CPU_FREE(set_);
+}
+
+void cpu_mask::clear() noexcept {
+  CPU_ZERO_S(bytes_, set_);
+}
+
+void cpu_mask::set(unsigned cpu) noexcept {
+  CPU_SET_S(cpu, bytes_, set_);
+}
+
+bool cpu_mask::test(unsigned cpu) const noexcept {
+  return CPU_ISSET_S(cpu, bytes_, set_);
+}
+
+unsigned cpu_mask::count() const noexcept {
+  return static_cast<unsigned>(CPU_COUNT_S(bytes_, set_));
+}
+
+bool cpu_mask::read(pid_t tid) noexcept {
+  return sched_getaffinity(tid, bytes_, set_) == 0;
+}
+
+bool cpu_mask::apply(pid_t tid) const noexcept {
+  return sched_setaffinity(tid, bytes_, set_) == 0;
+}
+
 const std::string& sysfs_cpu_dir() {
   static const std::string dir = [] {
     const char* override_dir = std::getenv("PERCPU_SYSFS_CPU_DIR");
@@ -134,25 +188,17 @@ std::vector<unsigned> online_cpus() {
 }
 
 std::vector<unsigned> allowed_cpus() {
-  // The kernel's mask may be wider than cpu_set_t: grow until it fits.
-  for (std::size_t ncpus = 1024; ncpus <= max_cpu_number; ncpus *= 2) {
-    cpu_set_t* set = CPU_ALLOC(ncpus);
-    if (set == nullptr) break;
-    std::size_t bytes = CPU_ALLOC_SIZE(ncpus);
-    CPU_ZERO_S(bytes, set);
-    if (sched_getaffinity(0, bytes, set) == 0) {
-      std::vector<unsigned> cpus;
-      for (std::size_t cpu = 0; cpu < ncpus; ++cpu) {
-        if (CPU_ISSET_S(cpu, bytes, set)) cpus.push_back(static_cast<unsigned>(cpu));
-      }
-      CPU_FREE(set);
-      return cpus;
+  try {
+    detail::cpu_mask mask;
+    if (!mask.read(0)) return {};
+    std::vector<unsigned> cpus;
+    for (unsigned cpu = 0; cpu < mask.room(); ++cpu) {
+      if (mask.test(cpu)) cpus.push_back(cpu);
     }
-    int err = errno;
-    CPU_FREE(set);
-    if (err != EINVAL) break;
+    return cpus;
+  } catch (const std::bad_alloc&) {
+    return {};
   }
-  return {};
 }
 
 std::vector<unsigned> numa_nodes() {

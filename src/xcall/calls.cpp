@@ -1,7 +1,43 @@
-// xcall/calls.cpp - the caller's side of on-CPU calls: each calling
-// thread's ring of descriptors, issue, wait and barrier, and the public
-// functions of percpu/xcall.hpp (see internal.hpp for the protocol).
+// xcall/calls.cpp - on-CPU calls through pinned service threads (see
+// percpu/xcall.hpp): the callers' side, and the mechanism as a whole.
+//
+// Problem: run a function on a given CPU, from any thread, often and fast,
+// without allocating on the call path, and without the races the Linux
+// generic-IPI code went through in 2009-2011: a descriptor reused while the
+// target still reads it (seen half-filled), and a CPU walking a shared queue
+// that misses an entry re-queued behind its back.
+//
+// Mechanism (modelled on kernel/smp.c's llist queues):
+//  - Descriptors.  Each calling thread owns a ring of call descriptors,
+//    allocated on its first call and reused afterwards.  A descriptor is
+//    owned by its caller while `busy` is 0 and by the target while it is
+//    not.  The caller fills it, sets busy, and only then queues it; the
+//    target reads it, runs the function, destroys the callable, and clears
+//    busy last (release).  The caller reuses it only after seeing busy clear
+//    (acquire).  So a descriptor is never queued twice at once, and never
+//    written while the target may read it: the "reused descriptor seen
+//    half-filled" race cannot happen.
+//  - Queues.  Each target CPU has one lock-free LIFO list head.  Callers push
+//    with a CAS; the service thread takes the whole list with one exchange,
+//    reverses it (enqueue order) and runs it.  Entries it took are no longer
+//    reachable from the head, and entries pushed later are on the new list
+//    that the next exchange takes whole, so no walker can "fall off" a list
+//    that changes under it: the "missed re-queued entry" race cannot happen.
+//    The walker reads an entry's `next` before completing the entry, because
+//    after completion the caller may re-queue it and overwrite `next`.
+//  - Wake-ups.  A service thread polls its queue briefly after running
+//    calls, then announces it is going to sleep in `sleeping` and checks the
+//    queue once more before the futex wait.  A caller wakes it only when its
+//    push found the queue empty *and* `sleeping` is set, so a burst of calls,
+//    or calls arriving while the thread still polls, cost no system call.
+//  - Waiting.  The caller spins briefly on busy, then marks it 2 ("waiter
+//    asleep") and futex-waits; the target's completing exchange sees 2 and
+//    wakes it.
+#include "percpu/xcall.hpp"
+
+#include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 #include <atomic>
 #include <cstdint>
@@ -9,27 +45,25 @@
 #include <exception>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <string>
 #include <utility>
 
+#include "percpu/runtime/detail/futex.hpp"
 #include "xcall/internal.hpp"
 
 namespace percpu::xcall {
 
-namespace internal {
-
-std::atomic<long> timeout_ms{10000};
-
-[[noreturn]] void fail(errc code, unsigned cpu, const std::string& text) {
+void internal::fail(errc code, unsigned cpu, const std::string& text) {
   throw error(code, "percpu::xcall: " + text, static_cast<int>(cpu));
 }
 
-}  // namespace internal
-
 namespace {
 
-using namespace internal;
+using namespace internal;  // NOLINT(google-build-using-namespace): this file's other half
+using percpu::detail::futex_wait;
+
+// How long a caller waits for one call (set_timeout).
+std::atomic<long> timeout_ms{10000};
 
 // ---- Caller side: descriptors ------------------------------------------------
 
@@ -73,6 +107,7 @@ class caller_ring {
       unsigned n = 64;
       while (n < 2 * the_registry().count) n *= 2;
       calls_.reset(new call[n]);
+      skipped_.reserve(the_registry().count);
       mask_ = n - 1;
     }
     return ++last_seq_;
@@ -118,7 +153,11 @@ class caller_ring {
                "there: offline, or outside the process's CPUs); function " +
                f.label + " did not run");
     }
-    return std::exchange(skipped_, cpu_bits{});
+    // A copy, not a move: skipped_ keeps its room for every CPU, so that
+    // reap(), which must not throw, never allocates.
+    cpu_bits skipped = skipped_;
+    skipped_.reset();
+    return skipped;
   }
 
   // fork() child: the service threads are gone; abandon what was in flight
@@ -191,13 +230,30 @@ class caller_ring {
 
 thread_local caller_ring ring;
 
-void check_cpu(unsigned cpu) {
-  unsigned limit = the_registry().count;
-  if (cpu >= limit)
-    percpu::detail::throw_out_of_range("percpu::xcall", "CPU", cpu, "cpu_limit()", limit);
+// unicast's form: throws cpu_unavailable.
+void ensure_service(unsigned cpu) {
+  switch (start_service(the_registry().services[cpu], cpu)) {
+    case start_result::running:
+      return;
+    case start_result::no_thread:
+      fail(errc::cpu_unavailable, cpu,
+           "cannot start the service thread for CPU " + std::to_string(cpu));
+    case start_result::unavailable:
+      fail(errc::cpu_unavailable, cpu,
+           "CPU " + std::to_string(cpu) +
+               " is unavailable: a service thread cannot be pinned there (offline or outside "
+               "the process's cpuset)");
+  }
 }
 
-// Throws recursive_call when the caller is a service thread and `what`
+void check_cpu(unsigned cpu) {
+  unsigned limit = the_registry().count;
+  if (cpu >= limit) {
+    percpu::detail::throw_out_of_range("percpu::xcall", "CPU", cpu, "cpu_limit()", limit);
+  }
+}
+
+// Throws would_deadlock when the caller is a service thread and `what`
 // would queue a call behind the one it is running.
 void refuse_in_service(const char* what) {
   if (current_service >= 0) {
@@ -209,16 +265,10 @@ void refuse_in_service(const char* what) {
 
 }  // namespace
 
+// fork() child: the service threads are gone; abandon what the forking
+// thread had in flight (the other threads do not exist in the child).
 void internal::reset_after_fork() noexcept {
-  registry& r = the_registry();
-  for (unsigned cpu = 0; cpu < r.count; ++cpu) {
-    service& s = r.services[cpu];
-    s.head.store(nullptr, std::memory_order_relaxed);
-    s.sleeping.store(0, std::memory_order_relaxed);
-    s.state.store(absent, std::memory_order_relaxed);
-    // Another thread may have held the lock at the fork; it does not exist here.
-    new (&s.start_lock) std::mutex;
-  }
+  reset_services_after_fork();
   ring.abandon_in_flight();
 }
 
@@ -275,14 +325,23 @@ void unicast_target(unsigned cpu) {
 void broadcast_targets(broadcast_ticket& t) {
   refuse_in_service("a broadcast");
   registry& r = the_registry();
+  t.targets.reserve(r.count);  // allocates only for CPU numbers from 1024 up
+  t.skipped.reserve(r.count);
+  bool any_parked = false;
   for (unsigned cpu = 0; cpu < r.count; ++cpu) {
     if (!r.possible.test(cpu)) continue;
-    try {
-      ensure_service(cpu);
+    service& s = r.services[cpu];
+    // A parked CPU is tried again below, for all of them at once.
+    if (s.state.load(std::memory_order_acquire) == parked) {
+      any_parked = true;
+    } else if (start_service(s, cpu) == start_result::running) {
       t.targets.set(cpu);
-    } catch (const error&) {
-      t.skipped.set(cpu);  // offline, or outside the process's cpuset
     }
+  }
+  if (any_parked) pin_parked_that_came_back(r, t.targets);
+  for (unsigned cpu = 0; cpu < r.count; ++cpu) {
+    // Offline, or outside the process's cpuset.
+    if (r.possible.test(cpu) && !t.targets.test(cpu)) t.skipped.set(cpu);
   }
 }
 

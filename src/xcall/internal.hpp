@@ -1,47 +1,14 @@
-// xcall/internal.hpp - what the two halves of the on-CPU calls share: the
-// call descriptor, a CPU's queue and service thread, the registry of CPUs,
-// the polling helper (see percpu/xcall.hpp).
+// xcall/internal.hpp - what the two halves of percpu::xcall share.
 //
-// Problem: run a function on a given CPU, from any thread, often and fast,
-// without allocating on the call path, and without the races the Linux
-// generic-IPI code went through in 2009-2011: a descriptor reused while the
-// target still reads it (seen half-filled), and a CPU walking a shared queue
-// that misses an entry re-queued behind its back.
-//
-// Mechanism (modelled on kernel/smp.c's llist queues):
-//  - Descriptors.  Each calling thread owns a ring of call descriptors,
-//    allocated on its first call and reused afterwards.  A descriptor is
-//    owned by its caller while `busy` is 0 and by the target while it is
-//    not.  The caller fills it, sets busy, and only then queues it; the
-//    target reads it, runs the function, destroys the callable, and clears
-//    busy last (release).  The caller reuses it only after seeing busy clear
-//    (acquire).  So a descriptor is never queued twice at once, and never
-//    written while the target may read it: the "reused descriptor seen
-//    half-filled" race cannot happen.
-//  - Queues.  Each target CPU has one lock-free LIFO list head.  Callers push
-//    with a CAS; the service thread takes the whole list with one exchange,
-//    reverses it (enqueue order) and runs it.  Entries it took are no longer
-//    reachable from the head, and entries pushed later are on the new list
-//    that the next exchange takes whole, so no walker can "fall off" a list
-//    that changes under it: the "missed re-queued entry" race cannot happen.
-//    The walker reads an entry's `next` before completing the entry, because
-//    after completion the caller may re-queue it and overwrite `next`.
-//  - Wake-ups.  A service thread polls its queue briefly after running
-//    calls, then announces it is going to sleep in `sleeping` and checks the
-//    queue once more before the futex wait.  A caller wakes it only when its
-//    push found the queue empty *and* `sleeping` is set, so a burst of calls,
-//    or calls arriving while the thread still polls, cost no system call.
-//  - Waiting.  The caller spins briefly on busy, then marks it 2 ("waiter
-//    asleep") and futex-waits; the target's completing exchange sees 2 and
-//    wakes it.
-//
-// Files: calls.cpp is the caller's side (each thread's ring of descriptors,
-// issue, wait, barrier, the public functions); service.cpp is the target's
-// side (the service threads, their queues, pushing a call).
+// calls.cpp is the callers' side (descriptor rings, tickets, waiting, the
+// public functions); service.cpp the targets' (per-CPU queues, the service
+// threads, which CPUs can be served).  calls.cpp describes the mechanism as
+// a whole.
 #pragma once
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include <atomic>
@@ -51,13 +18,10 @@
 #include <string>
 
 #include "core/process_wide.hpp"
-#include "percpu/runtime/detail/futex.hpp"
 #include "percpu/xcall.hpp"
+#include "runtime/topology.hpp"
 
 namespace percpu::xcall::internal {
-
-using percpu::detail::futex_wait;
-using percpu::detail::futex_wake_all;
 
 enum class outcome : std::uint8_t { returned, threw, off_cpu };
 
@@ -86,18 +50,21 @@ struct alignas(64) service {
   std::atomic<std::uint32_t> sleeping{0};  // 1: the service thread is about to sleep or sleeps
   std::atomic<std::uint32_t> state{0};     // see service_state
   pthread_t thread{};
-  std::mutex start_lock;  // serialises creation of the thread
+  pid_t tid = 0;                             // the service thread's, once it started
+  percpu::detail::cpu_mask* mask = nullptr;  // the service thread's own (never freed)
+  std::mutex start_lock;                     // serialises starting, and pinning a parked thread
 };
 
-enum service_state : std::uint32_t { absent = 0, starting = 1, running = 2, failed = 3 };
+// absent: no thread.  starting: being created.  running: pinned, serving.
+// parked: the thread could not be pinned to its CPU (offline, outside the
+// cpuset); it waits, unpinned, on `state` until a caller pins it there.
+enum service_state : std::uint32_t { absent = 0, starting = 1, running = 2, parked = 3 };
 
 // How long a service thread polls its queue, and a waiter its descriptor,
 // before sleeping: long enough to catch the next call of a caller that
 // issues them back to back, short enough that an idle thread costs nothing.
 constexpr long poll_ns = 20000;
 constexpr long spin_wait_ns = 20000;
-
-extern std::atomic<long> timeout_ms;
 
 inline long now_ns() noexcept {
   timespec ts{};
@@ -133,7 +100,7 @@ bool poll_until(Pred pred, long budget_ns) noexcept {
   }
 }
 
-// A fork() child's reset: no service thread exists there (calls.cpp).
+// Runs in the child after fork(): the service threads are gone (calls.cpp).
 void reset_after_fork() noexcept;
 
 // Every target CPU's service: process-wide and never destroyed (service
@@ -143,6 +110,9 @@ struct registry {
   unsigned count = 1;  // CPU numbers below it are accepted
   cpu_bits possible;   // the possible CPUs among them
   service* services;
+  percpu::detail::cpu_mask* probe;  // pin_parked_that_came_back's, under probe_lock
+  std::mutex probe_lock;
+
   registry();
   void after_fork_child() noexcept { reset_after_fork(); }
 };
@@ -151,15 +121,30 @@ inline registry& the_registry() {
   return percpu::detail::process_wide<registry>();
 }
 
-// The CPU whose service thread the calling thread is, or -1.
-extern thread_local constinit int current_service;
+// Service threads started so far (pthread_create calls); read by the tests.
+extern std::atomic<unsigned long> threads_started;
 
+// The CPU whose service thread is the calling thread, or -1.
+extern thread_local int current_service;
+
+// Throws percpu::error; `text` follows "percpu::xcall: ".
 [[noreturn]] void fail(errc code, unsigned cpu, const std::string& text);
 
-// The target's side (service.cpp).
-// Makes sure `cpu` has a running service thread (creating it on first use).
-service& ensure_service(unsigned cpu);
-// Queues the calling thread's reserved descriptor on its CPU's queue.
+// ---- The target side (service.cpp) ------------------------------------
+
+enum class start_result : std::uint8_t { running, unavailable, no_thread };
+
+// Makes sure `cpu` has a running service thread; allocates nothing once the
+// CPU's thread was started (or parked).
+start_result start_service(service& s, unsigned cpu);
+
+// Adds to `usable` the parked CPUs that can be served again.
+void pin_parked_that_came_back(registry& r, cpu_bits& usable);
+
+// Queues a filled descriptor on its CPU's queue, waking the service thread.
 void push(call& c) noexcept;
+
+// The fork child's half of reset_after_fork(): no service thread exists.
+void reset_services_after_fork() noexcept;
 
 }  // namespace percpu::xcall::internal

@@ -1,55 +1,65 @@
-// xcall/service.cpp - the target's side of on-CPU calls: the service
-// threads pinned one per CPU, their queues, and pushing a call onto one (see
-// internal.hpp for the protocol).
+// xcall_service.cpp - the targets' side of on-CPU calls: per-CPU queues and
+// the service threads that run them (see xcall.cpp for the mechanism).
+//
+// Problem: a call must run on its CPU and nowhere else, while other
+// programs, the kernel and the process itself change which CPUs the
+// process may use: a service thread's mask can be widened (taskset -a -p,
+// a cgroup-v1 cpuset update) or restricted, CPUs go offline and come back,
+// and a machine may have many more possible CPUs than usable ones.
+//
+// Mechanism: one service thread per CPU, started on the first call to it
+// and pinned there; before each call it checks that its mask is exactly
+// its CPU (on_cpu).  A thread that cannot be pinned when it starts stays
+// parked, and is pinned when its CPU can be used again
+// (pin_parked_that_came_back), so an unusable CPU costs no thread per call.
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
-#include <cstdint>
 #include <cstdio>
-#include <exception>
 #include <mutex>
-#include <string>
+#include <new>
 
+#include "percpu/runtime/detail/futex.hpp"
+#include "runtime/topology.hpp"
 #include "xcall/internal.hpp"
 
 namespace percpu::xcall::internal {
 
-registry::registry() {
-  for (unsigned cpu : possible_cpus()) {
-    if (cpu < max_cpus) possible.set(cpu);
-    if (cpu < max_cpus && cpu + 1 > count) count = cpu + 1;
+using percpu::detail::futex_wait;
+using percpu::detail::futex_wake_all;
+
+std::atomic<unsigned long> threads_started{0};
+
+namespace {
+
+// True when the calling service thread may run a call for `cpu`: its
+// affinity mask is exactly {cpu}.  Running there is not enough: a thread
+// whose mask someone widened (taskset -a -p, a cgroup-v1 cpuset update,
+// the kernel's fallback when the CPU went offline) may be on `cpu` at this
+// check and migrate during the call.  So the mask is read before every
+// call (one system call); a mask that still allows `cpu` is narrowed to it
+// again, which moves the thread there before sched_setaffinity returns.  A
+// mask without `cpu` is a restriction (the CPU went offline, the cpuset
+// shrank, taskset -a): it is respected, and the call does not run.
+bool on_cpu(unsigned cpu, percpu::detail::cpu_mask& mask) noexcept {
+  if (!mask.read(0) || !mask.test(cpu)) return false;
+  if (!mask.only(cpu)) {
+    mask.clear();
+    mask.set(cpu);
+    if (!mask.apply(0)) return false;
   }
-  if (possible.none()) possible.set(0);
-  services = new service[count];
-}
-
-thread_local constinit int current_service = -1;
-
-// ---- Target side: service threads ----------------------------------------------
-
-// True when the calling service thread runs on `cpu`.  A thread pinned
-// there finds itself elsewhere only when the CPU went offline, the cpuset
-// shrank, or someone restricted the process's threads (taskset -a): it
-// respects such a restriction (moving back only if its mask still allows
-// `cpu`), and never lets a call run off its CPU.
-bool on_cpu(unsigned cpu) noexcept {
-  if (sched_getcpu() == static_cast<int>(cpu)) return true;
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) != 0 || !CPU_ISSET(cpu, &set)) return false;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  if (sched_setaffinity(0, sizeof set, &set) != 0) return false;
   return sched_getcpu() == static_cast<int>(cpu);
 }
 
 // Runs one call and hands the descriptor back to its caller; true when the
 // caller was asleep and had to be woken.
-bool run(call& c, unsigned cpu) noexcept {
+bool run(call& c, unsigned cpu, percpu::detail::cpu_mask& mask) noexcept {
   if (c.anywhere) {
     c.result = outcome::returned;
-  } else if (!on_cpu(cpu)) {
+  } else if (!on_cpu(cpu, mask)) {
     c.result = outcome::off_cpu;
   } else {
     try {
@@ -73,6 +83,7 @@ bool run(call& c, unsigned cpu) noexcept {
 }
 
 void serve(service& s, unsigned cpu) {
+  percpu::detail::cpu_mask& mask = *s.mask;
   for (;;) {
     // Acquire: pairs with the callers' release (seq_cst) push, so each
     // descriptor taken is seen fully filled.
@@ -104,7 +115,7 @@ void serve(service& s, unsigned cpu) {
       // Read the link before completing the call: afterwards the caller may
       // re-queue the descriptor and overwrite it.
       call* next = ordered->next;
-      woke |= run(*ordered, cpu);
+      woke |= run(*ordered, cpu, mask);
       ordered = next;
     }
     // A woken waiter may be waiting for this very CPU (a call to its own
@@ -114,34 +125,54 @@ void serve(service& s, unsigned cpu) {
 }
 
 void* service_main(void* arg) {
-  struct {
-    service* s;
-    unsigned cpu;
-  } a{static_cast<service*>(arg),
-      static_cast<unsigned>(static_cast<service*>(arg) - the_registry().services)};
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(a.cpu, &set);
-  bool pinned = sched_setaffinity(0, sizeof set, &set) == 0;
+  service& s = *static_cast<service*>(arg);
+  auto cpu = static_cast<unsigned>(&s - the_registry().services);
+  s.tid = gettid();
+  s.mask->clear();
+  s.mask->set(cpu);
+  bool pinned = s.mask->apply(0);
   char name[16];
-  std::snprintf(name, sizeof name, "percpu-xc/%u", a.cpu);
+  std::snprintf(name, sizeof name, "percpu-xc/%u", cpu);
   pthread_setname_np(pthread_self(), name);
-  // Release: pairs with the starter's acquire load; the pin happened first.
-  a.s->state.store(pinned ? running : failed, std::memory_order_release);
-  futex_wake_all(a.s->state);
-  if (!pinned) return nullptr;
-  current_service = static_cast<int>(a.cpu);
-  serve(*a.s, a.cpu);
+  // Release: pairs with the starter's acquire load; the pin and tid first.
+  s.state.store(pinned ? running : parked, std::memory_order_release);
+  futex_wake_all(s.state);
+  // Parked until a caller finds the CPU usable and pins this thread there
+  // (pin_parked); acquire pairs with its release of `running`.
+  while (s.state.load(std::memory_order_acquire) == parked) futex_wait(s.state, parked);
+  current_service = static_cast<int>(cpu);
+  serve(s, cpu);
   return nullptr;
 }
 
-// Makes sure `cpu` has a running service thread (creating it on first use).
-service& ensure_service(unsigned cpu) {
-  service& s = the_registry().services[cpu];
-  // Acquire: pairs with service_main's release of `running`.
-  if (s.state.load(std::memory_order_acquire) == running) return s;
+// A parked service thread: pins it to its CPU and lets it serve; false when
+// the CPU is still unusable.  One system call; the caller holds start_lock.
+bool pin_parked(service& s, unsigned cpu) noexcept {
+  s.mask->clear();
+  s.mask->set(cpu);
+  if (!s.mask->apply(s.tid)) return false;
+  // Release: pairs with the parked thread's acquire load; the pin first.
+  s.state.store(running, std::memory_order_release);
+  futex_wake_all(s.state);
+  return true;
+}
+
+}  // namespace
+
+// Makes sure `cpu` has a running service thread: starts one on first use,
+// or pins its parked one.  A CPU whose thread cannot be pinned keeps the
+// parked thread, so asking again costs one sched_setaffinity, never another
+// thread.
+start_result start_service(service& s, unsigned cpu) {
+  // Acquire: pairs with the release of `running` (service_main, pin_parked).
+  if (s.state.load(std::memory_order_acquire) == running) return start_result::running;
   std::lock_guard<std::mutex> lock(s.start_lock);
-  if (s.state.load(std::memory_order_acquire) == running) return s;
+  std::uint32_t st = s.state.load(std::memory_order_acquire);
+  if (st == running) return start_result::running;
+  if (st == parked) return pin_parked(s, cpu) ? start_result::running : start_result::unavailable;
+  // The service thread's affinity mask, sized for `cpu` and the kernel's
+  // range; kept for the thread's checks before each call (allocated once).
+  if (s.mask == nullptr) s.mask = new percpu::detail::cpu_mask(the_registry().count);
   s.state.store(starting, std::memory_order_relaxed);
   pthread_attr_t attr;
   pthread_attr_init(&attr);
@@ -157,19 +188,37 @@ service& ensure_service(unsigned cpu) {
   pthread_attr_destroy(&attr);
   if (rc != 0) {
     s.state.store(absent, std::memory_order_relaxed);
-    fail(errc::cpu_unavailable, cpu,
-         "cannot start the service thread for CPU " + std::to_string(cpu));
+    return start_result::no_thread;
   }
-  std::uint32_t st;
+  threads_started.fetch_add(1, std::memory_order_relaxed);
   while ((st = s.state.load(std::memory_order_acquire)) == starting) futex_wait(s.state, starting);
-  if (st == failed) {
-    s.state.store(absent, std::memory_order_relaxed);
-    fail(errc::cpu_unavailable, cpu,
-         "CPU " + std::to_string(cpu) +
-             " is unavailable: a service thread cannot be pinned there (offline or outside the "
-             "process's cpuset)");
+  return st == running ? start_result::running : start_result::unavailable;
+}
+
+// Many possible CPUs, few usable (a VM with 64 possible CPUs and 4 online,
+// a narrow cpuset): a broadcast must not pay a system call for each
+// unusable CPU.  One sched_setaffinity of one parked thread to the set of
+// all parked CPUs fails unless one of them became usable (online again,
+// back in the cpuset); only then are the parked threads pinned one by one.
+// Sets `usable` to the parked CPUs that were pinned.  Allocates nothing.
+void pin_parked_that_came_back(registry& r, cpu_bits& usable) {
+  std::lock_guard<std::mutex> lock(r.probe_lock);
+  percpu::detail::cpu_mask& probe = *r.probe;
+  probe.clear();
+  pid_t prober = 0;
+  for (unsigned cpu = 0; cpu < r.count; ++cpu) {
+    if (r.services[cpu].state.load(std::memory_order_acquire) != parked) continue;
+    probe.set(cpu);
+    if (prober == 0) prober = r.services[cpu].tid;
   }
-  return s;
+  if (prober == 0 || !probe.apply(prober) || !probe.read(prober)) return;
+  // The prober's mask is now the parked CPUs it may use (read() keeps the
+  // active ones); it stays parked with that mask until pinned itself.
+  for (unsigned cpu = 0; cpu < r.count; ++cpu) {
+    if (probe.test(cpu) && start_service(r.services[cpu], cpu) == start_result::running) {
+      usable.set(cpu);
+    }
+  }
 }
 
 // Queues the calling thread's reserved descriptor on its CPU's queue.
@@ -191,6 +240,33 @@ void push(call& c) noexcept {
       s.sleeping.exchange(0, std::memory_order_relaxed) != 0) {
     futex_wake_all(s.sleeping);
   }
+}
+
+void reset_services_after_fork() noexcept {
+  registry& r = the_registry();
+  for (unsigned cpu = 0; cpu < r.count; ++cpu) {
+    service& s = r.services[cpu];
+    s.head.store(nullptr, std::memory_order_relaxed);
+    s.sleeping.store(0, std::memory_order_relaxed);
+    s.state.store(absent, std::memory_order_relaxed);
+    // Another thread may have held the lock at the fork; it does not exist here.
+    new (&s.start_lock) std::mutex;
+  }
+  new (&r.probe_lock) std::mutex;
+}
+
+thread_local int current_service = -1;
+
+// Every target CPU's service; never destroyed (service threads may still
+// touch it while the program exits).
+registry::registry() {
+  for (unsigned cpu : possible_cpus()) {
+    possible.set(cpu);
+    if (cpu + 1 > count) count = cpu + 1;
+  }
+  if (possible.none()) possible.set(0);
+  services = new service[count];
+  probe = new percpu::detail::cpu_mask(count);
 }
 
 }  // namespace percpu::xcall::internal
