@@ -19,6 +19,8 @@
 #   8. valgrind: memcheck (errors and leaks) on a subset of the suite from
 #      the release build; under valgrind the library picks the portable
 #      backend, which the stage checks first.
+# First it installs the Debian packages these stages need that are missing
+# (scripts/install-deps.sh; PERCPU_NO_INSTALL=1 skips that).
 # Usage: scripts/test-all.sh [model|release|asan|tsan|install|stress|fuzz|valgrind ...]
 #        (default: all)
 set -euo pipefail
@@ -26,6 +28,7 @@ cd "$(dirname "$0")/.."
 jobs=$(nproc)
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(model release asan tsan install stress fuzz valgrind)
+scripts/install-deps.sh "${stages[@]}"
 
 run_preset() {
   local preset=$1
