@@ -17,7 +17,7 @@ set -euo pipefail
 
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] ||
-  stages=(model release asan tsan install stress fuzz valgrind)
+  stages=(model release asan tsan install stress fuzz valgrind vm)
 
 need=()
 have_cmd() { command -v "$1" >/dev/null; }
