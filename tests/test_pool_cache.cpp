@@ -19,6 +19,7 @@
 #include "percpu/cpu.hpp"
 #include "percpu/pool_cache.hpp"
 #include "storm_util.hpp"
+#include "test_scale.hpp"
 
 namespace {
 
@@ -332,7 +333,7 @@ TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
       for (tortured* p : held) checked_put(cache, p);
       gets.fetch_add(mine);
     });
-    long invalidations = 0;
+    std::atomic<long> invalidations{0};
     std::thread maintainer([&] {
       while (!crew.stopping()) {
         invalidates_started.fetch_add(1);
@@ -342,7 +343,13 @@ TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
         std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
     });
-    std::this_thread::sleep_for(std::chrono::seconds(3));
+    // Three seconds, or until the storm has really happened (storm_clock):
+    // in an emulated 8-CPU guest on a loaded host, three seconds gave 21
+    // invalidations.
+    percpu_test::storm_clock storm(std::chrono::seconds(3), std::chrono::milliseconds(300));
+    while (!storm.over([&] { return invalidations.load() > 100 && handler_gets.load() > 0; })) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     crew.stop();
     maintainer.join();
     allow_all();
@@ -350,7 +357,7 @@ TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
     EXPECT_EQ(violations.load(), 0)
         << dead_objects.load() << " not constructed, " << handed_out_twice.load()
         << " handed out twice, " << stale_objects.load() << " from before an invalidate";
-    EXPECT_GT(invalidations, 100);
+    EXPECT_GT(invalidations.load(), 100);
     EXPECT_GT(handler_gets.load(), 0);
     percpu::pool_stats s = cache.stats();
     EXPECT_EQ(s.constructions, static_cast<std::uint64_t>(tortured::constructed.load()));
@@ -362,7 +369,7 @@ TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
     std::printf(
         "torture: %ld gets, %ld handler gets, %ld signals, %ld invalidations, "
         "%llu constructions\n",
-        gets.load(), handler_gets.load(), signals.sent(), invalidations,
+        gets.load(), handler_gets.load(), signals.sent(), invalidations.load(),
         static_cast<unsigned long long>(s.constructions));
     torture_cache = nullptr;
   }

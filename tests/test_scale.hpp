@@ -14,6 +14,7 @@
 // that is not scaled either.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -47,5 +48,36 @@ inline std::chrono::milliseconds scaled(std::chrono::milliseconds d,
       static_cast<std::int64_t>(static_cast<double>(d.count()) * test_scale()));
   return value < floor ? floor : value;
 }
+
+// The end of a storm whose length only buys confidence.  It blows for
+// `soft` scaled (at least `floor`), and then on until happened() says it
+// reached what the test checks (enough migrations, visits, signals...), but
+// not past four times the unscaled `soft` or eight seconds, whichever is
+// longer: on a slow or loaded machine (an emulated one: TCG) a fixed
+// deadline ended storms before their thresholds were met.
+class storm_clock {
+ public:
+  using clock = std::chrono::steady_clock;
+  storm_clock(std::chrono::milliseconds soft, std::chrono::milliseconds floor)
+      : start_(clock::now()),
+        soft_end_(start_ + scaled(soft, floor)),
+        hard_end_(start_ + std::max<std::chrono::milliseconds>(4 * soft, std::chrono::seconds(8))) {
+  }
+
+  template <class Happened>
+  bool over(Happened happened) const {
+    auto now = clock::now();
+    return now >= hard_end_ || (now >= soft_end_ && happened());
+  }
+  bool soft_time_over() const { return clock::now() >= soft_end_; }
+  std::chrono::milliseconds elapsed() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start_);
+  }
+
+ private:
+  clock::time_point start_;
+  clock::time_point soft_end_;
+  clock::time_point hard_end_;
+};
 
 }  // namespace percpu_test
