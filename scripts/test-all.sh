@@ -25,14 +25,21 @@
 #      with the default one; any crash or broken invariant fails the stage;
 #   9. valgrind: memcheck (errors and leaks) on a subset of the suite from
 #      the release build; under valgrind the library picks the portable
-#      backend, which the stage checks first.
-# Usage: scripts/test-all.sh [tree|model|release|debug|asan|tsan|install|stress|fuzz|valgrind ...]
+#      backend, which the stage checks first;
+#  10. vm: emulated x86-64 machines (QEMU TCG, Debian's 6.1 and 6.12
+#      kernels) with 64 possible CPUs and 8 online, with a sparse online
+#      set, and with CPUs going offline and online under `percpu stress`:
+#      the suite on both backends and stress (scripts/vm/stage.sh).
+# First it installs the Debian packages these stages need that are missing
+# (scripts/install-deps.sh; PERCPU_NO_INSTALL=1 skips that).
+# Usage: scripts/test-all.sh [tree|model|release|debug|asan|tsan|install|stress|fuzz|valgrind|vm ...]
 #        (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(tree model release debug asan tsan install stress fuzz valgrind)
+[ ${#stages[@]} -gt 0 ] || stages=(tree model release debug asan tsan install stress fuzz valgrind vm)
+scripts/install-deps.sh "${stages[@]}"
 
 run_preset() {
   local preset=$1
@@ -200,7 +207,11 @@ for stage in "${stages[@]}"; do
       ;;
     fuzz) run_fuzz ;;
     valgrind) run_valgrind ;;
-    *) echo "unknown stage '$stage' (tree, model, release, debug, asan, tsan, install, stress, fuzz, valgrind)" >&2; exit 2 ;;
+    vm)
+      ensure_release_build
+      scripts/vm/stage.sh
+      ;;
+    *) echo "unknown stage '$stage' (tree, model, release, debug, asan, tsan, install, stress, fuzz, valgrind, vm)" >&2; exit 2 ;;
   esac
 done
 echo "=== all tests passed"

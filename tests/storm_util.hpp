@@ -15,10 +15,12 @@
 
 #include "cpu_mask.hpp"
 #include "percpu/runtime/cpu.hpp"
+#include "test_scale.hpp"
 
 namespace percpu_test {
 
-// How long a storm runs: at least `least`, then on until happened() says
+// How long a storm runs: at least `least` (scaled by PERCPU_TEST_SCALE,
+// test_scale.hpp, but never below a tenth of it), then on until happened() says
 // that the storm really happened (enough migrations, signals, visits for
 // the test's checks to mean something), but no longer than `cap` (ten times
 // `least`, at least 10 s).  A machine loaded by other work may not produce
@@ -29,7 +31,7 @@ class storm_clock {
   using clock = std::chrono::steady_clock;
   explicit storm_clock(std::chrono::milliseconds least)
       : start_(clock::now()),
-        least_end_(start_ + least),
+        least_end_(start_ + scaled(least, least / 10)),
         cap_end_(start_ + std::max<clock::duration>(10 * least, std::chrono::seconds(10))) {}
 
   // True while the storm should go on.

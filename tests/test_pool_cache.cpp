@@ -25,6 +25,7 @@
 #include "percpu/pool_cache.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "storm_util.hpp"
+#include "test_scale.hpp"
 
 namespace {
 

@@ -24,6 +24,7 @@
 #include "percpu/queue.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "storm_util.hpp"
+#include "test_scale.hpp"
 
 namespace {
 

@@ -11,6 +11,7 @@
 #include "cpu_mask.hpp"
 #include "expect_error.hpp"
 #include "percpu/core/storage.hpp"
+#include "test_scale.hpp"
 
 namespace {
 
@@ -52,7 +53,8 @@ TEST(Stop, StoppedCpuCommitsNothingAndNothingIsLost) {
   while (adding.load() < workers.size()) std::this_thread::yield();
   std::int64_t drained = 0;
   long changed_while_stopped = 0;
-  for (int round = 0; round < 300; ++round) {
+  const int rounds = percpu_test::scaled(300, 30);
+  for (int round = 0; round < rounds; ++round) {
     unsigned cpu = static_cast<unsigned>(round) % s.cpus();
     auto check_and_drain = [&](std::int64_t& slot) {
       std::int64_t before = std::atomic_ref<std::int64_t>(slot).load();

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -20,6 +21,7 @@
 #include "percpu/core/storage.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 #include "storm_util.hpp"
+#include "test_scale.hpp"
 
 namespace {
 

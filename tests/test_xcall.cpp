@@ -29,6 +29,7 @@
 #include "percpu/core/storage.hpp"
 #include "percpu/xcall.hpp"
 #include "probes.hpp"
+#include "test_scale.hpp"
 #include "xcall_util.hpp"
 
 // ---- Counting allocator: every operator new in this program ----------------
@@ -200,7 +201,7 @@ TEST(Xcall, TicketsCompleteInOrderAndBarrierCoversEveryEarlierCall) {
 
 TEST(Xcall, ConcurrentCallersLoseAndDuplicateNothing) {
   constexpr int threads = 4;
-  constexpr int calls = 10000;
+  const int calls = percpu_test::scaled(10000, 500);
   auto cpus = reachable_cpus();
   std::vector<std::atomic<int>> hits(static_cast<std::size_t>(threads) * calls);
   std::vector<int> expected(hits.size(), 0);
@@ -248,11 +249,12 @@ TEST(Xcall, NoHeapAllocationAfterWarmUp) {
     }
   };
   for (int i = 0; i < 300; ++i) work(i);
+  const int calls = percpu_test::scaled(10000, 300);
   std::uint64_t before = heap_allocations.load();
-  for (int i = 0; i < 10000; ++i) work(i);
+  for (int i = 0; i < calls; ++i) work(i);
   std::uint64_t after = heap_allocations.load();
-  EXPECT_EQ(after - before, 0U);
-  EXPECT_GT(sum.load(), 10000);
+  EXPECT_EQ(after - before, 0U) << "in " << calls << " calls";
+  EXPECT_GT(sum.load(), calls);
 }
 
 TEST(Xcall, ErrorsNameTheCpu) {
@@ -416,7 +418,8 @@ TEST(Xcall, VisitAllStopsEveryListedStructure) {
   std::int64_t drained_a = 0;
   std::int64_t drained_b = 0;
   long changed = 0;
-  for (int round = 0; round < 200; ++round) {
+  const int rounds = percpu_test::scaled(200, 20);
+  for (int round = 0; round < rounds; ++round) {
     auto drain = [&](unsigned cpu) {
       std::int64_t before = std::atomic_ref<std::int64_t>(*a.on(cpu)).load();
       std::this_thread::yield();

@@ -72,8 +72,11 @@ inline unsigned current_cpu() noexcept {
 // CPU sets, as sorted lists of CPU numbers.
 std::vector<unsigned> possible_cpus();  // may be sparse; falls back to sysconf
 std::vector<unsigned> online_cpus();
-std::vector<unsigned> allowed_cpus();  // this thread's affinity mask
-std::vector<unsigned> numa_nodes();    // online NUMA nodes ({0} if unknown)
+// This thread's affinity mask, as the kernel reports it: ANDed with the
+// active CPUs, so empty for a moment if every CPU of the mask is being
+// taken offline (CPU hotplug), until the kernel moves the thread.
+std::vector<unsigned> allowed_cpus();
+std::vector<unsigned> numa_nodes();  // online NUMA nodes ({0} if unknown)
 
 // NUMA node of `cpu`, or -1 when the system does not say.
 int numa_node_of(unsigned cpu);

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Boots one emulated x86-64 machine, runs a job in it, and says how it went.
+#
+# Problem: the guest is a real kernel under QEMU's TCG emulation (no KVM
+# here), so a run can end four ways that must not be confused: every
+# command passed; a command failed (a bug of percpu, or of its tests); the
+# guest kernel crashed (TCG guests occasionally do by themselves, so the
+# machine is booted once more before that counts); the guest hung (the
+# time-out).  The guest's init (scripts/vm/init) prints "@@vm" markers on
+# the serial console; this script reads them from the console log.
+#
+# Usage: scripts/vm/boot.sh --kernel 6.1|6.12|PATH --smp SPEC --job FILE
+#          --log FILE [--initramfs FILE] [--timeout SECONDS] [--mem SIZE]
+#          [--append KERNEL_ARGS] [--accel QEMU_ACCEL]
+#   --smp      QEMU's -smp value, for example 8,maxcpus=64
+#   --job      a shell fragment the guest's init sources (see scripts/vm/init)
+#   --log      the serial console log; a failed try's log is kept as LOG.1
+# Prints one line per command ("  NAME  rc=0  12 s  PASS") and the machine
+# line.  Exit status: 0 all passed, 1 a command failed, 2 the kernel
+# crashed twice, 3 time-out, 4 the guest ended without its final marker.
+set -euo pipefail
+
+root_dir=$(cd "$(dirname "$0")/../.." && pwd)
+kernel='' smp='' job='' log='' initramfs=$root_dir/build/vm/initramfs.cpio
+timeout_s=1200 mem=2G append='' accel=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kernel) kernel=$2 ;;
+    --smp) smp=$2 ;;
+    --job) job=$2 ;;
+    --log) log=$2 ;;
+    --initramfs) initramfs=$2 ;;
+    --timeout) timeout_s=$2 ;;
+    --mem) mem=$2 ;;
+    --append) append=$2 ;;
+    --accel) accel=$2 ;;
+    *) echo "boot.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift 2
+done
+if [ -z "$kernel" ] || [ -z "$smp" ] || [ -z "$job" ] || [ -z "$log" ]; then
+  echo "boot.sh: --kernel, --smp, --job and --log are required" >&2
+  exit 2
+fi
+[ -r "$initramfs" ] || { echo "boot.sh: no initramfs at $initramfs (scripts/vm/initramfs.sh)" >&2; exit 2; }
+
+image=$kernel
+[ -f "$image" ] || image=$("$root_dir/scripts/vm/kernel.sh" "$kernel")
+
+# Multi-threaded TCG (one host thread per vCPU): with one host thread for
+# all vCPUs (thread=single) QEMU switches between them only every 100 ms
+# while a vCPU spins, so every hand-off between two CPUs (a call and its
+# reply, a fence) costs up to that, and the suite takes hours.  The 6.12
+# kernel was once seen to panic at boot under QEMU 7.2's multi-threaded TCG
+# (an int3 while it patched its own text); a crashed boot is retried below,
+# and PERCPU_VM_ACCEL=tcg,thread=single boots it the slow way.  With many
+# vCPUs on few host CPUs, multi-threaded TCG boots slowly or not at all
+# (64 vCPUs on 2 host CPUs did not boot in 3 minutes): boot few CPUs and
+# leave the rest offline (the kernel's maxcpus=N) instead.
+[ -n "$accel" ] || accel=${PERCPU_VM_ACCEL:-tcg}
+
+# The job goes in a second archive appended to the common one.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/root/job"
+cp "$job" "$work/root/job/run.sh"
+(cd "$work/root" && find job | cpio --quiet -o -H newc -R 0:0) >"$work/job.cpio"
+cat "$initramfs" "$work/job.cpio" >"$work/initrd.cpio"
+
+# panic=-1 and -no-reboot: a kernel panic ends QEMU at once.  loglevel=5:
+# the console shows warnings and worse (oopses, panics), not the boot chatter.
+cmdline="console=ttyS0 panic=-1 loglevel=5 rdinit=/init $append"
+
+# Kernel lines carry a timestamp; these mean the kernel itself failed.
+crash_pattern='^\[ *[0-9]+\.[0-9]+\] (Kernel panic|Oops|BUG:|general protection fault|kernel BUG|RIP: 0010)'
+
+boot_once() {
+  local rc=0
+  timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel "$accel" -cpu max -m "$mem" -smp "$smp" \
+    -nodefaults -display none -monitor none -serial stdio -no-reboot \
+    -kernel "$image" -initrd "$work/initrd.cpio" -append "$cmdline" </dev/null >"$log" 2>&1 || rc=$?
+  return $rc
+}
+
+# Classifies the log: prints the verdict word.
+verdict() {
+  local qemu_rc=$1
+  tr -d '\r' <"$log" >"$log.clean" && mv "$log.clean" "$log"
+  if grep -Eq "$crash_pattern" "$log"; then
+    echo crash
+  elif [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
+    echo timeout
+  elif ! grep -q '^@@vm done' "$log"; then
+    echo incomplete
+  elif grep -E '^@@vm end ' "$log" | grep -vq ' rc=0 '; then
+    echo failed
+  else
+    echo passed
+  fi
+}
+
+summarise() {
+  sed -n 's/^@@vm machine/  machine:/p' "$log" | tail -n 1
+  awk '/^@@vm end / {
+         name = $3; rc = $4; secs = $5; sub(/^seconds=/, "", secs)
+         extra = ""; for (i = 6; i <= NF; i++) extra = extra " " $i
+         printf "  %-28s %-6s %5s s%s  %s\n", name, rc, secs, extra, rc == "rc=0" ? "PASS" : "FAIL"
+       }' "$log"
+  # A command begun but never ended: the machine died or hung inside it.
+  awk '/^@@vm begin / { open[$3] = 1 } /^@@vm end / { delete open[$3] }
+       END { for (n in open) printf "  %-28s never finished\n", n }' "$log"
+  # What a failed command printed last: its failed checks, the kernel's
+  # word on a fatal signal.
+  awk '/^@@vm begin / { n = 0; next }
+       /^@@vm end / && $4 != "rc=0" {
+         printf "  --- %s, last lines:\n", $3
+         for (i = (n > 30 ? n - 30 : 0); i < n; i++) print "    " lines[i % 30]
+         next
+       }
+       { lines[n % 30] = $0; n++ }' "$log"
+}
+
+started=$(date +%s)
+qemu_rc=0
+boot_once || qemu_rc=$?
+result=$(verdict "$qemu_rc")
+if [ "$result" = crash ]; then
+  echo "  the guest kernel crashed; booting once more (first console log kept as $log.1):"
+  grep -E "$crash_pattern" "$log" | head -n 3 | sed 's/^/    /'
+  mv "$log" "$log.1"
+  qemu_rc=0
+  boot_once || qemu_rc=$?
+  result=$(verdict "$qemu_rc")
+fi
+summarise
+echo "  guest: $result in $(($(date +%s) - started)) s (console log: $log)"
+case "$result" in
+  passed) exit 0 ;;
+  failed) exit 1 ;;
+  crash)
+    grep -E "$crash_pattern" "$log" | head -n 5 | sed 's/^/    /'
+    exit 2
+    ;;
+  timeout) exit 3 ;;
+  *) tail -n 20 "$log" | sed 's/^/    /'; exit 4 ;;
+esac
