@@ -10,6 +10,7 @@
 
 #include "percpu/core/detail/alloc.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 
 namespace percpu {
 
@@ -96,28 +97,27 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
   // Between the two steps of a fold the value is in neither place:
   // read_approx() may be low by it, which is the residual the slot held and
   // error_bound() already covers.
-  //
-  // Portable backend: compare_and_store locks the exact slot, so it fails
-  // only when the slot changed - or, inside a signal handler that
-  // interrupted this thread's own operation, when that operation holds the
-  // slot.  There the fold gives up after a few tries and leaves the residual
-  // to the next add on that slot (a stop, which would wait for the
-  // interrupted operation, could deadlock); the bound then holds once that
-  // add has returned.
   if (cpu >= slots_.stops_.size()) return;  // the add was deferred (see add_return)
-  bool rseq = detail::runtime.backend == detail::backend_code::rseq;
-  for (int tries = 0;; ++tries) {
+  for (;;) {
     if (residual < batch_ && residual > -batch_) return;
-    if (detail::seq::compare_and_store(slots_.slots0_, slots_.stops_.words(), cpu, residual, 0)) {
-      central_.fetch_add(residual, std::memory_order_relaxed);
-      return;
+    switch (
+        detail::seq::compare_and_store(slots_.slots0_, slots_.stops_.words(), cpu, residual, 0)) {
+      case detail::cas_result::stored:
+        central_.fetch_add(residual, std::memory_order_relaxed);
+        return;
+      case detail::cas_result::changed:
+        residual = slots_.slot(cpu, 0);  // another add changed it: look again
+        continue;
+      case detail::cas_result::busy:
+        // A signal handler that interrupted this thread's own operation on
+        // the slot: waiting (or stopping the CPU) would wait for that very
+        // operation.  The residual is left to the next add on the slot; the
+        // bound holds again once that add has returned.
+        return;
+      case detail::cas_result::moved:
+        break;  // fold remotely, below
     }
-    if (!rseq) {
-      if (tries == 3) return;
-    } else if (current_cpu() != cpu) {
-      break;  // moved away: fold remotely
-    }
-    residual = slots_.slot(cpu, 0);  // another add changed it: look again
+    break;
   }
   // This thread no longer runs on `cpu`: fold with that CPU stopped.  Rare
   // (a migration right at the batch) and it keeps the bound hard.  Signals

@@ -49,6 +49,7 @@
 #include <string>
 #include <utility>
 
+#include "percpu/runtime/detail/arch.hpp"
 #include "percpu/runtime/detail/futex.hpp"
 #include "xcall_internal.hpp"
 
@@ -105,12 +106,6 @@ long now_ns() noexcept {
   return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-void cpu_pause() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
-
 // Spins until pred() holds or `budget_ns` passed.  After the first
 // yield_after_ns it also yields the CPU about every microsecond: a runnable
 // thread on the same CPU (a waiter woken there, a service thread with work)
@@ -129,7 +124,7 @@ bool poll_until(Pred pred, long budget_ns) noexcept {
       if (spent > budget_ns) return false;
       if (spent > yield_after_ns) sched_yield();
     }
-    cpu_pause();
+    percpu::detail::arch::cpu_relax();
   }
 }
 

@@ -150,10 +150,10 @@ Result locked(std::uint32_t* stop0, Result busy, Op op) noexcept {
 }
 
 // locked_with() on slot `cpu` only (operations bound to one CPU).
-template <class Op>
-bool locked_on(std::uint32_t* stop0, unsigned cpu, Op op) noexcept {
+template <class Op, class Result>
+Result locked_on(std::uint32_t* stop0, unsigned cpu, Result busy, Op op) noexcept {
   return locked_with(
-      stop0, false,
+      stop0, busy,
       [stop0, cpu](unsigned& slot) {
         slot = cpu;
         return try_lock(stop0, cpu);
@@ -283,18 +283,18 @@ std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t 
   return value;
 }
 
-bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
-                       std::int64_t expected, std::int64_t desired) noexcept {
-  // No thread runs on a CPU past the slots: fail as the rseq sequence does,
-  // instead of locking a word outside the structure.
-  if (cpu >= runtime.slots) return false;
-  return locked_on(stop0, cpu, [&](unsigned slot) {
+cas_result compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
+                             std::int64_t expected, std::int64_t desired) noexcept {
+  // No thread runs on a CPU past the slots: `moved`, as with the rseq
+  // sequence, instead of locking a word outside the structure.
+  if (cpu >= runtime.slots) return cas_result::moved;
+  return locked_on(stop0, cpu, cas_result::busy, [&](unsigned slot) {
     // Every writer holds the lock, so the read may be plain; the store is
     // atomic for the readers that do not take it (see add_to_slot).
     std::int64_t* value = copy_on(slot0, slot);
-    if (*value != expected) return false;
+    if (*value != expected) return cas_result::changed;
     std::atomic_ref<std::int64_t>(*value).store(desired, std::memory_order_release);
-    return true;
+    return cas_result::stored;
   });
 }
 
@@ -368,7 +368,7 @@ bool push_record(record_array* arr0, std::uint32_t* stop0, unsigned cpu,
   unsigned here = portable_slot();
   *cpu_out = here;
   if (here != cpu) return false;
-  return locked_on(stop0, cpu, [&](unsigned slot) {
+  return locked_on(stop0, cpu, false, [&](unsigned slot) {
     record_array* arr = copy_on(arr0, slot);
     std::uint32_t count = arr->count;
     if (count >= arr->capacity) return false;

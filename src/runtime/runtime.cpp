@@ -11,7 +11,7 @@
 // Mechanism: start-up runs once, on first use, under a mutex.  It prefers
 // glibc's rseq registration (__rseq_offset/__rseq_size); when glibc did not
 // register, it registers an area of its own for each thread, lazily (a fast
-// path that reads a negative cpu_id asks slow::register_thread()).  The own
+// path that reads a negative cpu_id asks slow::use_sequences()).  The own
 // area lives in initial-exec TLS so that, like glibc's, it sits at a fixed
 // offset from the thread pointer and the sequences address both the same way.
 // It never writes a kernel-owned field of either area.
@@ -38,7 +38,7 @@
 #endif
 
 #include "percpu/runtime/cpu.hpp"
-#include "percpu/runtime/detail/arch/x86_64/thread_pointer.hpp"
+#include "percpu/runtime/detail/arch.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 #include "runtime_internal.hpp"
@@ -76,7 +76,6 @@ runtime_state runtime;
 
 namespace {
 
-constexpr std::uint32_t rseq_signature = 0x53053053;  // glibc's RSEQ_SIG, x86-64
 constexpr std::uint32_t cpu_id_uninitialized = 0xffffffffu;
 constexpr unsigned rseq_original_size = 32;
 constexpr unsigned own_area_size = 256;
@@ -127,6 +126,7 @@ unsigned own_registration_length = rseq_original_size;
 unsigned real_cpu_slots = 1;  // highest possible CPU + 1 (portable slot mapping)
 std::atomic<unsigned> next_thread_index{0};
 
+using arch::rseq_signature;
 using arch::thread_pointer;
 
 bool glibc_registered() noexcept {
@@ -188,10 +188,9 @@ std::string probe_fences(bool sysfs_ok) {
 // Why rseq cannot be used here; empty when it can.  Fills the rseq fields of
 // `info` and runtime.rseq_offset.
 std::string probe_rseq(bool sysfs_ok) {
-#if !defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-  (void)sysfs_ok;
-  return "no restartable sequences for this architecture yet";
-#else
+  if constexpr (!arch::has_sequences) {
+    return "no restartable sequences for this architecture yet";
+  }
   info().feature_size = static_cast<unsigned>(getauxval(AT_RSEQ_FEATURE_SIZE));
   info().alignment = static_cast<unsigned>(getauxval(AT_RSEQ_ALIGN));
   unsigned usable = info().feature_size != 0 ? info().feature_size : 20;
@@ -221,10 +220,9 @@ std::string probe_rseq(bool sysfs_ok) {
   std::string why_not = probe_fences(sysfs_ok);
   if (!why_not.empty() && info().source == rseq_source::own) unregister_own_area();
   return why_not;
-#endif
 }
 
-// Fault injection (debug builds, see arch/x86_64/rseq.hpp): sequences abort
+// Fault injection (debug builds, see runtime/detail/arch.hpp): sequences abort
 // themselves when this thread's countdown reaches zero.  It starts at 1, so
 // a thread's first sequence rearms it with the configured rate.
 // Constant-initialised; start-up reads PERCPU_FAULT_ABORT_RATE into it.
@@ -291,7 +289,7 @@ void start_locked() {
     info().reason = portable_reason;
     runtime.slots = slots_forced ? forced_slots : real_cpu_slots;
   }
-  if (info().kind == backend_kind::portable) {
+  if (info().kind == backend_kind::portable && arch::has_sequences) {
     // The sequences' own test sends every operation to the portable code:
     // this area is never registered, so its cpu_id stays negative.
     runtime.rseq_offset = reinterpret_cast<char*>(&portable_area) - thread_pointer();
@@ -337,6 +335,7 @@ std::uint64_t fault_injections() noexcept {
 
 namespace slow {
 
+namespace {
 void register_thread() noexcept {
   if (info().source == rseq_source::glibc) {
     // glibc registers every thread it creates; this one's registration
@@ -350,6 +349,13 @@ void register_thread() noexcept {
                  error_text(err, buf, sizeof buf));
     std::abort();
   }
+}
+}  // namespace
+
+bool use_sequences() noexcept {
+  if (runtime.backend != backend_code::rseq) return false;
+  register_thread();
+  return true;
 }
 
 void fault_rearm() noexcept {
@@ -386,9 +392,7 @@ const char* error_text(int err, char* buf, std::size_t size) noexcept {
 
 void relax(unsigned spins) noexcept {
   if (spins < 64) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    arch::cpu_relax();
   } else {
     sched_yield();
   }
