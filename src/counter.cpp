@@ -1,9 +1,6 @@
 // counter.cpp - reads, folds and exchanges of percpu::counter(_array).
 #include "percpu/counter.hpp"
 
-#include <pthread.h>
-#include <signal.h>
-
 #include <atomic>
 #include <stdexcept>
 #include <string>
@@ -11,6 +8,7 @@
 #include "percpu/core/detail/alloc.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
+#include "runtime/runtime_internal.hpp"
 
 namespace percpu {
 
@@ -124,10 +122,7 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
   // stay blocked meanwhile: a handler that added to this counter on `cpu`
   // would otherwise wait for a stop its own thread holds.  (Two system calls,
   // beside the stop's fence, on a path taken once in many thousand adds.)
-  sigset_t all;
-  sigset_t previous;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &previous);
+  detail::signals_blocked quiet;
   slots_.stops_.visit(cpu, [&] {
     std::atomic_ref<std::int64_t> slot(*detail::copy_on(slots_.slots0_, cpu));
     std::int64_t value = slot.load(std::memory_order_relaxed);
@@ -136,7 +131,6 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
       central_.fetch_add(value, std::memory_order_relaxed);
     }
   });
-  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
 }
 
 std::int64_t counter::read() const noexcept {

@@ -51,6 +51,7 @@
 
 #include "percpu/runtime/detail/arch.hpp"
 #include "percpu/runtime/detail/futex.hpp"
+#include "runtime/runtime_internal.hpp"
 #include "xcall_internal.hpp"
 
 namespace percpu::xcall {
@@ -59,6 +60,7 @@ namespace {
 
 using percpu::detail::futex_wait;
 using percpu::detail::futex_wake_all;
+using percpu::detail::now_ns;
 
 enum class outcome : std::uint8_t { returned, threw, off_cpu };
 
@@ -99,12 +101,6 @@ constexpr long poll_ns = 20000;
 constexpr long spin_wait_ns = 20000;
 
 std::atomic<long> timeout_ms{10000};
-
-long now_ns() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1000000000L + ts.tv_nsec;
-}
 
 // Spins until pred() holds or `budget_ns` passed.  After the first
 // yield_after_ns it also yields the CPU about every microsecond: a runnable
@@ -438,14 +434,13 @@ service& ensure_service(unsigned cpu) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  // The service thread takes no signals: handlers of the program stay on
-  // the program's own threads.
-  sigset_t all;
-  sigset_t old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  int rc = pthread_create(&s.thread, &attr, service_main, &s);
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  // The service thread takes no signals (it inherits the mask): handlers of
+  // the program stay on the program's own threads.
+  int rc = 0;
+  {
+    percpu::detail::signals_blocked quiet;
+    rc = pthread_create(&s.thread, &attr, service_main, &s);
+  }
   pthread_attr_destroy(&attr);
   if (rc != 0) {
     s.state.store(absent, std::memory_order_relaxed);

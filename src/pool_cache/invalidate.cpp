@@ -18,10 +18,7 @@
 // So once invalidate() returns, no get() anywhere hands out an object
 // constructed before it began.  docs/pool-cache.md gives the argument;
 // verify/pool_invalidate.pml models it.
-#include <pthread.h>
-
 #include <atomic>
-#include <csignal>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
@@ -31,26 +28,6 @@
 #include "pool_core.hpp"
 
 namespace percpu::detail {
-
-namespace {
-
-// Blocks every signal for the scope (visits, see the file comment).
-class signals_blocked {
- public:
-  signals_blocked() noexcept {
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &saved_);
-  }
-  ~signals_blocked() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
-  signals_blocked(const signals_blocked&) = delete;
-  signals_blocked& operator=(const signals_blocked&) = delete;
-
- private:
-  sigset_t saved_{};
-};
-
-}  // namespace
 
 // ---- construction and the slow paths ------------------------------------------
 

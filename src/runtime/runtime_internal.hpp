@@ -1,7 +1,16 @@
-// runtime_internal.hpp - internal helpers shared by the library's sources.
+// runtime_internal.hpp - what the library's sources may ask of the runtime.
+//
+// The runtime's concerns that the other layers share, each written once:
+// the clock, the spin-wait policy, blocking signals, the portable backend's
+// operation scope, error texts.
 #pragma once
 
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
 #include <cstddef>
+#include <cstdint>
 
 namespace percpu::detail {
 
@@ -21,6 +30,39 @@ void portable_leave() noexcept;
 
 // One step of a polite spin: pause at first, then yield the CPU.
 void relax(unsigned spins) noexcept;
+
+// The library's clock, in nanoseconds: CLOCK_MONOTONIC.  Fine-grained (the
+// cross-CPU calls poll for 20 us budgets, which CLOCK_MONOTONIC_COARSE's
+// tick of 1-4 ms cannot measure), never set back (unlike CLOCK_REALTIME),
+// read through the vDSO without a system call, and async-signal-safe
+// (clock_gettime is on POSIX's list; pool_cache's maintenance may run in a
+// signal handler's slow path, where std::chrono::steady_clock promises
+// nothing).  It stops while the machine is suspended, which suits what it
+// measures: spin budgets, time-outs, maintenance periods, queue ages.
+inline std::int64_t now_ns() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// Blocks every signal for its scope, and restores the thread's mask after.
+// Around code that holds stop words a handler's fast path would wait for
+// (a visit from a fast path), and around pthread_create of a thread that
+// must take no signals (it inherits the mask).
+class signals_blocked {
+ public:
+  signals_blocked() noexcept {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &saved_);
+  }
+  ~signals_blocked() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
+  signals_blocked(const signals_blocked&) = delete;
+  signals_blocked& operator=(const signals_blocked&) = delete;
+
+ private:
+  sigset_t saved_{};
+};
 
 // strerror() without its shared buffer: the message for `err`, either in
 // `buf` or in storage that stays valid.  Allocates nothing.
