@@ -95,7 +95,7 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
   // Between the two steps of a fold the value is in neither place:
   // read_approx() may be low by it, which is the residual the slot held and
   // error_bound() already covers.
-  if (cpu >= slots_.stops_.size()) return;  // the add was deferred (see add_return)
+  if (cpu >= slots_.stops_.size()) return;  // the add runs later (see add_return)
   for (;;) {
     if (residual < batch_ && residual > -batch_) return;
     switch (
@@ -131,6 +131,10 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
       central_.fetch_add(value, std::memory_order_relaxed);
     }
   });
+}
+
+void counter::add_later(void* self, void*, std::int64_t v) noexcept {
+  static_cast<counter*>(self)->add(v);
 }
 
 std::int64_t counter::read() const noexcept {

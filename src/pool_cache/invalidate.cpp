@@ -98,7 +98,7 @@ void pool_core::give(magazine* m) noexcept {
 
 void* pool_core::get_slow() noexcept {
   count(&cpu_part::misses);
-  if (nested_in_own_lock()) return take_deferred();
+  if (nested()) return take_deferred();
   magazine* m = take_full();
   if (m == nullptr) {
     maybe_maintain();
@@ -124,8 +124,8 @@ void* pool_core::get_slow() noexcept {
 }
 
 void pool_core::put_slow(void* object) noexcept {
-  if (nested_in_own_lock()) {
-    defer(object);  // checked again when the outer slow path applies it
+  if (nested()) {
+    defer(object);  // checked again when the outermost section applies it
     return;
   }
   if (header(object)->generation != generation()) {
@@ -155,7 +155,7 @@ void pool_core::check_may_drain(const char* what) const {
     throw std::logic_error(std::string("percpu::pool_cache::") + what +
                            " called from a constructor or destructor of the same cache");
   }
-  if (nested_in_own_lock() || portable_in_operation()) {
+  if (nested()) {
     throw std::logic_error(std::string("percpu::pool_cache::") + what +
                            " called from a signal handler that interrupted the cache's own work");
   }

@@ -1,8 +1,8 @@
 // runtime_internal.hpp - what the library's sources may ask of the runtime.
 //
 // The runtime's concerns that the other layers share, each written once:
-// the clock, the spin-wait policy, blocking signals, the portable backend's
-// operation scope, error texts.
+// the clock, the spin-wait policy, blocking signals, no-wait sections and
+// the work signal handlers defer from them (deferral.hpp), error texts.
 #pragma once
 
 #include <pthread.h>
@@ -12,21 +12,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "deferral.hpp"
+
 namespace percpu::detail {
 
 // The portable backend's slot for the calling thread now.
 unsigned portable_slot() noexcept;
-
-// Whether the calling thread is inside a portable-backend operation (a
-// signal handler that interrupted one runs with this true): such a thread
-// may hold a slot lock, so it must not stop a CPU.
-bool portable_in_operation() noexcept;
-// Count the calling thread as inside a portable-backend operation, and stop
-// counting it (nest like the operations themselves): while it counts, a
-// signal handler's operations on this thread make one attempt at a slot lock
-// and never wait.
-void portable_enter() noexcept;
-void portable_leave() noexcept;
 
 // One step of a polite spin: pause at first, then yield the CPU.
 void relax(unsigned spins) noexcept;

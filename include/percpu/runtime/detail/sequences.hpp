@@ -69,11 +69,18 @@ enum class cas_result : std::uint8_t {
             // handler interrupted: nothing can be done here without waiting
 };
 
+// The whole operation to run later when an add_return cannot be made now
+// without waiting: fn(object, nullptr, v) (see add_return).
+struct redo {
+  void (*fn)(void* object, void* unused, std::int64_t v) noexcept;
+  void* object;
+};
+
 namespace portable {
 unsigned current_cpu() noexcept;
 void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept;
-std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
-                        unsigned* cpu) noexcept;
+std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, unsigned* cpu,
+                        redo later) noexcept;
 cas_result compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
                              std::int64_t expected, std::int64_t desired) noexcept;
 bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, const std::uint64_t* guard,
@@ -156,7 +163,8 @@ inline unsigned current_cpu() noexcept {
 // Every operation below runs on memory from the per-CPU allocator, which
 // starts the library first, so runtime.rseq_offset is always set by then.
 
-// *slot += v on the current CPU.
+// *slot += v on the current CPU.  (Inside a no-wait section with every
+// slot busy, portable backend: made when the section ends.)
 inline void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
   if (run<arch::add>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v) !=
       outcome::portable) [[likely]] {
@@ -166,17 +174,20 @@ inline void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexc
 }
 
 // *slot += v on the current CPU; returns the slot's new value and stores in
-// *cpu the CPU (slot) the add went to.  (Portable backend, in a signal handler
-// that interrupted its own thread with every slot busy: the add is deferred,
-// *cpu is cpu_count() and the value 0.)
+// *cpu the CPU (slot) the add went to.  When the add cannot be made without
+// waiting (a signal handler that interrupted its own thread inside a
+// no-wait section, with every slot busy: portable backend only), it is not
+// made here: `later` runs instead when the interrupted section ends - the
+// caller's whole operation, so that what follows the add (a counter's fold)
+// follows it then too - and the call returns 0 with *cpu == cpu_count().
 inline std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
-                               unsigned* cpu) noexcept {
+                               unsigned* cpu, redo later) noexcept {
   std::int64_t value = 0;
   if (run<arch::add_return>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v, cpu,
                             &value) != outcome::portable) [[likely]] {
     return value;
   }
-  return portable::add_return(slot0, stop0, v, cpu);
+  return portable::add_return(slot0, stop0, v, cpu, later);
 }
 
 // Stores `desired` in CPU `cpu`'s slot if it holds `expected` and the
