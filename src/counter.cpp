@@ -117,6 +117,9 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
     }
     break;
   }
+  // A signal handler inside a per-CPU operation of its own thread may not
+  // stop a CPU (stop.hpp): as with `busy`, the next add folds.
+  if (detail::in_no_wait()) return;
   // This thread no longer runs on `cpu`: fold with that CPU stopped.  Rare
   // (a migration right at the batch) and it keeps the bound hard.  Signals
   // stay blocked meanwhile: a handler that added to this counter on `cpu`

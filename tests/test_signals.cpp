@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -224,6 +225,51 @@ TEST(Signals, PoolCacheHandlersTakeNoLockTheirThreadHolds) {
       SCOPED_TRACE(std::string(test) + " " + backend);
       expect_child_passes(test, {backend, "PERCPU_SLOTS="});
     }
+  }
+}
+
+// ---- a stop from a handler inside an operation is refused ---------------------
+
+std::atomic<percpu::counter_array*> stopping_array{nullptr};
+std::atomic<int> stop_outcome{0};  // 1: returned, 2: refused
+
+void exchange_in_handler(int) {
+  try {
+    (void)stopping_array.load()->exchange_all();
+    stop_outcome = 1;
+  } catch (const std::logic_error&) {
+    stop_outcome = 2;
+  }
+}
+
+// The handler interrupts its thread inside an operation that holds a slot
+// (white-box: the slot's word taken, the thread counted inside a no-wait
+// section, as a portable operation does), and stops every CPU of the same
+// structure: that stop would wait for the interrupted operation forever.
+// It is refused with std::logic_error instead.
+TEST(SignalsChild, StopFromAHandlerInsideAnOperationIsRefused) {
+  if (!percpu_test::in_child()) GTEST_SKIP() << "runs in a child process";
+  arm_deadlock_alarm();
+  ASSERT_TRUE(pin_to_one_cpu());
+  percpu::counter_array a(1);
+  stopping_array = &a;
+  percpu_test::scoped_handler handler(SIGUSR1, exchange_in_handler);
+  unsigned cpu = percpu::current_cpu();
+  a.stops().stop(cpu);
+  percpu::detail::no_wait_enter();
+  raise(SIGUSR1);
+  percpu::detail::no_wait_leave();
+  a.stops().start(cpu);
+  stopping_array = nullptr;
+  EXPECT_EQ(stop_outcome.load(), 2);
+  EXPECT_NO_THROW((void)a.exchange_all()) << "outside a section, stops work";
+}
+
+TEST(Signals, StopFromAHandlerInsideAnOperationIsRefused) {
+  for (const char* backend : {"PERCPU_BACKEND=", "PERCPU_BACKEND=portable"}) {
+    SCOPED_TRACE(backend);
+    expect_child_passes("SignalsChild.StopFromAHandlerInsideAnOperationIsRefused",
+                        {backend, "PERCPU_SLOTS="});
   }
 }
 

@@ -69,6 +69,17 @@ void for_each_by_address(std::span<stop_state* const> states, F&& f) {
   }
 }
 
+// A stop inside a no-wait section (runtime/deferral.hpp) - a signal handler
+// that interrupted its own thread's per-CPU operation (portable backend:
+// it holds a slot lock, which is a stop word) or a pool_cache's locked
+// section - could wait forever for the code it interrupted.  Refused.
+void refuse_inside_an_operation(const char* what) {
+  if (!detail::in_no_wait()) return;
+  throw std::logic_error(std::string("percpu::stop_state::") + what +
+                         " called from a signal handler that interrupted a per-CPU operation "
+                         "of its own thread: it could wait for that operation forever");
+}
+
 [[noreturn]] void out_of_range(unsigned cpu, unsigned slots) {
   throw std::out_of_range("percpu::stop_state::stop: CPU " + std::to_string(cpu) +
                           " is out of range (cpu_count() is " + std::to_string(slots) + ")");
@@ -98,6 +109,7 @@ void stop_state::start_all() noexcept {
 }
 
 void stop_state::stop(std::span<stop_state* const> states, unsigned cpu) {
+  refuse_inside_an_operation("stop");
   if (cpu >= cpu_count()) out_of_range(cpu, cpu_count());
   for (stop_state* s : states) {
     if (cpu >= s->slots_) out_of_range(cpu, s->slots_);
@@ -111,6 +123,7 @@ void stop_state::start(std::span<stop_state* const> states, unsigned cpu) noexce
 }
 
 void stop_state::stop_all(std::span<stop_state* const> states) {
+  refuse_inside_an_operation("stop_all");
   // Structures by address, CPUs ascending: two callers cannot deadlock.
   for_each_by_address(states, [](stop_state& s) {
     for (unsigned cpu = 0; cpu < s.slots_; ++cpu) s.lock_word(cpu);

@@ -19,6 +19,7 @@
 #include <sched.h>
 #include <sys/auxv.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -393,8 +394,17 @@ const char* error_text(int err, char* buf, std::size_t size) noexcept {
 void relax(unsigned spins) noexcept {
   if (spins < 64) {
     arch::cpu_relax();
-  } else {
+  } else if (spins < 128) {
     sched_yield();
+  } else {
+    // Still waiting: the holder may be a thread of lower priority preempted
+    // on this very CPU, which sched_yield never lets run - a SCHED_FIFO
+    // waiter behind a SCHED_OTHER stopper would spin until the kernel's
+    // real-time throttling stepped in.  Sleep, a little longer each time
+    // (1 us, doubling, at most about 1 ms).
+    unsigned shift = spins - 128 < 10 ? spins - 128 : 10;
+    timespec pause{0, 1000L << shift};
+    nanosleep(&pause, nullptr);
   }
 }
 
