@@ -66,12 +66,8 @@ void fence_cpu(unsigned cpu) noexcept {
   // reading `cpu` means the thread ran there after that (cpu_id changes
   // only on a return to user space on another CPU).  This is the case of a
   // structure draining its own CPU's part (a full queue buffer): a system
-  // call saved.
-  //
-  // The signal fence keeps the compiler from reading cpu_id before the
-  // caller's compare-and-swap (the read is an asm statement without a
-  // memory operand).
-  std::atomic_signal_fence(std::memory_order_seq_cst);
+  // call saved.  (arch::cpu_id() is a compiler barrier, so the compiler
+  // cannot read it before the caller's compare-and-swap either.)
   if (arch::cpu_id() == static_cast<int>(cpu)) return;
   membarrier_fence(static_cast<int>(cpu));
 }

@@ -28,7 +28,8 @@
 //                      the rseq area sits at runtime.rseq_offset;
 //   cpu_relax()        one spin-wait hint (x86 pause, arm yield, or nothing);
 //   cpu_id()           int: the rseq area's cpu_id (negative: the area is not
-//                      registered), read as a compiler barrier;
+//                      registered), read as a compiler barrier (fence_cpu's
+//                      own-CPU rule reads it after a compare-and-swap);
 //   the sequences      add, add_return, compare_and_store, push, pop,
 //                      push_batch, pop_batch, push_record<Words>, with the
 //                      signatures of arch/x86_64/rseq.hpp, each returning a

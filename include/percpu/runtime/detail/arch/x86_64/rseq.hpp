@@ -385,11 +385,19 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
 // The rseq area's cpu_id: the CPU this thread runs on, or a negative value
 // when the area is not registered.  A plain read of a field the kernel keeps
 // current on every return to user space.
+//
+// The "memory" clobber makes the read a compiler barrier.  fence_cpu's
+// own-CPU rule reads cpu_id after a compare-and-swap and relies on that
+// order; an asm statement without memory operands is not a memory access,
+// so nothing else would keep the compiler from hoisting it above the
+// compare-and-swap (that GCC does not reorder volatile asm statements among
+// themselves says nothing about ordinary accesses).
 inline int cpu_id() noexcept {
   int cpu;
   asm volatile("movl %%fs:4(%[rseq_off]), %[cpu]"
                : [cpu] "=r"(cpu)
-               : [rseq_off] "r"(runtime.rseq_offset));
+               : [rseq_off] "r"(runtime.rseq_offset)
+               : "memory");
   return cpu;
 }
 
