@@ -97,6 +97,10 @@ bool try_lock_any(std::uint32_t* stop0, unsigned& slot) noexcept {
 // The end of the outermost section runs what handlers deferred meanwhile.
 template <class TryAcquire, class Op, class Result>
 Result locked_with(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op) noexcept {
+  // An operation before start-up (memory the library did not hand out):
+  // the slot count is not known yet.
+  if (runtime.backend == backend_code::uninitialized) [[unlikely]]
+    start_from_an_operation();
   bool nested = in_no_wait();
   Result result = busy;
   for (unsigned spins = 0;; ++spins) {

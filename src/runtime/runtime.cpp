@@ -107,6 +107,33 @@ thread_local own_rseq_area own_area __attribute__((tls_model("initial-exec")));
 // have registered that one before deciding against rseq.)
 thread_local own_rseq_area portable_area __attribute__((tls_model("initial-exec")));
 
+// Offset of `area` (this thread's copy, and so every thread's) from the
+// thread pointer.
+std::ptrdiff_t offset_of(own_rseq_area& area) noexcept {
+  return reinterpret_cast<char*>(&area) - arch::thread_pointer();
+}
+
+// Before start-up the sequences must not address the thread pointer's own
+// offset 0: runtime.rseq_offset is constant-initialised to 0, and a sequence
+// would store its descriptor at 8 bytes from the thread pointer, inside
+// glibc's thread control block.  So a constructor aims them at
+// portable_area first: a sequence that runs before start-up (on memory the
+// library did not hand out - an object used before its constructor ran)
+// finds it unregistered and leaves through `unregistered`, whose slow path
+// starts the library (slow::use_sequences).  Priority 101 runs it before
+// every initialiser of default priority in a static link, and a shared
+// library's initialisers run before those of the objects that need it; it
+// allocates nothing and touches no other global.
+[[gnu::constructor(101)]] void aim_sequences_at_an_unregistered_area() noexcept {
+  if constexpr (arch::has_sequences) {
+    if (runtime.backend == backend_code::uninitialized) {
+      runtime.rseq_offset = offset_of(portable_area);
+    }
+  }
+}
+
+std::ptrdiff_t found_rseq_offset = 0;  // start-up's finding, see probe_rseq
+
 std::mutex start_mutex;  // constant-initialised
 std::atomic<bool> started{false};
 
@@ -187,7 +214,9 @@ std::string probe_fences(bool sysfs_ok) {
 }
 
 // Why rseq cannot be used here; empty when it can.  Fills the rseq fields of
-// `info` and runtime.rseq_offset.
+// `info` and found_rseq_offset (published with the backend at the end of
+// start-up, so that no sequence on another thread uses an area before the
+// backend that goes with it is chosen).
 std::string probe_rseq(bool sysfs_ok) {
   if constexpr (!arch::has_sequences) {
     return "no restartable sequences for this architecture yet";
@@ -200,7 +229,7 @@ std::string probe_rseq(bool sysfs_ok) {
 
   if (glibc_registered()) {
     info().source = rseq_source::glibc;
-    runtime.rseq_offset = __rseq_offset;
+    found_rseq_offset = __rseq_offset;
     auto* cpu_id = reinterpret_cast<volatile std::int32_t*>(thread_pointer() + __rseq_offset + 4);
     if (*cpu_id < 0) return "glibc's rseq registration failed for this thread";
   } else {
@@ -210,7 +239,7 @@ std::string probe_rseq(bool sysfs_ok) {
              ") is larger than the library's own area";
     }
     if (info().feature_size > rseq_original_size) own_registration_length = info().feature_size;
-    runtime.rseq_offset = reinterpret_cast<char*>(&own_area) - thread_pointer();
+    found_rseq_offset = offset_of(own_area);
     if (int err = register_own_area(); err != 0) {
       info().source = rseq_source::none;
       char buf[128];
@@ -290,10 +319,12 @@ void start_locked() {
     info().reason = portable_reason;
     runtime.slots = slots_forced ? forced_slots : real_cpu_slots;
   }
-  if (info().kind == backend_kind::portable && arch::has_sequences) {
-    // The sequences' own test sends every operation to the portable code:
-    // this area is never registered, so its cpu_id stays negative.
-    runtime.rseq_offset = reinterpret_cast<char*>(&portable_area) - thread_pointer();
+  // With the portable backend the sequences' own test sends every operation
+  // to the portable code: portable_area is never registered, so its cpu_id
+  // stays negative.
+  if constexpr (arch::has_sequences) {
+    runtime.rseq_offset =
+        info().kind == backend_kind::rseq ? found_rseq_offset : offset_of(portable_area);
   }
   info().slots = runtime.slots;
   runtime.backend = info().kind == backend_kind::rseq ? backend_code::rseq : backend_code::portable;
@@ -313,6 +344,16 @@ void ensure_started() {
     throw config_error(start_error());
   }
   started.store(true, std::memory_order_release);
+}
+
+void start_from_an_operation() noexcept {
+  try {
+    ensure_started();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s (start-up from a per-CPU operation, which cannot report it)\n",
+                 e.what());
+    std::abort();
+  }
 }
 
 unsigned portable_slot() noexcept {
@@ -338,6 +379,9 @@ namespace slow {
 
 namespace {
 void register_thread() noexcept {
+  // Registered already: the sequence read the offset in use before
+  // start-up (portable_area's), and start-up has replaced it since.
+  if (arch::cpu_id() >= 0) return;
   if (info().source == rseq_source::glibc) {
     // glibc registers every thread it creates; this one's registration
     // failed (cpu_id -2), and its area is glibc's, not ours to register.
@@ -354,6 +398,7 @@ void register_thread() noexcept {
 }  // namespace
 
 bool use_sequences() noexcept {
+  if (runtime.backend == backend_code::uninitialized) start_from_an_operation();
   if (runtime.backend != backend_code::rseq) return false;
   register_thread();
   return true;

@@ -16,6 +16,12 @@
 
 namespace percpu::detail {
 
+// Starts the library from a per-CPU operation that found it not started (one
+// on memory the library did not hand out, before anything else started it).
+// Such an operation cannot report an error: a failed start-up (a malformed
+// PERCPU_ variable) ends the program with the reason.
+void start_from_an_operation() noexcept;
+
 // The portable backend's slot for the calling thread now.
 unsigned portable_slot() noexcept;
 

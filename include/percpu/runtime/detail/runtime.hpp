@@ -6,11 +6,14 @@
 // the library has started, so they live in plain globals that stay hot in the
 // cache; nothing on a fast path takes a lock or calls a function to get them.
 //
-// Start-up is lazy (the first allocation, or any call that asks).  No
-// sequence can run before it: every sequence works on memory from the
-// per-CPU allocator, which starts the library first (before start-up
-// rseq_offset is 0, which no sequence may use).  current_cpu(), which needs
-// no memory, checks `backend` and starts the library itself.
+// Start-up is lazy (the first allocation, or any call that asks).  A
+// sequence on memory from the per-CPU allocator runs after it, since the
+// allocator starts the library first.  One that runs before it (memory the
+// library did not hand out) finds rseq_offset naming an area that is never
+// registered (set by a constructor that runs before any initialiser of the
+// program, src/runtime/runtime.cpp), leaves through `unregistered`, and its
+// slow path starts the library.  current_cpu(), which needs no memory,
+// checks `backend` and starts the library itself.
 #pragma once
 
 #include <cstddef>

@@ -160,8 +160,9 @@ inline unsigned current_cpu() noexcept {
   return portable::current_cpu();
 }
 
-// Every operation below runs on memory from the per-CPU allocator, which
-// starts the library first, so runtime.rseq_offset is always set by then.
+// Every operation below runs on memory laid out by the per-CPU allocator,
+// which starts the library first.  One that runs before start-up all the
+// same leaves through `unregistered` (runtime.hpp) and starts it.
 
 // *slot += v on the current CPU.  (Inside a no-wait section with every
 // slot busy, portable backend: made when the section ends.)

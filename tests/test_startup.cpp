@@ -1,0 +1,109 @@
+// Start-up and ABI edges of the runtime: a sequence before start-up, the
+// backend word read while another thread starts the library, a thread that
+// another rseq user registered first, membarrier failing at run time, a
+// possible-CPU override that contradicts the kernel.  Each scenario runs in
+// a fresh child process (start-up happens once per process).
+#include <gtest/gtest.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "child_process.hpp"
+#include "percpu/core/storage.hpp"
+#include "percpu/counter.hpp"
+#include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/detail/arch.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
+
+namespace {
+
+namespace detail = percpu::detail;
+
+bool in_child() {
+  return percpu_test::in_child();
+}
+
+void expect_child_passes(const std::string& test, const std::vector<std::string>& env) {
+  auto r = percpu_test::run_self(test, env);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("[  PASSED  ] 1 test"), std::string::npos) << r.output;
+}
+
+bool pin_to(unsigned cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return sched_setaffinity(0, sizeof(set), &set) == 0;
+}
+
+// ---- a sequence before start-up ----------------------------------------------
+
+// Memory laid out as the per-CPU allocator lays it out (CPU c's copy 1 MiB
+// after CPU c-1's), for as many CPUs as a machine may have, but not from the
+// allocator, which would start the library.
+struct own_percpu_memory {
+  static constexpr std::size_t cpus = 4096;
+  static constexpr std::size_t unit = std::size_t{1} << 20;
+  own_percpu_memory() {
+    std::size_t bytes = (cpus + 1) * unit;
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return;
+    auto address = reinterpret_cast<std::uintptr_t>(p);
+    base = reinterpret_cast<char*>((address + unit - 1) & ~(unit - 1));
+  }
+  std::int64_t sum(std::size_t offset) const {
+    std::int64_t s = 0;
+    for (std::size_t c = 0; c < cpus; ++c) {
+      s += *reinterpret_cast<const std::int64_t*>(base + c * unit + offset);
+    }
+    return s;
+  }
+  char* base = nullptr;
+};
+
+// A sequence that runs before anything started the library (a per-CPU
+// operation on memory the library did not hand out: an object used before
+// its constructor ran) must not write rseq_cs at the thread pointer's own
+// offset 8 (glibc's TCB), and must still do its work.
+TEST(StartupChild, SequenceBeforeStartUpLeavesTheThreadPointerAlone) {
+  if (!in_child()) GTEST_SKIP() << "runs in a child process";
+  if (!detail::arch::has_sequences) GTEST_SKIP() << "no sequences on this architecture";
+  ASSERT_EQ(detail::runtime.backend, detail::backend_code::uninitialized)
+      << "something started the library before the test";
+  own_percpu_memory memory;
+  ASSERT_NE(memory.base, nullptr);
+  auto* slot0 = reinterpret_cast<std::int64_t*>(memory.base);
+  auto* stop0 = reinterpret_cast<std::uint32_t*>(memory.base + 64);
+  char* tp = detail::arch::thread_pointer();
+  void* tcb_word = *reinterpret_cast<void**>(tp + 8);
+  detail::seq::add(slot0, stop0, 5);
+  EXPECT_EQ(*reinterpret_cast<void**>(tp + 8), tcb_word);
+  EXPECT_EQ(memory.sum(0), 5);
+  EXPECT_NE(detail::runtime.backend, detail::backend_code::uninitialized);
+}
+
+TEST(Startup, SequenceBeforeStartUpLeavesTheThreadPointerAlone) {
+  for (const char* backend : {"PERCPU_BACKEND=", "PERCPU_BACKEND=portable"}) {
+    SCOPED_TRACE(backend);
+    expect_child_passes("StartupChild.SequenceBeforeStartUpLeavesTheThreadPointerAlone",
+                        {backend, "PERCPU_SLOTS="});
+  }
+}
+
+}  // namespace
