@@ -84,7 +84,7 @@ struct own_percpu_memory {
 TEST(StartupChild, SequenceBeforeStartUpLeavesTheThreadPointerAlone) {
   if (!in_child()) GTEST_SKIP() << "runs in a child process";
   if (!detail::arch::has_sequences) GTEST_SKIP() << "no sequences on this architecture";
-  ASSERT_EQ(detail::runtime.backend, detail::backend_code::uninitialized)
+  ASSERT_EQ(detail::backend_now(), detail::backend_code::uninitialized)
       << "something started the library before the test";
   own_percpu_memory memory;
   ASSERT_NE(memory.base, nullptr);
@@ -95,7 +95,7 @@ TEST(StartupChild, SequenceBeforeStartUpLeavesTheThreadPointerAlone) {
   detail::seq::add(slot0, stop0, 5);
   EXPECT_EQ(*reinterpret_cast<void**>(tp + 8), tcb_word);
   EXPECT_EQ(memory.sum(0), 5);
-  EXPECT_NE(detail::runtime.backend, detail::backend_code::uninitialized);
+  EXPECT_NE(detail::backend_now(), detail::backend_code::uninitialized);
 }
 
 TEST(Startup, SequenceBeforeStartUpLeavesTheThreadPointerAlone) {
@@ -104,6 +104,41 @@ TEST(Startup, SequenceBeforeStartUpLeavesTheThreadPointerAlone) {
     expect_child_passes("StartupChild.SequenceBeforeStartUpLeavesTheThreadPointerAlone",
                         {backend, "PERCPU_SLOTS="});
   }
+}
+
+// ---- the backend word while another thread starts the library ---------------
+
+// Threads that ask for the current CPU (which reads the backend word) while
+// another thread starts the library: a data race unless the word is atomic
+// (ThreadSanitizer, which runs this suite, reports one).
+TEST(StartupChild, BackendWordIsReadWhileAnotherThreadStarts) {
+  if (!in_child()) GTEST_SKIP() << "runs in a child process";
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  std::atomic<unsigned> bad{0};
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      ready.fetch_add(1);
+      while (!go.load()) {
+      }
+      if (t == 0) {
+        (void)percpu::cpu_count();
+      } else {
+        for (int i = 0; i < 2000; ++i) {
+          if (percpu::current_cpu() >= percpu::cpu_count()) bad.fetch_add(1);
+        }
+      }
+    });
+  }
+  while (ready.load() < 3) std::this_thread::yield();
+  go = true;
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0u);
+}
+
+TEST(Startup, BackendWordIsReadWhileAnotherThreadStarts) {
+  expect_child_passes("StartupChild.BackendWordIsReadWhileAnotherThreadStarts", {});
 }
 
 }  // namespace

@@ -55,7 +55,7 @@ void membarrier_fence(int cpu) noexcept {
 }  // namespace
 
 void fence_cpu(unsigned cpu) noexcept {
-  if (runtime.backend != backend_code::rseq) return;
+  if (backend_now() != backend_code::rseq) return;
   // No fence when the caller itself runs on `cpu` after setting the word.
   // A sequence there that read the word as clear did so before the word was
   // set, on `cpu`; the caller runs on `cpu` now, so that thread was switched
@@ -73,7 +73,7 @@ void fence_cpu(unsigned cpu) noexcept {
 }
 
 void fence_all() noexcept {
-  if (runtime.backend == backend_code::rseq) {
+  if (backend_now() == backend_code::rseq) {
     membarrier_fence(-1);
   } else {
     portable_full_fence();

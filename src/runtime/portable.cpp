@@ -99,7 +99,7 @@ template <class TryAcquire, class Op, class Result>
 Result locked_with(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op) noexcept {
   // An operation before start-up (memory the library did not hand out):
   // the slot count is not known yet.
-  if (runtime.backend == backend_code::uninitialized) [[unlikely]]
+  if (backend_acquire() == backend_code::uninitialized) [[unlikely]]
     start_from_an_operation();
   bool nested = in_no_wait();
   Result result = busy;
@@ -156,7 +156,7 @@ void defer_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, deferr
 }  // namespace
 
 unsigned current_cpu() noexcept {
-  if (runtime.backend == backend_code::uninitialized) {
+  if (backend_acquire() == backend_code::uninitialized) {
     try {
       ensure_started();
     } catch (...) {

@@ -126,8 +126,8 @@ std::ptrdiff_t offset_of(own_rseq_area& area) noexcept {
 // allocates nothing and touches no other global.
 [[gnu::constructor(101)]] void aim_sequences_at_an_unregistered_area() noexcept {
   if constexpr (arch::has_sequences) {
-    if (runtime.backend == backend_code::uninitialized) {
-      runtime.rseq_offset = offset_of(portable_area);
+    if (backend_now() == backend_code::uninitialized) {
+      runtime.rseq_offset.store(offset_of(portable_area), std::memory_order_relaxed);
     }
   }
 }
@@ -323,11 +323,17 @@ void start_locked() {
   // to the portable code: portable_area is never registered, so its cpu_id
   // stays negative.
   if constexpr (arch::has_sequences) {
-    runtime.rseq_offset =
-        info().kind == backend_kind::rseq ? found_rseq_offset : offset_of(portable_area);
+    runtime.rseq_offset.store(
+        info().kind == backend_kind::rseq ? found_rseq_offset : offset_of(portable_area),
+        std::memory_order_relaxed);
   }
   info().slots = runtime.slots;
-  runtime.backend = info().kind == backend_kind::rseq ? backend_code::rseq : backend_code::portable;
+  runtime.light_barrier_is_compiler_barrier = info().kind == backend_kind::rseq;
+  // Last, with release: a thread that reads it with acquire sees all of
+  // the above (runtime.hpp).
+  runtime.backend.store(
+      info().kind == backend_kind::rseq ? backend_code::rseq : backend_code::portable,
+      std::memory_order_release);
 }
 
 }  // namespace
@@ -398,8 +404,8 @@ void register_thread() noexcept {
 }  // namespace
 
 bool use_sequences() noexcept {
-  if (runtime.backend == backend_code::uninitialized) start_from_an_operation();
-  if (runtime.backend != backend_code::rseq) return false;
+  if (backend_acquire() == backend_code::uninitialized) start_from_an_operation();
+  if (backend_acquire() != backend_code::rseq) return false;
   register_thread();
   return true;
 }

@@ -49,7 +49,7 @@ inline void portable_full_fence() noexcept {
 }
 
 inline void light_barrier() noexcept {
-  if (runtime.backend == backend_code::rseq) [[likely]] {
+  if (runtime.light_barrier_is_compiler_barrier) [[likely]] {
     std::atomic_signal_fence(std::memory_order_seq_cst);
   } else {
     portable_full_fence();

@@ -149,7 +149,7 @@ inline outcome run(const std::uint32_t* stop0, Args... args) noexcept {
 // The CPU (slot) the calling thread runs on now.  A hint.
 inline unsigned current_cpu() noexcept {
   if constexpr (arch::has_sequences) {
-    if (runtime.backend == backend_code::rseq) [[likely]] {
+    if (backend_now() == backend_code::rseq) [[likely]] {
       int cpu = arch::cpu_id();
       if (cpu >= 0) [[likely]] {
         return static_cast<unsigned>(cpu);

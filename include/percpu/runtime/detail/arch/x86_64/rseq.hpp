@@ -139,8 +139,8 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
   moved:                               \
   return status::moved;
 
-#define PERCPU_RSEQ_COMMON_INPUTS                                                   \
-  [rseq_off] "r"(runtime.rseq_offset), [shift] "i"(unit_shift), [stop0] "r"(stop0), \
+#define PERCPU_RSEQ_COMMON_INPUTS                                                 \
+  [rseq_off] "r"(rseq_offset_now()), [shift] "i"(unit_shift), [stop0] "r"(stop0), \
       [sig] "i"(rseq_signature)
 
 // *slot += v on the current CPU.  The add is the commit.
@@ -396,7 +396,7 @@ inline int cpu_id() noexcept {
   int cpu;
   asm volatile("movl %%fs:4(%[rseq_off]), %[cpu]"
                : [cpu] "=r"(cpu)
-               : [rseq_off] "r"(runtime.rseq_offset)
+               : [rseq_off] "r"(rseq_offset_now())
                : "memory");
   return cpu;
 }
