@@ -141,4 +141,50 @@ TEST(Startup, BackendWordIsReadWhileAnotherThreadStarts) {
   expect_child_passes("StartupChild.BackendWordIsReadWhileAnotherThreadStarts", {});
 }
 
+// ---- a thread that another rseq user registered first ------------------------
+
+// The library's own registration (glibc registered nothing) finds a thread
+// that another rseq user registered with an area of its own (the kernel
+// answers EINVAL).  The thread must fall back to the portable path - not
+// abort - while the other threads keep their sequences, and every add must
+// count.
+TEST(StartupChild, ThreadRegisteredByAnotherRseqUserFallsBack) {
+  if (!in_child()) GTEST_SKIP() << "runs in a child process";
+  if (percpu::backend().kind != percpu::backend_kind::rseq ||
+      percpu::backend().source != percpu::rseq_source::own) {
+    GTEST_SKIP() << "needs the library's own rseq registration";
+  }
+  percpu::storage<std::int64_t> s;
+  constexpr long adds = 200000;
+  auto foreign = [&] {
+    struct alignas(32) area {
+      std::uint32_t cpu_id_start = 0;
+      std::uint32_t cpu_id = 0xffffffffu;
+      std::uint64_t rseq_cs = 0;
+      std::uint32_t flags = 0;
+      std::uint32_t rest[3] = {};
+    };
+    static thread_local area mine;
+    ASSERT_EQ(syscall(__NR_rseq, &mine, sizeof(area), 0, 0x12345678), 0) << errno;
+    for (long i = 0; i < adds; ++i) s.add(1);
+  };
+  auto ordinary = [&] {
+    for (long i = 0; i < adds; ++i) s.add(1);
+  };
+  std::thread a(foreign);
+  std::thread b(ordinary);
+  std::thread c(foreign);
+  a.join();
+  b.join();
+  c.join();
+  std::int64_t sum = 0;
+  s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += v; });
+  EXPECT_EQ(sum, 3 * adds);
+}
+
+TEST(Startup, ThreadRegisteredByAnotherRseqUserFallsBack) {
+  expect_child_passes("StartupChild.ThreadRegisteredByAnotherRseqUserFallsBack",
+                      {"GLIBC_TUNABLES=glibc.pthread.rseq=0", "PERCPU_BACKEND=", "PERCPU_SLOTS="});
+}
+
 }  // namespace

@@ -15,6 +15,7 @@
 #include "percpu/runtime/detail/fence.hpp"
 
 #include <linux/membarrier.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -68,7 +69,10 @@ void fence_cpu(unsigned cpu) noexcept {
   // structure draining its own CPU's part (a full queue buffer): a system
   // call saved.  (arch::cpu_id() is a compiler barrier, so the compiler
   // cannot read it before the caller's compare-and-swap either.)
-  if (arch::cpu_id() == static_cast<int>(cpu)) return;
+  // (A thread whose rseq area is not registered asks the kernel instead.)
+  int here = arch::cpu_id();
+  if (here < 0) here = sched_getcpu();
+  if (here == static_cast<int>(cpu)) return;
   membarrier_fence(static_cast<int>(cpu));
 }
 

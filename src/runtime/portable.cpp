@@ -13,6 +13,11 @@
 // The stop words double as the locks, so a stop_state::stop() (which takes
 // the same word) excludes the slot's operations with no fence at all.
 //
+// A thread whose rseq area cannot be registered (another rseq user
+// registered it first) runs these too while the process uses rseq; each
+// operation then fences the slot's CPU after taking its word, which makes it
+// a visit (stop.hpp).
+//
 // Signals: a handler that interrupts its own thread's operation finds that
 // thread holding a slot lock.  If it waited for a slot, two threads whose
 // handlers each wait for the slot the other one's interrupted operation holds
@@ -30,6 +35,7 @@
 #include <cstring>
 
 #include "deferral.hpp"
+#include "percpu/runtime/detail/fence.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 #include "runtime_internal.hpp"
@@ -108,6 +114,11 @@ Result locked_with(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op
     unsigned slot = 0;
     bool acquired = try_acquire(slot);
     if (acquired) {
+      // With the rseq backend this is a thread whose rseq area cannot be
+      // registered (runtime.cpp): the lock is the slot's stop word, and the
+      // fence makes it a stop, so no sequence of another thread commits on
+      // that CPU meanwhile.  (Nothing with the portable backend.)
+      if (backend_now() == backend_code::rseq) fence_cpu(slot);
       result = op(slot);
       unlock(stop0, slot);
     }

@@ -384,30 +384,39 @@ std::uint64_t fault_injections() noexcept {
 namespace slow {
 
 namespace {
-void register_thread() noexcept {
+
+// Set once this thread's rseq area turned out impossible to register.
+thread_local constinit bool area_unregistrable = false;
+
+// Makes the calling thread's rseq area usable; false when it cannot be.
+// Such a thread takes the portable path for every operation, with the rest
+// of the process on rseq: each of its operations takes the slot's stop
+// word as a lock and fences that CPU (portable.cpp), which is a visit, so
+// the sequences of the other threads are excluded as from any visitor.
+// Slower, and never an abort.
+bool register_thread() noexcept {
   // Registered already: the sequence read the offset in use before
   // start-up (portable_area's), and start-up has replaced it since.
-  if (arch::cpu_id() >= 0) return;
-  if (info().source == rseq_source::glibc) {
-    // glibc registers every thread it creates; this one's registration
-    // failed (cpu_id -2), and its area is glibc's, not ours to register.
-    std::fprintf(stderr, "percpu: glibc's rseq registration failed for this thread\n");
-    std::abort();
+  if (arch::cpu_id() >= 0) return true;
+  if (area_unregistrable) return false;
+  // glibc registers every thread it creates, and this one's registration
+  // failed (cpu_id stays negative); its area is glibc's, not ours to
+  // register.  Or the library's own registration fails: EINVAL when
+  // another rseq user registered the thread with an area of its own, EPERM
+  // when with another signature.
+  if (info().source == rseq_source::glibc || register_own_area() != 0) {
+    area_unregistrable = true;
+    return false;
   }
-  if (int err = register_own_area(); err != 0) {
-    char buf[128];
-    std::fprintf(stderr, "percpu: rseq registration of a new thread failed (%s)\n",
-                 error_text(err, buf, sizeof buf));
-    std::abort();
-  }
+  return true;
 }
+
 }  // namespace
 
 bool use_sequences() noexcept {
   if (backend_acquire() == backend_code::uninitialized) start_from_an_operation();
   if (backend_acquire() != backend_code::rseq) return false;
-  register_thread();
-  return true;
+  return register_thread();
 }
 
 void fault_rearm() noexcept {
