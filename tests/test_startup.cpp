@@ -28,6 +28,7 @@
 #include "percpu/counter.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/arch.hpp"
+#include "percpu/runtime/detail/fence.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 
 namespace {
@@ -185,6 +186,86 @@ TEST(StartupChild, ThreadRegisteredByAnotherRseqUserFallsBack) {
 TEST(Startup, ThreadRegisteredByAnotherRseqUserFallsBack) {
   expect_child_passes("StartupChild.ThreadRegisteredByAnotherRseqUserFallsBack",
                       {"GLIBC_TUNABLES=glibc.pthread.rseq=0", "PERCPU_BACKEND=", "PERCPU_SLOTS="});
+}
+
+// ---- membarrier failing at run time --------------------------------------------
+
+#if defined(__x86_64__)
+constexpr std::uint32_t audit_arch = AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+constexpr std::uint32_t audit_arch = AUDIT_ARCH_AARCH64;
+#else
+constexpr std::uint32_t audit_arch = 0;
+#endif
+
+// From now on, every membarrier system call of every thread fails with `err`.
+bool forbid_membarrier(int err) {
+  sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, audit_arch, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_membarrier, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (static_cast<std::uint32_t>(err) & 0xffff)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
+  return syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &program) == 0;
+}
+
+// A seccomp filter installed after start-up makes every membarrier fail
+// (EPERM, or ENOMEM as from the kernel's cpumask allocation).  Visits must
+// still exclude the sequences - nothing added is lost while workers add and
+// a visitor takes everything, CPU by CPU and all at once - and the process
+// must not abort.
+TEST(StartupChild, VisitsSurviveMembarrierFailingAtRunTime) {
+  if (!in_child()) GTEST_SKIP() << "runs in a child process";
+  if (percpu::backend().kind != percpu::backend_kind::rseq) GTEST_SKIP() << "rseq backend only";
+  const char* err_text = std::getenv("PERCPU_TEST_MEMBARRIER_ERRNO");
+  int err = err_text != nullptr ? std::atoi(err_text) : EPERM;
+  percpu::storage<std::int64_t> s;
+  ASSERT_TRUE(forbid_membarrier(err)) << "seccomp: " << errno;
+  auto allowed = percpu::allowed_cpus();
+  std::atomic<bool> done{false};
+  std::vector<std::int64_t> added(allowed.size(), 0);
+  std::vector<std::thread> workers;
+  for (std::size_t i = 0; i < allowed.size(); ++i) {
+    workers.emplace_back([&, i] {
+      pin_to(allowed[i]);
+      std::int64_t n = 0;
+      for (; !done.load(std::memory_order_relaxed); ++n) s.add(1);
+      added[i] = n;
+    });
+  }
+  std::int64_t taken = 0;
+  auto take = [&](std::int64_t& v) {
+    taken += v;
+    v = 0;
+  };
+  for (int round = 0; round < 100; ++round) {
+    s.visit_all([&](unsigned, std::int64_t& v) { take(v); });
+    for (unsigned cpu : allowed) s.visit(cpu, take);
+  }
+  done = true;
+  for (auto& w : workers) w.join();
+  std::int64_t total = 0;
+  std::int64_t left = 0;
+  for (auto n : added) total += n;
+  s.for_each_cpu([&](unsigned, std::int64_t& v) { left += v; });
+  EXPECT_EQ(taken + left, total);
+  EXPECT_GT(taken, 0);
+  // A lasting failure is remembered (fences then go straight to running on
+  // the CPUs); ENOMEM is taken as passing, and retried each time.
+  EXPECT_EQ(detail::membarrier_failure(), err == ENOMEM ? 0 : err);
+}
+
+TEST(Startup, VisitsSurviveMembarrierFailingAtRunTime) {
+  for (const char* err : {"PERCPU_TEST_MEMBARRIER_ERRNO=1", "PERCPU_TEST_MEMBARRIER_ERRNO=12"}) {
+    SCOPED_TRACE(err);
+    expect_child_passes("StartupChild.VisitsSurviveMembarrierFailingAtRunTime",
+                        {err, "PERCPU_BACKEND=", "PERCPU_SLOTS="});
+  }
 }
 
 }  // namespace

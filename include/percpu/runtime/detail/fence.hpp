@@ -39,6 +39,11 @@ namespace percpu::detail {
 void fence_cpu(unsigned cpu) noexcept;
 void fence_all() noexcept;
 
+// 0 while the rseq backend's fences use membarrier; otherwise the error
+// (errno) that made membarrier unusable at run time, after which they run
+// the calling thread on the CPUs instead (src/runtime/fence.cpp).
+int membarrier_failure() noexcept;
+
 // The portable backend's full fence: a sequentially consistent
 // read-modify-write of one shared word.  Used instead of
 // atomic_thread_fence, which ThreadSanitizer does not model: both sides of
