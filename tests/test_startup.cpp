@@ -268,4 +268,37 @@ TEST(Startup, VisitsSurviveMembarrierFailingAtRunTime) {
   }
 }
 
+// ---- a possible-CPU override that contradicts the kernel -------------------------
+
+// PERCPU_SYSFS_CPU_DIR names fewer possible CPUs than the kernel has.  With
+// rseq, cpu_id indexes every per-CPU array, so the slots must cover the
+// kernel's CPUs whatever the override says: an add on the highest CPU must
+// land inside the structure.
+TEST(StartupChild, PossibleCpuOverrideBelowTheKernelsIsIgnoredWithRseq) {
+  if (!in_child()) GTEST_SKIP() << "runs in a child process";
+  unsigned highest = percpu::allowed_cpus().back();
+  ASSERT_TRUE(pin_to(highest));
+  percpu::storage<std::int64_t> s;
+  if (percpu::backend().kind == percpu::backend_kind::rseq) {
+    EXPECT_GT(percpu::cpu_count(), highest);
+    EXPECT_NE(percpu::backend().reason.find("ignored"), std::string::npos)
+        << percpu::backend().reason;
+  }
+  for (int i = 0; i < 1000; ++i) s.add(1);
+  std::int64_t sum = 0;
+  s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += v; });
+  EXPECT_EQ(sum, 1000);
+}
+
+TEST(Startup, PossibleCpuOverrideBelowTheKernelsIsIgnoredWithRseq) {
+  if (percpu::allowed_cpus().back() == 0) GTEST_SKIP() << "needs a CPU other than 0";
+  std::string dir = "/tmp/percpu_sysfs_" + std::to_string(getpid());
+  ASSERT_EQ(system(("mkdir -p " + dir).c_str()), 0);
+  std::ofstream(dir + "/possible") << "0\n";
+  std::ofstream(dir + "/online") << "0\n";
+  expect_child_passes("StartupChild.PossibleCpuOverrideBelowTheKernelsIsIgnoredWithRseq",
+                      {"PERCPU_SYSFS_CPU_DIR=" + dir, "PERCPU_BACKEND=", "PERCPU_SLOTS="});
+  (void)system(("rm -rf " + dir).c_str());
+}
+
 }  // namespace

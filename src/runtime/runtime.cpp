@@ -267,6 +267,20 @@ void read_fault_rate() noexcept {
 }
 std::atomic<std::uint64_t> fault_injected{0};
 
+// The slot count of the rseq backend, where cpu_id indexes every per-CPU
+// array: the possible CPUs, but never fewer than the kernel shows the
+// process.  A PERCPU_SYSFS_CPU_DIR override that names fewer (a test's
+// directory that does not match the machine) would let a thread on a
+// higher CPU write past every structure: it is ignored here, and said so.
+unsigned rseq_slots() {
+  unsigned kernel = kernel_cpu_slots();
+  if (kernel <= real_cpu_slots) return real_cpu_slots;
+  info().reason += "; " + sysfs_cpu_dir() + "/possible names " + std::to_string(real_cpu_slots) +
+                   " CPUs, fewer than the kernel's " + std::to_string(kernel) + ": ignored";
+  real_cpu_slots = kernel;
+  return kernel;
+}
+
 void start_locked() {
   read_fault_rate();
   const char* forced = std::getenv("PERCPU_BACKEND");
@@ -306,7 +320,7 @@ void start_locked() {
       info().kind = backend_kind::rseq;
       info().reason =
           want == "rseq" ? "PERCPU_BACKEND=rseq" : "rseq and membarrier rseq fences available";
-      runtime.slots = real_cpu_slots;
+      runtime.slots = rseq_slots();
     } else {
       portable_reason = why_not;
     }

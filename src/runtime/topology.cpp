@@ -107,6 +107,15 @@ possible_set read_possible_cpus(const std::string& sysfs_cpu_dir) {
   return result;
 }
 
+unsigned kernel_cpu_slots() {
+  std::vector<unsigned> cpus = read_list_or_empty("/sys/devices/system/cpu/possible");
+  unsigned slots = cpus.empty() ? 1 : cpus.back() + 1;
+  for (unsigned cpu : allowed_cpus()) slots = std::max(slots, cpu + 1);
+  int here = sched_getcpu();
+  if (here >= 0) slots = std::max(slots, static_cast<unsigned>(here) + 1);
+  return slots;
+}
+
 const std::string& sysfs_cpu_dir() {
   static const std::string dir = [] {
     const char* override_dir = std::getenv("PERCPU_SYSFS_CPU_DIR");
