@@ -8,7 +8,9 @@
 #      (verify/run.sh; needs `apt-get install spin`);
 #   2. release build: the whole suite once per backend configuration
 #      (rseq with glibc's registration, rseq with the library's own,
-#      portable, portable simulating 64 CPUs) and the header-alone check;
+#      portable, portable simulating 64 CPUs, as without rseq and
+#      membarrier's rseq fence, and with that fence failing at run time:
+#      PERCPU_PRETEND_MISSING) and the header-alone check;
 #   3. ASan + UBSan build: the same suite;
 #   4. TSan build: the same suite (TSan builds always use the portable backend);
 #   5. install: `cmake --install`, then a consumer built with

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -191,13 +192,54 @@ unsigned parse_slots(const char* text) {
   return static_cast<unsigned>(value);
 }
 
+// PERCPU_PRETEND_MISSING=name,name,...: start-up and the fences behave as
+// if these kernel features were missing, so that the suite and `percpu
+// info` can be run as on a kernel without them:
+//   rseq              the rseq system call (glibc's registration included);
+//   membarrier_rseq   membarrier's PRIVATE_EXPEDITED_RSEQ fence;
+//   membarrier_fence  that fence failing at run time (as under a seccomp
+//                     filter installed after start-up): fences run the
+//                     calling thread on the CPUs instead.
+struct pretended_missing {
+  bool rseq = false;
+  bool membarrier_rseq = false;
+  bool membarrier_fence = false;
+};
+pretended_missing pretend;
+
+void read_pretend() {
+  const char* text = std::getenv("PERCPU_PRETEND_MISSING");
+  if (text == nullptr) return;
+  std::string all = text;
+  for (std::size_t at = 0; at <= all.size();) {
+    std::size_t end = std::min(all.find(',', at), all.size());
+    std::string name = all.substr(at, end - at);
+    at = end + 1;
+    if (name.empty()) continue;
+    bool* flag = name == "rseq"               ? &pretend.rseq
+                 : name == "membarrier_rseq"  ? &pretend.membarrier_rseq
+                 : name == "membarrier_fence" ? &pretend.membarrier_fence
+                                              : nullptr;
+    if (flag == nullptr) {
+      throw config_error("PERCPU_PRETEND_MISSING names '" + name +
+                         "', not one of: rseq, membarrier_rseq, membarrier_fence");
+    }
+    *flag = true;
+  }
+  info().pretend_missing = all;
+}
+
+constexpr const char* pretended = " (pretended: PERCPU_PRETEND_MISSING)";
+
 // What the rseq backend needs besides a registered area: the membarrier
 // rseq fence (to stop a CPU) and a known possible-CPU set.  Empty when all
 // is there.
 std::string probe_fences(bool sysfs_ok) {
   long commands = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
-  if (commands < 0 || (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) == 0) {
-    return "membarrier has no PRIVATE_EXPEDITED_RSEQ fence (needed to stop a CPU)";
+  if (commands < 0 || (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) == 0 ||
+      pretend.membarrier_rseq) {
+    return std::string("membarrier has no PRIVATE_EXPEDITED_RSEQ fence (needed to stop a CPU)") +
+           (pretend.membarrier_rseq ? pretended : "");
   }
   if (syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) {
     int err = errno;
@@ -206,6 +248,7 @@ std::string probe_fences(bool sysfs_ok) {
            ")";
   }
   info().membarrier_rseq = true;
+  if (pretend.membarrier_fence) pretend_membarrier_broken();
   if (!sysfs_ok) {
     return "the possible-CPU set is unknown (/sys/devices/system/cpu/possible unreadable), "
            "so CPU ids could exceed the slots";
@@ -227,6 +270,11 @@ std::string probe_rseq(bool sysfs_ok) {
   info().node_id = usable >= 24;
   info().mm_cid = usable >= 28;
 
+  if (pretend.rseq) {
+    char buf[128];
+    return std::string("the rseq system call failed (") + error_text(ENOSYS, buf, sizeof buf) +
+           ")" + pretended;
+  }
   if (glibc_registered()) {
     info().source = rseq_source::glibc;
     found_rseq_offset = __rseq_offset;
@@ -283,6 +331,7 @@ unsigned rseq_slots() {
 
 void start_locked() {
   read_fault_rate();
+  read_pretend();
   const char* forced = std::getenv("PERCPU_BACKEND");
   std::string want = forced != nullptr ? forced : "";
   if (!want.empty() && want != "rseq" && want != "portable") {

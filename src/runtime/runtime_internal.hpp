@@ -22,6 +22,10 @@ namespace percpu::detail {
 // PERCPU_ variable) ends the program with the reason.
 void start_from_an_operation() noexcept;
 
+// From now on the rseq fences behave as if membarrier failed at run time
+// (PERCPU_PRETEND_MISSING=membarrier_fence, src/runtime/runtime.cpp).
+void pretend_membarrier_broken() noexcept;
+
 // The portable backend's slot for the calling thread now.
 unsigned portable_slot() noexcept;
 
