@@ -39,12 +39,6 @@ void arm_deadlock_alarm() {
   alarm(20);
 }
 
-void expect_child_passes(const std::string& filter, const std::vector<std::string>& env) {
-  auto r = percpu_test::run_self(filter, env);
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("[  PASSED  ] 1 test"), std::string::npos) << r.output;
-}
-
 // ---- a deferred add is applied, and folded ----------------------------------
 
 std::atomic<percpu::counter_array*> deferred_array{nullptr};
@@ -105,7 +99,7 @@ TEST(Signals, DeferredAddsAreAppliedAndFolded) {
     for (const char* test : {"SignalsChild.DeferredAddOfAnExitingThreadIsApplied",
                              "SignalsChild.DeferredCounterAddIsFolded"}) {
       SCOPED_TRACE(std::string(test) + " " + slots);
-      expect_child_passes(test, {"PERCPU_BACKEND=portable", slots});
+      percpu_test::expect_child_passes(test, {"PERCPU_BACKEND=portable", slots});
     }
   }
 }
@@ -223,7 +217,7 @@ TEST(Signals, PoolCacheHandlersTakeNoLockTheirThreadHolds) {
     for (const char* test : {"SignalsChild.HandlerNestedInTwoCachesTakesNeitherLock",
                              "SignalsChild.HandlersOfTwoThreadsHoldingTwoCachesDoNotDeadlock"}) {
       SCOPED_TRACE(std::string(test) + " " + backend);
-      expect_child_passes(test, {backend, "PERCPU_SLOTS="});
+      percpu_test::expect_child_passes(test, {backend, "PERCPU_SLOTS="});
     }
   }
 }
@@ -272,8 +266,9 @@ TEST(Signals, StopFromAHandlerInsideAnOperationIsRefused) {
     SCOPED_TRACE(backend);
     // (The refusal is an exception, whose allocation ThreadSanitizer would
     // report as a signal-unsafe call: the handler chose to risk it.)
-    expect_child_passes("SignalsChild.StopFromAHandlerInsideAnOperationIsRefused",
-                        {backend, "PERCPU_SLOTS=", "TSAN_OPTIONS=report_signal_unsafe=0"});
+    percpu_test::expect_child_passes(
+        "SignalsChild.StopFromAHandlerInsideAnOperationIsRefused",
+        {backend, "PERCPU_SLOTS=", "TSAN_OPTIONS=report_signal_unsafe=0"});
   }
 }
 

@@ -39,12 +39,6 @@ bool in_child() {
   return percpu_test::in_child();
 }
 
-void expect_child_passes(const std::string& test, const std::vector<std::string>& env) {
-  auto r = percpu_test::run_self(test, env);
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("[  PASSED  ] 1 test"), std::string::npos) << r.output;
-}
-
 bool pin_to(unsigned cpu) {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -102,8 +96,9 @@ TEST(StartupChild, SequenceBeforeStartUpLeavesTheThreadPointerAlone) {
 TEST(Startup, SequenceBeforeStartUpLeavesTheThreadPointerAlone) {
   for (const char* backend : {"PERCPU_BACKEND=", "PERCPU_BACKEND=portable"}) {
     SCOPED_TRACE(backend);
-    expect_child_passes("StartupChild.SequenceBeforeStartUpLeavesTheThreadPointerAlone",
-                        {backend, "PERCPU_SLOTS="});
+    percpu_test::expect_child_passes(
+        "StartupChild.SequenceBeforeStartUpLeavesTheThreadPointerAlone",
+        {backend, "PERCPU_SLOTS="});
   }
 }
 
@@ -139,7 +134,7 @@ TEST(StartupChild, BackendWordIsReadWhileAnotherThreadStarts) {
 }
 
 TEST(Startup, BackendWordIsReadWhileAnotherThreadStarts) {
-  expect_child_passes("StartupChild.BackendWordIsReadWhileAnotherThreadStarts", {});
+  percpu_test::expect_child_passes("StartupChild.BackendWordIsReadWhileAnotherThreadStarts", {});
 }
 
 // ---- a thread that another rseq user registered first ------------------------
@@ -184,8 +179,9 @@ TEST(StartupChild, ThreadRegisteredByAnotherRseqUserFallsBack) {
 }
 
 TEST(Startup, ThreadRegisteredByAnotherRseqUserFallsBack) {
-  expect_child_passes("StartupChild.ThreadRegisteredByAnotherRseqUserFallsBack",
-                      {"GLIBC_TUNABLES=glibc.pthread.rseq=0", "PERCPU_BACKEND=", "PERCPU_SLOTS="});
+  percpu_test::expect_child_passes("StartupChild.ThreadRegisteredByAnotherRseqUserFallsBack",
+                                   {"GLIBC_TUNABLES=glibc.pthread.rseq=0",
+                                    "PERCPU_BACKEND=", "PERCPU_SLOTS=", "PERCPU_PRETEND_MISSING="});
 }
 
 // ---- membarrier failing at run time --------------------------------------------
@@ -263,8 +259,9 @@ TEST(StartupChild, VisitsSurviveMembarrierFailingAtRunTime) {
 TEST(Startup, VisitsSurviveMembarrierFailingAtRunTime) {
   for (const char* err : {"PERCPU_TEST_MEMBARRIER_ERRNO=1", "PERCPU_TEST_MEMBARRIER_ERRNO=12"}) {
     SCOPED_TRACE(err);
-    expect_child_passes("StartupChild.VisitsSurviveMembarrierFailingAtRunTime",
-                        {err, "PERCPU_BACKEND=", "PERCPU_SLOTS=", "PERCPU_PRETEND_MISSING="});
+    percpu_test::expect_child_passes(
+        "StartupChild.VisitsSurviveMembarrierFailingAtRunTime",
+        {err, "PERCPU_BACKEND=", "PERCPU_SLOTS=", "PERCPU_PRETEND_MISSING="});
   }
 }
 
@@ -296,8 +293,9 @@ TEST(Startup, PossibleCpuOverrideBelowTheKernelsIsIgnoredWithRseq) {
   ASSERT_EQ(system(("mkdir -p " + dir).c_str()), 0);
   std::ofstream(dir + "/possible") << "0\n";
   std::ofstream(dir + "/online") << "0\n";
-  expect_child_passes("StartupChild.PossibleCpuOverrideBelowTheKernelsIsIgnoredWithRseq",
-                      {"PERCPU_SYSFS_CPU_DIR=" + dir, "PERCPU_BACKEND=", "PERCPU_SLOTS="});
+  percpu_test::expect_child_passes(
+      "StartupChild.PossibleCpuOverrideBelowTheKernelsIsIgnoredWithRseq",
+      {"PERCPU_SYSFS_CPU_DIR=" + dir, "PERCPU_BACKEND=", "PERCPU_SLOTS="});
   (void)system(("rm -rf " + dir).c_str());
 }
 
