@@ -19,6 +19,7 @@
 #include <linux/membarrier.h>
 #include <sched.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -104,7 +105,9 @@ void fence(int cpu) noexcept {
       continue;
     }
     if (err == ENOMEM && short_of_memory < 8) {
-      relax(128 + short_of_memory++);  // sleeps 1 us, 2 us, ...
+      ++short_of_memory;
+      timespec pause{0, 100'000};  // 0.1 ms: the kernel may have memory again
+      nanosleep(&pause, nullptr);
       continue;
     }
     if (err != ENOMEM) membarrier_broken.store(err, std::memory_order_relaxed);

@@ -517,16 +517,16 @@ const char* error_text(int err, char* buf, std::size_t size) noexcept {
 void relax(unsigned spins) noexcept {
   if (spins < 64) {
     arch::cpu_relax();
-  } else if (spins < 128) {
+  } else if (spins % 64 != 63) {
     sched_yield();
   } else {
-    // Still waiting: the holder may be a thread of lower priority preempted
-    // on this very CPU, which sched_yield never lets run - a SCHED_FIFO
-    // waiter behind a SCHED_OTHER stopper would spin until the kernel's
-    // real-time throttling stepped in.  Sleep, a little longer each time
-    // (1 us, doubling, at most about 1 ms).
-    unsigned shift = spins - 128 < 10 ? spins - 128 : 10;
-    timespec pause{0, 1000L << shift};
+    // Now and then a short sleep: the holder may be a thread of lower
+    // priority preempted on this very CPU, which sched_yield never lets run
+    // - a SCHED_FIFO waiter behind a SCHED_OTHER stopper would spin until
+    // the kernel's real-time throttling stepped in.  Only now and then:
+    // yielding wakes the waiter the moment the word clears, which a storm
+    // of short stops needs (a sleep lasts the timer slack, 50 us, at least).
+    timespec pause{0, 1000};
     nanosleep(&pause, nullptr);
   }
 }
