@@ -517,18 +517,25 @@ const char* error_text(int err, char* buf, std::size_t size) noexcept {
 void relax(unsigned spins) noexcept {
   if (spins < 64) {
     arch::cpu_relax();
-  } else if (spins % 64 != 63) {
-    sched_yield();
-  } else {
-    // Now and then a short sleep: the holder may be a thread of lower
-    // priority preempted on this very CPU, which sched_yield never lets run
-    // - a SCHED_FIFO waiter behind a SCHED_OTHER stopper would spin until
-    // the kernel's real-time throttling stepped in.  Only now and then:
-    // yielding wakes the waiter the moment the word clears, which a storm
-    // of short stops needs (a sleep lasts the timer slack, 50 us, at least).
-    timespec pause{0, 1000};
-    nanosleep(&pause, nullptr);
+    return;
   }
+  // A real-time waiter sleeps every 64th step, longer each time (1 us
+  // doubling to about 1 ms): the holder may be a thread of lower priority
+  // preempted on this very CPU, which sched_yield never lets run - a
+  // SCHED_FIFO waiter behind a SCHED_OTHER stopper would spin until the
+  // kernel's real-time throttling stepped in.  Every other waiter yields,
+  // which lets any such holder run and wakes the waiter the moment the word
+  // clears (sleeping instead cut a storm of short stops to a crawl).
+  if (spins % 64 == 63) {
+    int policy = sched_getscheduler(0);
+    if (policy == SCHED_FIFO || policy == SCHED_RR) {
+      unsigned sleeps = spins / 64 - 1;
+      timespec pause{0, 1000L << (sleeps < 10 ? sleeps : 10)};
+      nanosleep(&pause, nullptr);
+      return;
+    }
+  }
+  sched_yield();
 }
 
 }  // namespace percpu::detail

@@ -30,8 +30,9 @@ void pretend_membarrier_broken() noexcept;
 unsigned portable_slot() noexcept;
 
 // One step of a polite spin-wait, `spins` the steps taken so far: pause at
-// first, then yield the CPU, with a short sleep every 64th step so that a
-// holder of lower priority preempted on the waiter's CPU gets to run.
+// first, then yield the CPU; a real-time waiter sleeps every 64th step (1 us
+// doubling to about 1 ms) so that a holder of lower priority preempted on
+// its CPU gets to run.
 void relax(unsigned spins) noexcept;
 
 // The library's clock, in nanoseconds: CLOCK_MONOTONIC.  Fine-grained (the
