@@ -21,7 +21,7 @@
 #include <cstdint>
 
 // Fault injection in debug builds: this thread's count of sequences left
-// before one aborts itself (arch/x86_64/rseq.hpp).  Initial-exec TLS with a plain
+// before one aborts itself (arch/<arch>/rseq.hpp).  Initial-exec TLS with a plain
 // C name, so that the sequences' assembly can address it.
 extern "C" {
 extern __thread __attribute__((tls_model("initial-exec"))) std::int32_t percpu_fault_countdown;
@@ -29,7 +29,7 @@ extern __thread __attribute__((tls_model("initial-exec"))) std::int32_t percpu_f
 
 namespace percpu::detail {
 
-// Debug builds (see arch/x86_64/rseq.hpp): make every `every`-th restartable
+// Debug builds (see runtime/detail/arch.hpp): make every `every`-th restartable
 // sequence of each thread abort just before its commit (0: never), so abort
 // paths run millions of times.  PERCPU_FAULT_ABORT_RATE=N sets it at start.
 void set_fault_abort_rate(unsigned every) noexcept;
