@@ -52,6 +52,7 @@
 #include "harness.hpp"
 #include "peers.hpp"
 #include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/detail/arch.hpp"
 #include "percpu/xcall.hpp"
 
 namespace percpu_bench {
@@ -111,9 +112,7 @@ void acquire_after_spinning(std::binary_semaphore& s) {
   for (unsigned spins = 0;; ++spins) {
     if (s.try_acquire()) return;
     if (spins % 16 == 15 && std::chrono::steady_clock::now() - start > spin_budget) break;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    percpu::detail::arch::cpu_relax();
   }
   s.acquire();
 }

@@ -20,6 +20,10 @@
 #      with no instruction, the same on every architecture) is not counted.
 #   4. Map: README.md's "Layout" section names each folder of include/percpu/
 #      and src/, and each of those folders has a README.md.
+#   5. Backend: only the runtime asks which backend runs.  No file outside
+#      include/percpu/runtime/ and src/runtime/ names `runtime.backend` or
+#      `backend_code` (tests/ may, white-box); the sequences report
+#      backend-neutral outcomes instead (runtime/detail/sequences.hpp).
 #
 # Each violation is printed as FILE:LINE: MESSAGE; the exit status is 1 if
 # there is any, 0 otherwise.  Needs only bash, find and awk; builds nothing.
@@ -167,8 +171,21 @@ for d in include/percpu/*/ src/*/; do
   [ -f "$d/README.md" ] || report "$d/README.md:1: missing (say what lives in $d/ and what it may include)"
 done
 
+# ---- 5. backend tests --------------------------------------------------------
+
+for f in "${sources[@]}"; do
+  case "$f" in include/percpu/runtime/* | src/runtime/* | tests/* | examples/*) continue ;; esac
+  hits=$(awk '
+    { code = $0; sub(/\/\/.*$/, "", code) }
+    code ~ /runtime\.backend|backend_code/ { printf "%s:%d\n", FILENAME, FNR }' "$f")
+  [ -n "$hits" ] || continue
+  while IFS= read -r where; do
+    report "$where: asks which backend runs (only the runtime may: use the neutral outcomes of runtime/detail/sequences.hpp, or a runtime call)"
+  done <<<"$hits"
+done
+
 if [ "$failures" -ne 0 ]; then
   echo "check-tree: $failures violation(s)" >&2
   exit 1
 fi
-echo "check-tree: layers, file lengths, assembly and the Layout map are in order"
+echo "check-tree: layers, file lengths, assembly, backend tests and the Layout map are in order"

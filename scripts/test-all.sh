@@ -10,7 +10,9 @@
 #      (verify/run.sh; needs `apt-get install spin`);
 #   2. release build: the whole suite once per backend configuration
 #      (rseq with glibc's registration, rseq with the library's own,
-#      portable, portable simulating 64 CPUs) and the header-alone check;
+#      portable, portable simulating 64 CPUs, as without rseq and
+#      membarrier's rseq fence, and with that fence failing at run time:
+#      PERCPU_PRETEND_MISSING) and the header-alone check;
 #   3. debug build (no NDEBUG: assertions, the misuse checks of pool_cache
 #      and rwlock, fault injection in every sequence): the same suite;
 #   4. ASan + UBSan build: the same suite;

@@ -1,14 +1,13 @@
 // counter.cpp - reads, folds and exchanges of percpu::counter(_array).
 #include "percpu/counter.hpp"
 
-#include <pthread.h>
-#include <signal.h>
-
 #include <atomic>
 #include <string>
 
 #include "percpu/runtime/detail/runtime.hpp"
+#include "percpu/runtime/detail/sequences.hpp"
 #include "percpu/runtime/error.hpp"
+#include "runtime/runtime_internal.hpp"
 
 namespace percpu {
 
@@ -94,39 +93,37 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
   // Between the two steps of a fold the value is in neither place:
   // read_approx() may be low by it, which is the residual the slot held and
   // error_bound() already covers.
-  //
-  // Portable backend: compare_and_store locks the exact slot, so it fails
-  // only when the slot changed - or, inside a signal handler that
-  // interrupted this thread's own operation, when that operation holds the
-  // slot.  There the fold gives up after a few tries and leaves the residual
-  // to the next add on that slot (a stop, which would wait for the
-  // interrupted operation, could deadlock); the bound then holds once that
-  // add has returned.
-  if (cpu >= slots_.slots_.cpus()) return;  // the add was deferred (see add_return)
-  bool rseq = detail::runtime.backend == detail::backend_code::rseq;
-  for (int tries = 0;; ++tries) {
+  if (cpu >= slots_.slots_.cpus()) return;  // the add runs later (see add_return)
+  for (;;) {
     if (residual < batch_ && residual > -batch_) return;
-    if (detail::seq::compare_and_store(slots_.slots_.data0(), slots_.slots_.stop_words(), cpu,
-                                       residual, 0)) {
-      central_.fetch_add(residual, std::memory_order_relaxed);
-      return;
+    switch (detail::seq::compare_and_store(slots_.slots_.data0(), slots_.slots_.stop_words(), cpu,
+                                           residual, 0)) {
+      case detail::cas_result::stored:
+        central_.fetch_add(residual, std::memory_order_relaxed);
+        return;
+      case detail::cas_result::changed:
+        residual = slots_.slot(cpu, 0);  // another add changed it: look again
+        continue;
+      case detail::cas_result::busy:
+        // A signal handler that interrupted this thread's own operation on
+        // the slot: waiting (or stopping the CPU) would wait for that very
+        // operation.  The residual is left to the next add on the slot; the
+        // bound holds again once that add has returned.
+        return;
+      case detail::cas_result::moved:
+        break;  // fold remotely, below
     }
-    if (!rseq) {
-      if (tries == 3) return;
-    } else if (current_cpu() != cpu) {
-      break;  // moved away: fold remotely
-    }
-    residual = slots_.slot(cpu, 0);  // another add changed it: look again
+    break;
   }
+  // A signal handler inside a per-CPU operation of its own thread may not
+  // stop a CPU (stop.hpp): as with `busy`, the next add folds.
+  if (detail::in_no_wait()) return;
   // This thread no longer runs on `cpu`: fold with that CPU stopped.  Rare
   // (a migration right at the batch) and it keeps the bound hard.  Signals
   // stay blocked meanwhile: a handler that added to this counter on `cpu`
   // would otherwise wait for a stop its own thread holds.  (Two system calls,
   // beside the stop's fence, on a path taken once in many thousand adds.)
-  sigset_t all;
-  sigset_t previous;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &previous);
+  detail::signals_blocked quiet;
   slots_.stops().visit(cpu, [&] {
     std::atomic_ref<std::int64_t> slot(*slots_.slots_.on(cpu));
     std::int64_t value = slot.load(std::memory_order_relaxed);
@@ -135,7 +132,10 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
       central_.fetch_add(value, std::memory_order_relaxed);
     }
   });
-  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+}
+
+void counter::add_later(void* self, void*, std::int64_t v) noexcept {
+  static_cast<counter*>(self)->add(v);
 }
 
 std::int64_t counter::read() const noexcept {

@@ -13,7 +13,6 @@
 // lock.  See flush_cpu_locked() for why the lock must cover all of it.
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -21,6 +20,7 @@
 
 #include "percpu/queue.hpp"
 #include "percpu/runtime/error.hpp"
+#include "runtime/runtime_internal.hpp"
 
 namespace percpu::detail {
 
@@ -31,12 +31,6 @@ namespace {
 std::atomic<std::uint64_t> next_queue_id{1};
 
 constexpr std::uint32_t max_capacity = unit_size / 64;  // 64-byte records fill one unit
-
-std::int64_t now_ns() noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 std::uint64_t evicted_bit(std::uint64_t id) noexcept {
   return std::uint64_t{1} << (id % 64);

@@ -1,5 +1,7 @@
 #include "child_process.hpp"
 
+#include <gtest/gtest.h>
+
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -52,6 +54,15 @@ child_result run_self(const std::string& filter, const std::vector<std::string>&
   result.output = text.str();
   unlink(out_path);
   return result;
+}
+
+void expect_child_passes(const std::string& test, const std::vector<std::string>& env) {
+  child_result r = run_self(test, env);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  if (r.output.find("[  SKIPPED ] 1 test") != std::string::npos) {
+    GTEST_SKIP() << r.output.substr(0, 2000);
+  }
+  EXPECT_NE(r.output.find("[  PASSED  ] 1 test"), std::string::npos) << r.output;
 }
 
 bool in_child() {

@@ -20,6 +20,11 @@ struct child_result {
 // entries) added to or replacing the current environment.
 child_result run_self(const std::string& filter, const std::vector<std::string>& env);
 
+// Runs `test` (one child-only test) with run_self and expects it to pass;
+// when the child skipped it (the machine lacks what it needs), the calling
+// test is skipped too.
+void expect_child_passes(const std::string& test, const std::vector<std::string>& env);
+
 // True inside a process started by run_self (child-only tests skip otherwise).
 bool in_child();
 

@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -13,6 +14,7 @@
 #include "expect_error.hpp"
 #include "percpu/core/storage.hpp"
 #include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/detail/fence.hpp"
 #include "runtime/topology.hpp"
 
 namespace {
@@ -112,6 +114,7 @@ TEST(BackendChild, ReportsBackend) {
               info.kind == percpu::backend_kind::rseq ? "rseq" : "portable",
               static_cast<int>(info.source), info.slots, info.sysfs_possible ? 1 : 0,
               info.reason.c_str());
+  std::printf("membarrier_failure=%d\n", percpu::detail::membarrier_failure());
   percpu::storage<long> s;  // allocation works in the chosen backend
   s.add(3);
   long sum = 0;
@@ -155,6 +158,38 @@ TEST(Backend, OwnRegistrationWhenGlibcDidNot) {
                                                     "PERCPU_BACKEND=rseq", "PERCPU_SLOTS="});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("kind=rseq source=2"), std::string::npos) << r.output;
+}
+
+// PERCPU_PRETEND_MISSING makes start-up see kernel features as missing and
+// say so; a name it does not know is a clear error.
+TEST(Backend, PretendMissingFeatures) {
+  if (percpu::backend().kind != percpu::backend_kind::rseq) GTEST_SKIP() << "no rseq here";
+  struct expectation {
+    const char* value;
+    const char* kind;
+  };
+  for (auto e :
+       {expectation{"rseq", "kind=portable"}, expectation{"membarrier_rseq", "kind=portable"},
+        expectation{"membarrier_fence", "kind=rseq"},
+        expectation{",rseq,membarrier_fence", "kind=portable"}}) {
+    auto r = percpu_test::run_self(
+        "BackendChild.*",
+        {std::string("PERCPU_PRETEND_MISSING=") + e.value, "PERCPU_BACKEND=", "PERCPU_SLOTS="});
+    EXPECT_EQ(r.exit_code, 0) << e.value << r.output;
+    EXPECT_NE(r.output.find(e.kind), std::string::npos) << e.value << r.output;
+    if (std::string(e.value) == "membarrier_fence") {
+      EXPECT_NE(r.output.find("membarrier_failure=" + std::to_string(ENOSYS)), std::string::npos)
+          << r.output;
+    }
+    if (std::string(e.kind) == "kind=portable") {
+      EXPECT_NE(r.output.find("pretended: PERCPU_PRETEND_MISSING"), std::string::npos) << r.output;
+    }
+  }
+  auto bad = percpu_test::run_self("BackendChild.*", {"PERCPU_PRETEND_MISSING=futex"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("not one of: rseq, membarrier_rseq, membarrier_fence"),
+            std::string::npos)
+      << bad.output;
 }
 
 }  // namespace

@@ -1,10 +1,13 @@
 // stop/fence/visit: a stopped CPU commits nothing; visits lose no update.
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <semaphore>
 #include <thread>
 #include <vector>
 
@@ -16,6 +19,12 @@
 namespace {
 
 using clock_type = std::chrono::steady_clock;
+
+long thread_cpu_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1'000'000'000L + ts.tv_nsec;
+}
 
 void spin_for(std::chrono::microseconds d) {
   auto end = clock_type::now() + d;
@@ -153,6 +162,46 @@ TEST(Stop, VisitRestartsTheCpuWhenTheVisitorThrows) {
   EXPECT_THROW(s.visit_all([](unsigned, std::int64_t&) { throw std::runtime_error("x"); }),
                std::runtime_error);
   s.add(1);
+}
+
+// A SCHED_FIFO thread that waits behind a stopper preempted on its own CPU
+// would spin forever if it only yielded (sched_yield never yields to a lower
+// priority): the wait must end in a sleep that lets the stopper run.  What
+// shows it without timing the test: the waiter's own CPU time while it
+// waits stays small, where a yielding waiter burns its CPU until the
+// kernel's real-time throttling steps in (0.95 s of every second).
+TEST(Stop, RealTimeWaiterLetsAPreemptedStopperOnItsCpuFinish) {
+  percpu::storage<std::int64_t> s;
+  unsigned cpu = percpu::allowed_cpus().front();
+  std::binary_semaphore go(0);
+  std::atomic<long> waited_cpu_ns{-1};
+  std::thread waiter([&] {
+    pin(cpu);
+    sched_param p{};
+    p.sched_priority = 1;
+    if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &p) != 0) {
+      go.acquire();
+      waited_cpu_ns = -2;
+      return;
+    }
+    go.acquire();  // sleeps until the stopper holds every CPU
+    long before = thread_cpu_ns();
+    s.add(1);  // waits for the stopper, on the stopper's CPU
+    waited_cpu_ns = thread_cpu_ns() - before;
+  });
+  std::thread stopper([&] {
+    pin(cpu);
+    s.stops().stop_all();
+    go.release();  // the waiter, real-time, preempts this thread here
+    s.stops().start_all();
+  });
+  stopper.join();
+  waiter.join();
+  if (waited_cpu_ns.load() == -2) GTEST_SKIP() << "SCHED_FIFO not permitted here";
+  EXPECT_LT(waited_cpu_ns.load(), 200'000'000L) << "the waiter spun instead of sleeping";
+  std::int64_t sum = 0;
+  s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += v; });
+  EXPECT_EQ(sum, 1);
 }
 
 }  // namespace

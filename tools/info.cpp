@@ -2,12 +2,14 @@
 #include <sys/utsname.h>
 
 #include <cstdio>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "commands.hpp"
 #include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/detail/fence.hpp"
 
 namespace percpu_tool {
 
@@ -50,6 +52,15 @@ int info(const std::vector<std::string>& args) {
   std::printf("  node_id         %s\n", yes_no(b.node_id));
   std::printf("  mm_cid          %s\n", yes_no(b.mm_cid));
   std::printf("membarrier rseq   %s\n", yes_no(b.membarrier_rseq));
+  if (b.kind == percpu::backend_kind::rseq) {
+    int failure = percpu::detail::membarrier_failure();
+    std::printf("  fences          %s%s\n",
+                failure == 0 ? "membarrier" : "by running on the CPUs: membarrier fails with ",
+                failure == 0 ? "" : std::strerror(failure));
+  }
+  if (!b.pretend_missing.empty()) {
+    std::printf("pretend missing   %s (PERCPU_PRETEND_MISSING)\n", b.pretend_missing.c_str());
+  }
   std::printf("slots             %u%s\n", b.slots,
               b.sysfs_possible ? "" : " (possible CPUs guessed: /sys unreadable)");
   std::printf("possible CPUs     %s\n", cpu_list(percpu::possible_cpus()).c_str());

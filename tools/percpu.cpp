@@ -34,7 +34,9 @@ void usage(std::FILE* out) {
       "\n"
       "environment:\n"
       "  PERCPU_BACKEND=rseq|portable   force a backend\n"
-      "  PERCPU_SLOTS=N                 portable backend simulating N CPUs\n");
+      "  PERCPU_SLOTS=N                 portable backend simulating N CPUs\n"
+      "  PERCPU_PRETEND_MISSING=LIST    behave as without rseq, membarrier_rseq,\n"
+      "                                 membarrier_fence (comma-separated)\n");
 }
 
 }  // namespace

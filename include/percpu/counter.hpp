@@ -94,8 +94,8 @@ class counter {
   // reaches the batch (then one fold into the central count).
   void add(std::int64_t v) noexcept {
     unsigned cpu;
-    std::int64_t residual =
-        detail::seq::add_return(slots_.slots_.data0(), slots_.slots_.stop_words(), v, &cpu);
+    std::int64_t residual = detail::seq::add_return(
+        slots_.slots_.data0(), slots_.slots_.stop_words(), v, &cpu, {&counter::add_later, this});
     if (residual >= batch_ || residual <= -batch_) [[unlikely]]
       fold(cpu, residual);
   }
@@ -130,8 +130,15 @@ class counter {
 
   std::int64_t batch() const noexcept { return batch_; }
 
+  // The counter's stop words (a visit of several structures at once, see
+  // stop.hpp and xcall.hpp).
+  stop_state& stops() noexcept { return slots_.stops(); }
+
  private:
   void fold(unsigned cpu, std::int64_t residual) noexcept;
+  // add(v) again, when an add in a signal handler could not be made at once
+  // (see seq::add_return).
+  static void add_later(void* self, void* unused, std::int64_t v) noexcept;
 
   counter_array slots_{1};
   std::int64_t batch_;

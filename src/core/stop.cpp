@@ -1,29 +1,20 @@
-// stop.cpp - stop words and membarrier rseq fences (see percpu/core/stop.hpp).
+// stop.cpp - stop words and visits (see percpu/core/stop.hpp).
 //
-// Ordering, rseq backend:
+// Ordering:
 //  - A stopper sets CPU c's word with an acquire compare-and-swap: it pairs
 //    with the release store in start() of the previous stopper, so this
-//    visitor sees everything the previous one wrote.
-//  - The fence (membarrier PRIVATE_EXPEDITED_RSEQ, targeted at c) runs a full
-//    barrier on c and aborts any restartable sequence running there.  It
-//    pairs with the sequence's plain load of the word: a sequence that began
-//    before the fence is aborted and restarts; one that begins after it reads
-//    the word as set.  Fast-path stores that committed before the fence are
-//    visible to the visitor after it.
+//    visitor sees everything the previous one wrote.  The compare-and-swap
+//    is also the full barrier that the fence after it relies on.
+//  - The fence (fence_cpu / fence_all, runtime/detail/fence.hpp) pairs with
+//    the sequences' load of the word: once it returns, no sequence on c that
+//    read the word clear can commit, and what they committed is visible.
+//    With the portable backend the word is the slot's lock and the fence is
+//    nothing.
 //  - start() stores 0 with release: the visitor's writes happen before the
 //    next sequence on c that reads 0 (x86-64 loads are acquire; an aarch64
-//    version reads the word with ldar).
-// Portable backend: the word is the slot's spinlock; the acquire CAS and the
-// release store are the whole protocol, and no fence is needed.
-#include <linux/membarrier.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
+//    version reads the word with ldar), or the next portable operation that
+//    takes the word as its lock.
 #include <atomic>
-#include <cerrno>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <span>
 
@@ -36,48 +27,6 @@
 #include "runtime/runtime_internal.hpp"
 
 namespace percpu {
-
-namespace {
-
-// Issues the rseq fence for one CPU (cpu >= 0) or for all (cpu < 0).
-// Must not fail: a visit relies on it for exclusion.
-void fence(int cpu) noexcept {
-  if (detail::runtime.backend != detail::backend_code::rseq) return;
-  for (int attempt = 0;; ++attempt) {
-    long rc = cpu >= 0 ? syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
-                                 MEMBARRIER_CMD_FLAG_CPU, cpu)
-                       : syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0);
-    if (rc == 0) return;
-    int err = errno;
-    // (A CPU that is offline or not possible is not an error: the kernel
-    // returns 0, there being nothing to fence.  EINVAL would mean the
-    // fence itself is unsupported, which start-up ruled out.)
-    if (err == EINTR || err == EAGAIN) continue;
-    // A forked child may need to register again before its first fence.
-    if (err == EPERM && attempt == 0 &&
-        syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0) {
-      continue;
-    }
-    char buf[128];
-    std::fprintf(stderr, "percpu: membarrier rseq fence failed (%s); cannot stop a CPU safely\n",
-                 detail::error_text(err, buf, sizeof buf));
-    std::abort();
-  }
-}
-
-}  // namespace
-
-namespace detail {
-
-void fence_all_cpus() noexcept {
-  if (runtime.backend == backend_code::rseq) {
-    fence(-1);
-  } else {
-    portable_full_fence();
-  }
-}
-
-}  // namespace detail
 
 stop_state::stop_state()
     : words0_(static_cast<std::uint32_t*>(
@@ -129,6 +78,18 @@ void check_range(const char* where, std::span<stop_state* const> states, unsigne
   }
 }
 
+// A stop inside a no-wait section (runtime/deferral.hpp) - a signal handler
+// that interrupted its own thread's per-CPU operation (portable backend:
+// it holds a slot lock, which is a stop word) or a pool_cache's locked
+// section - could wait forever for the code it interrupted.  Refused.
+void refuse_inside_an_operation(const char* what) {
+  if (!detail::in_no_wait()) return;
+  throw error(errc::would_deadlock,
+              std::string("percpu::stop_state::") + what +
+                  " called from a signal handler that interrupted a per-CPU operation of its "
+                  "own thread: it could wait for that operation forever");
+}
+
 }  // namespace
 
 void stop_state::stop(unsigned cpu) {
@@ -158,25 +119,10 @@ void stop_state::start_all() noexcept {
 }
 
 void stop_state::stop(std::span<stop_state* const> states, unsigned cpu) {
+  refuse_inside_an_operation("stop");
   check_range("percpu::stop_state::stop", states, cpu);
   for_each_by_address(states, [cpu](stop_state& s) { s.lock_word(cpu); });
-  // No fence when the caller itself runs on `cpu` after setting the words.
-  // A sequence there that read a word as clear did so before the CAS, on
-  // `cpu`; the caller runs on `cpu` now, so that thread was switched out in
-  // between, and the kernel aborts a critical section whose thread is
-  // preempted or migrated.  Stores it committed before the switch are
-  // visible here: a context switch on one CPU orders them.  The CAS is a
-  // full barrier, so cpu_id is read after the words were set; reading `cpu`
-  // means the thread ran there after that (cpu_id changes only on a return
-  // to user space on another CPU).  This is the case of a structure
-  // draining its own CPU's part (a full queue buffer): a syscall saved.
-  if (detail::runtime.backend == detail::backend_code::rseq) {
-    // Keeps the compiler from reading cpu_id before the CAS (the read is an
-    // asm statement without a memory operand).
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    if (detail::seq::current_cpu() == cpu) return;
-  }
-  fence(static_cast<int>(cpu));
+  detail::fence_cpu(cpu);
 }
 
 void stop_state::start(std::span<stop_state* const> states, unsigned cpu) {
@@ -185,11 +131,12 @@ void stop_state::start(std::span<stop_state* const> states, unsigned cpu) {
 }
 
 void stop_state::stop_all(std::span<stop_state* const> states) {
+  refuse_inside_an_operation("stop_all");
   // Structures by address, CPUs ascending: two callers cannot deadlock.
   for_each_by_address(states, [](stop_state& s) {
     for (unsigned cpu = 0; cpu < s.slots_; ++cpu) s.lock_word(cpu);
   });
-  fence(-1);
+  detail::fence_all();
 }
 
 void stop_state::start_all(std::span<stop_state* const> states) noexcept {

@@ -6,8 +6,6 @@
 // give).  Once a period, whichever visit comes first trims the full
 // magazines nobody needed and adapts the magazine size to the contention
 // the period saw; the cache has no thread of its own.
-#include <time.h>
-
 #include <algorithm>
 #include <atomic>
 #include <mutex>
@@ -15,17 +13,6 @@
 #include "pool_core.hpp"
 
 namespace percpu::detail {
-
-namespace {
-
-std::uint64_t now_ns() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
-}  // namespace
 
 // A full magazine, or nullptr.  Its objects all belong to one generation
 // (give() keeps only objects of the generation current under the lock),
@@ -62,7 +49,7 @@ magazine* pool_core::take_empty() noexcept {
 // Once a period, from whichever depot visit comes first: trim the depot to
 // its working set and adapt the magazine size.
 void pool_core::maybe_maintain() noexcept {
-  std::uint64_t now = now_ns();
+  auto now = static_cast<std::uint64_t>(now_ns());
   std::uint64_t due = next_maintenance_ns.load(std::memory_order_relaxed);
   if (now < due) return;
   if (!next_maintenance_ns.compare_exchange_strong(due, now + maintenance_period_ns,

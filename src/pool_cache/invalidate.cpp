@@ -18,10 +18,7 @@
 // So once invalidate() returns, no get() anywhere hands out an object
 // constructed before it began.  docs/pool-cache.md gives the argument;
 // verify/pool_invalidate.pml models it.
-#include <pthread.h>
-
 #include <atomic>
-#include <csignal>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -31,26 +28,6 @@
 #include "pool_core.hpp"
 
 namespace percpu::detail {
-
-namespace {
-
-// Blocks every signal for the scope (visits, see the file comment).
-class signals_blocked {
- public:
-  signals_blocked() noexcept {
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &saved_);
-  }
-  ~signals_blocked() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
-  signals_blocked(const signals_blocked&) = delete;
-  signals_blocked& operator=(const signals_blocked&) = delete;
-
- private:
-  sigset_t saved_{};
-};
-
-}  // namespace
 
 // ---- construction and the slow paths ------------------------------------------
 
@@ -121,7 +98,7 @@ void pool_core::give(magazine* m) noexcept {
 
 void* pool_core::get_slow() noexcept {
   count(&cpu_part::misses);
-  if (nested_in_own_lock()) return take_deferred();
+  if (nested()) return take_deferred();
   magazine* m = take_full();
   if (m == nullptr) {
     maybe_maintain();
@@ -147,8 +124,8 @@ void* pool_core::get_slow() noexcept {
 }
 
 void pool_core::put_slow(void* object) noexcept {
-  if (nested_in_own_lock()) {
-    defer(object);  // checked again when the outer slow path applies it
+  if (nested()) {
+    defer(object);  // checked again when the outermost section applies it
     return;
   }
   if (header(object)->generation != generation()) {
@@ -179,7 +156,7 @@ void pool_core::check_may_drain(const char* what) const {
                 std::string("percpu::pool_cache::") + what + " of \"" + cache.name() +
                     "\" called from a constructor or destructor of the same cache");
   }
-  if (nested_in_own_lock() || portable_in_operation()) {
+  if (nested()) {
     throw error(errc::would_deadlock,
                 std::string("percpu::pool_cache::") + what + " of \"" + cache.name() +
                     "\" called from a signal handler that interrupted the cache's own work");

@@ -24,13 +24,15 @@
 // there, since they would wait for themselves.
 //
 // Signals: get and put are async-signal-safe.  A handler that interrupts
-// its own thread inside the locked sections must not take the same lock
-// again.  Each thread records which cache's locks it holds
-// (`pool_thread.held`); a nested slow path of that cache defers its puts
-// into a small per-thread list, which the outer path drains as it releases
-// the lock, and a nested get takes a deferred object or fails.  Visits
-// (which hold stop words that a handler's fast path would wait on forever)
-// run with signals blocked.
+// its own thread inside a locked section must not take that lock again, nor
+// - since another thread's handler may wait for a lock this thread holds -
+// any other cache's.  Every locked section is a no-wait section of the
+// runtime (runtime/deferral.hpp): a slow path that finds its thread inside
+// one, of this cache or any other, takes no lock.  Its put is deferred to the
+// end of the outermost section, where the interrupted thread applies it; its
+// get takes a deferred object of this cache or fails.  Visits (which hold
+// stop words that a handler's fast path would wait on forever) run with
+// signals blocked.
 #pragma once
 
 #include <atomic>
@@ -92,17 +94,13 @@ struct pool_registry : held_across_fork {
   std::uint32_t next_id = 1;
 };
 
-// The puts a signal handler made while its thread held this cache's locks.
-struct deferred_puts {
-  static constexpr unsigned capacity = 64;
-  const pool_core* held = nullptr;              // the cache whose depot/slab lock this thread holds
+// What a thread is doing inside a cache's code that the cache must know.
+struct pool_thread_state {
   const raw_pool_cache* in_callback = nullptr;  // the cache whose ctor/dtor runs here
-  unsigned count = 0;
-  void* objects[capacity] = {};
 };
 // The calling thread's record (deferred_puts.cpp).  Constant-initialised,
 // so that a signal handler's first use of it initialises nothing.
-extern thread_local constinit deferred_puts pool_thread __attribute__((visibility("hidden")));
+extern thread_local constinit pool_thread_state pool_thread __attribute__((visibility("hidden")));
 
 // The implementation class behind raw_pool_cache: the depot, the slabs, the
 // statistics, and the slow paths as member functions.
@@ -182,9 +180,10 @@ struct pool_core {
     return reinterpret_cast<slab*>(reinterpret_cast<std::uintptr_t>(object) & ~(slab_bytes - 1));
   }
 
-  // Whether this thread interrupted its own locked work on this cache (a
-  // signal handler's slow path).
-  bool nested_in_own_lock() const noexcept { return pool_thread.held == this; }
+  // Whether this thread may hold a lock a slow path would take: inside a
+  // locked section of any cache (a signal handler's slow path), or of a
+  // portable-backend operation.
+  static bool nested() noexcept { return in_no_wait(); }
 
   // Marks the calling thread as running a constructor or destructor of the
   // cache for the scope (check_may_drain refuses an invalidate from there).
@@ -198,19 +197,12 @@ struct pool_core {
     in_callback& operator=(const in_callback&) = delete;
   };
 
-  // Runs f() under `lock`, recording that this thread holds a lock of this
-  // cache, then applies the puts that handlers deferred meanwhile.
+  // Runs f() under `lock`, inside a no-wait section: a signal handler on
+  // this thread then takes no cache lock and waits for no slot (its puts are
+  // deferred to the end of the outermost section, which applies them).
   template <class F>
   decltype(auto) locked(std::mutex& lock, F&& f) {
-    const pool_core* outer = pool_thread.held;
-    pool_thread.held = this;
-    // In the portable backend, a signal handler on this thread must not
-    // wait for a slot lock while this thread holds a cache lock: the slot's
-    // holder may be a handler waiting for this very lock.  Counting as
-    // inside a portable operation makes the handler's operations take one
-    // attempt instead (a failed pop or push then comes here, nested).
-    portable_enter();
-    std::atomic_signal_fence(std::memory_order_seq_cst);
+    no_wait_enter();
     if (&lock == &depot_lock) {
       depot_visits.fetch_add(1, std::memory_order_relaxed);
       if (!lock.try_lock()) {
@@ -220,13 +212,9 @@ struct pool_core {
     } else {
       lock.lock();
     }
-    scope_exit release([&lock, this, outer] {
+    scope_exit release([&lock] {
       lock.unlock();
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-      portable_leave();
-      pool_thread.held = outer;
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-      if (outer != this) apply_deferred_puts();
+      no_wait_leave();
     });
     return std::forward<F>(f)();
   }
@@ -270,9 +258,8 @@ struct pool_core {
   void invalidate();
   void invalidate_local();
 
-  // ---- deferred_puts.cpp: signal handlers inside the cache's locks ----------
+  // ---- deferred_puts.cpp: signal handlers inside a locked section ----------
 
-  void apply_deferred_puts() noexcept;
   void defer(void* object) noexcept;
   void* take_deferred() noexcept;
 };

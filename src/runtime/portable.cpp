@@ -13,20 +13,29 @@
 // The stop words double as the locks, so a stop_state::stop() (which takes
 // the same word) excludes the slot's operations with no fence at all.
 //
+// A thread whose rseq area cannot be registered (another rseq user
+// registered it first) runs these too while the process uses rseq; each
+// operation then fences the slot's CPU after taking its word, which makes it
+// a visit (stop.hpp).
+//
 // Signals: a handler that interrupts its own thread's operation finds that
 // thread holding a slot lock.  If it waited for a slot, two threads whose
 // handlers each wait for the slot the other one's interrupted operation holds
 // would deadlock (rseq has no such problem: it aborts the interrupted
-// sequence).  So an operation nested inside another on the same thread never
-// waits: it tries every slot once; failing that, an add is deferred to a
-// small per-thread queue that the interrupted operation applies as it ends,
-// and the other operations report their ordinary failure (full, empty, not
-// stored, nothing moved), which every caller already handles.
+// sequence).  So each attempt at a lock, and the time the lock is held, is a
+// no-wait section (deferral.hpp), and an operation inside one - a handler's,
+// or one made by code holding a pool_cache lock - never waits: it tries
+// every slot once; failing that, an add is deferred to the end of the
+// outermost section, and the other operations report their ordinary failure
+// (full, empty, not stored (busy), nothing moved), which every caller
+// already handles.
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
+#include "deferral.hpp"
+#include "percpu/runtime/detail/fence.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 #include "runtime_internal.hpp"
@@ -73,24 +82,6 @@ std::int64_t add_to_slot(std::int64_t* slot, std::int64_t v) noexcept {
   return value;
 }
 
-// Per-thread nesting state (see the file comment).  Written only by the
-// thread itself and its signal handlers; signal fences order the handler's
-// writes with the interrupted code's reads.
-struct deferred_add {
-  std::int64_t* slot0;
-  std::uint32_t* stop0;
-  std::int64_t value;  // changed by handlers only with __atomic operations
-  unsigned complete;   // 1 once the fields are written; 0 once taken off
-};
-constexpr unsigned deferred_capacity = 256;
-struct nesting {
-  unsigned depth = 0;  // operations of this thread in progress (> 1: nested)
-  unsigned head = 0;   // next deferred add to apply
-  unsigned tail = 0;   // next free entry
-  deferred_add queue[deferred_capacity];
-};
-thread_local nesting nest;
-
 // Locks a slot without waiting: the preferred one or any free one.
 bool try_lock_any(std::uint32_t* stop0, unsigned& slot) noexcept {
   unsigned slots = runtime.slots;
@@ -102,43 +93,39 @@ bool try_lock_any(std::uint32_t* stop0, unsigned& slot) noexcept {
   return false;
 }
 
-void apply_deferred() noexcept;
-
 // Runs op(slot) under a slot lock and returns its result.  `try_acquire(slot)`
-// makes one attempt at the lock.  The thread counts as inside an operation
-// (depth > 0) around each attempt and while it holds the lock, so a handler
-// that interrupts it there never waits for a slot.  Between attempts it holds
-// nothing and counts as outside: a handler that interrupts a long wait waits
-// like any other caller, instead of deferring adds for as long as the wait
-// lasts.  A nested call makes one attempt and returns `busy` if it fails.
+// makes one attempt at the lock.  Each attempt, and the time the lock is
+// held, is a no-wait section, so a handler that interrupts the thread there
+// never waits for a slot.  Between attempts the thread holds nothing and is
+// outside: a handler that interrupts a long wait waits like any other
+// caller, instead of deferring adds for as long as the wait lasts.  A call
+// made inside a section makes one attempt and returns `busy` if it fails.
+// The end of the outermost section runs what handlers deferred meanwhile.
 template <class TryAcquire, class Op, class Result>
-Result locked_no_drain(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op) noexcept {
-  bool nested = nest.depth > 0;
+Result locked_with(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op) noexcept {
+  // An operation before start-up (memory the library did not hand out):
+  // the slot count is not known yet.
+  if (backend_acquire() == backend_code::uninitialized) [[unlikely]]
+    start_from_an_operation();
+  bool nested = in_no_wait();
   Result result = busy;
   for (unsigned spins = 0;; ++spins) {
-    ++nest.depth;
-    std::atomic_signal_fence(std::memory_order_seq_cst);
+    no_wait_enter();
     unsigned slot = 0;
     bool acquired = try_acquire(slot);
     if (acquired) {
+      // With the rseq backend this is a thread whose rseq area cannot be
+      // registered (runtime.cpp): the lock is the slot's stop word, and the
+      // fence makes it a stop, so no sequence of another thread commits on
+      // that CPU meanwhile.  (Nothing with the portable backend.)
+      if (backend_now() == backend_code::rseq) fence_cpu(slot);
       result = op(slot);
       unlock(stop0, slot);
     }
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    --nest.depth;
+    no_wait_leave();
     if (acquired || nested) break;
     relax(spins);
   }
-  return result;
-}
-
-// locked_no_drain(), then, for an outermost operation, the adds that
-// handlers deferred meanwhile.
-template <class TryAcquire, class Op, class Result>
-Result locked_with(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op) noexcept {
-  bool nested = nest.depth > 0;
-  Result result = locked_no_drain(stop0, busy, try_acquire, op);
-  if (!nested) apply_deferred();
   return result;
 }
 
@@ -150,10 +137,10 @@ Result locked(std::uint32_t* stop0, Result busy, Op op) noexcept {
 }
 
 // locked_with() on slot `cpu` only (operations bound to one CPU).
-template <class Op>
-bool locked_on(std::uint32_t* stop0, unsigned cpu, Op op) noexcept {
+template <class Op, class Result>
+Result locked_on(std::uint32_t* stop0, unsigned cpu, Result busy, Op op) noexcept {
   return locked_with(
-      stop0, false,
+      stop0, busy,
       [stop0, cpu](unsigned& slot) {
         slot = cpu;
         return try_lock(stop0, cpu);
@@ -161,53 +148,26 @@ bool locked_on(std::uint32_t* stop0, unsigned cpu, Op op) noexcept {
       op);
 }
 
-// Applies the adds that handlers deferred while this thread's operations
-// were in progress.  Called by an outermost operation as it ends, with no
-// slot held.
-//
-// An entry is taken off the queue (read, then `head` moved) with the thread
-// counted as inside an operation, so a handler that interrupts the taking
-// only appends and never drains the queue itself: two drains interleaved
-// there would apply an entry twice and move `head` past `tail`.  The entry
-// is then applied as an ordinary operation (waiting for a slot with the
-// thread counted as outside, see locked_no_drain).  A handler that runs
-// between two entries may drain the rest itself; that is fine, since each
-// taking is whole.  The queue is checked once more after leaving, for an
-// entry appended at the last moment.
-void apply_deferred() noexcept {
-  for (;;) {
-    ++nest.depth;
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    bool empty = nest.head == nest.tail;
-    deferred_add entry{};
-    if (!empty) {
-      deferred_add& taken = nest.queue[nest.head % deferred_capacity];
-      entry = taken;
-      entry.value = __atomic_load_n(&taken.value, __ATOMIC_RELAXED);
-      taken.complete = 0;
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-      ++nest.head;
-    }
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    --nest.depth;
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    if (empty) {
-      if (nest.head == nest.tail) return;
-      continue;
-    }
-    locked_no_drain(
-        entry.stop0, false, [&](unsigned& slot) { return try_lock_any(entry.stop0, slot); },
-        [&](unsigned slot) {
-          add_to_slot(copy_on(entry.slot0, slot), entry.value);
-          return true;
-        });
-  }
+// The deferred form of add(): runs at the end of the outermost section.
+void add_later(void* slot0, void* stop0, std::int64_t v) noexcept {
+  add(static_cast<std::int64_t*>(slot0), static_cast<std::uint32_t*>(stop0), v);
+}
+
+// An add that a call inside a no-wait section could not make: deferred as
+// `redo` (merged with other adds to the same structure, which commute), or,
+// should the table be full, made after waiting for a slot.
+void defer_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, deferred_fn fn, void* a,
+               void* b) noexcept {
+  if (defer(fn, a, b, v, true)) return;
+  unsigned slot = lock_any(stop0);
+  add_to_slot(copy_on(slot0, slot), v);
+  unlock(stop0, slot);
 }
 
 }  // namespace
 
 unsigned current_cpu() noexcept {
-  if (runtime.backend == backend_code::uninitialized) {
+  if (backend_acquire() == backend_code::uninitialized) {
     try {
       ensure_started();
     } catch (...) {
@@ -222,52 +182,15 @@ void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
     add_to_slot(copy_on(slot0, slot), v);
     return true;
   });
-  if (done) return;
-  // Nested and every slot busy: defer to the interrupted operation's end.
-  //
-  // First, add to a pending entry for the same structure if there is one
-  // (adds commute).  Only complete entries beyond `head` qualify: the entry
-  // at `head` may be being taken off by the drain this handler interrupted.
-  // The add is one atomic instruction, so a second handler (a different
-  // signal) interrupting this one cannot tear it.  This keeps the queue short
-  // however long the interrupted operation waits: ThreadSanitizer, for one,
-  // delivers signals only at synchronisation points, which are all inside an
-  // operation's lock attempts, so every signal that arrives while a thread
-  // waits for a slot lands here.
-  unsigned head = nest.head;
-  unsigned tail = __atomic_load_n(&nest.tail, __ATOMIC_RELAXED);
-  for (unsigned i = tail; i - head > 1 && tail - i < 32; --i) {
-    deferred_add& pending = nest.queue[(i - 1) % deferred_capacity];
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    if (pending.complete == 1 && pending.slot0 == slot0 && pending.stop0 == stop0) {
-      __atomic_fetch_add(&pending.value, v, __ATOMIC_RELAXED);
-      return;
-    }
-  }
-  // Otherwise append.  The entry is reserved before it is written, with one
-  // atomic increment: a second handler interrupting this one takes the next
-  // entry instead of overwriting this one.  The queue is drained only by the
-  // outermost operation, after every handler frame above it has returned,
-  // so reserved entries are complete by then.  Should the queue be full
-  // (256 different structures pending), wait for a slot.
-  if (tail - head < deferred_capacity) {
-    unsigned entry = __atomic_fetch_add(&nest.tail, 1u, __ATOMIC_RELAXED);
-    deferred_add& fresh = nest.queue[entry % deferred_capacity];
-    fresh.slot0 = slot0;
-    fresh.stop0 = stop0;
-    fresh.value = v;
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    fresh.complete = 1;
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    return;
-  }
-  unsigned slot = lock_any(stop0);
-  add_to_slot(copy_on(slot0, slot), v);
-  unlock(stop0, slot);
+  // Inside a no-wait section with every slot busy: later.  (A storm of
+  // handlers whose interrupted code waits long - ThreadSanitizer delivers
+  // signals only at synchronisation points, all inside lock attempts -
+  // lands here every time; the merge keeps that to one entry per slot.)
+  if (!done) defer_add(slot0, stop0, v, &add_later, slot0, stop0);
 }
 
-std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
-                        unsigned* cpu) noexcept {
+std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, unsigned* cpu,
+                        redo later) noexcept {
   std::int64_t value = 0;
   unsigned used = runtime.slots;
   locked(stop0, false, [&](unsigned slot) {
@@ -275,26 +198,25 @@ std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t 
     used = slot;
     return true;
   });
-  if (used == runtime.slots) {
-    // Nested with every slot busy: deferred like add(); no slot to report.
-    add(slot0, stop0, v);
-  }
+  // Inside a no-wait section with every slot busy: the caller's whole
+  // operation runs later (a counter's add, with its fold); no slot to report.
+  if (used == runtime.slots) defer_add(slot0, stop0, v, later.fn, later.object, nullptr);
   *cpu = used;
   return value;
 }
 
-bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
-                       std::int64_t expected, std::int64_t desired) noexcept {
-  // No thread runs on a CPU past the slots: fail as the rseq sequence does,
-  // instead of locking a word outside the structure.
-  if (cpu >= runtime.slots) return false;
-  return locked_on(stop0, cpu, [&](unsigned slot) {
+cas_result compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
+                             std::int64_t expected, std::int64_t desired) noexcept {
+  // No thread runs on a CPU past the slots: `moved`, as with the rseq
+  // sequence, instead of locking a word outside the structure.
+  if (cpu >= runtime.slots) return cas_result::moved;
+  return locked_on(stop0, cpu, cas_result::busy, [&](unsigned slot) {
     // Every writer holds the lock, so the read may be plain; the store is
     // atomic for the readers that do not take it (see add_to_slot).
     std::int64_t* value = copy_on(slot0, slot);
-    if (*value != expected) return false;
+    if (*value != expected) return cas_result::changed;
     std::atomic_ref<std::int64_t>(*value).store(desired, std::memory_order_release);
-    return true;
+    return cas_result::stored;
   });
 }
 
@@ -368,7 +290,7 @@ bool push_record(record_array* arr0, std::uint32_t* stop0, unsigned cpu,
   unsigned here = portable_slot();
   *cpu_out = here;
   if (here != cpu) return false;
-  return locked_on(stop0, cpu, [&](unsigned slot) {
+  return locked_on(stop0, cpu, false, [&](unsigned slot) {
     record_array* arr = copy_on(arr0, slot);
     std::uint32_t count = arr->count;
     if (count >= arr->capacity) return false;
@@ -384,17 +306,3 @@ bool push_record(record_array* arr0, std::uint32_t* stop0, unsigned cpu,
 }
 
 }  // namespace percpu::detail::portable
-
-namespace percpu::detail {
-bool portable_in_operation() noexcept {
-  return portable::nest.depth > 0;
-}
-void portable_enter() noexcept {
-  ++portable::nest.depth;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-}
-void portable_leave() noexcept {
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  --portable::nest.depth;
-}
-}  // namespace percpu::detail

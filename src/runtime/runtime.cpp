@@ -11,7 +11,7 @@
 // Mechanism: start-up runs once, on first use, under a mutex.  It prefers
 // glibc's rseq registration (__rseq_offset/__rseq_size); when glibc did not
 // register, it registers an area of its own for each thread, lazily (a fast
-// path that reads a negative cpu_id asks slow::register_thread()).  The own
+// path that reads a negative cpu_id asks slow::use_sequences()).  The own
 // area lives in initial-exec TLS so that, like glibc's, it sits at a fixed
 // offset from the thread pointer and the sequences address both the same way.
 // It never writes a kernel-owned field of either area.
@@ -19,8 +19,10 @@
 #include <sched.h>
 #include <sys/auxv.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -38,7 +40,7 @@
 #endif
 
 #include "percpu/runtime/cpu.hpp"
-#include "percpu/runtime/detail/arch/x86_64/thread_pointer.hpp"
+#include "percpu/runtime/detail/arch.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 #include "percpu/runtime/error.hpp"
@@ -77,7 +79,6 @@ runtime_state runtime;
 
 namespace {
 
-constexpr std::uint32_t rseq_signature = 0x53053053;  // glibc's RSEQ_SIG, x86-64
 constexpr std::uint32_t cpu_id_uninitialized = 0xffffffffu;
 constexpr unsigned rseq_original_size = 32;
 constexpr unsigned own_area_size = 256;
@@ -108,6 +109,33 @@ thread_local own_rseq_area own_area __attribute__((tls_model("initial-exec")));
 // have registered that one before deciding against rseq.)
 thread_local own_rseq_area portable_area __attribute__((tls_model("initial-exec")));
 
+// Offset of `area` (this thread's copy, and so every thread's) from the
+// thread pointer.
+std::ptrdiff_t offset_of(own_rseq_area& area) noexcept {
+  return reinterpret_cast<char*>(&area) - arch::thread_pointer();
+}
+
+// Before start-up the sequences must not address the thread pointer's own
+// offset 0: runtime.rseq_offset is constant-initialised to 0, and a sequence
+// would store its descriptor at 8 bytes from the thread pointer, inside
+// glibc's thread control block.  So a constructor aims them at
+// portable_area first: a sequence that runs before start-up (on memory the
+// library did not hand out - an object used before its constructor ran)
+// finds it unregistered and leaves through `unregistered`, whose slow path
+// starts the library (slow::use_sequences).  Priority 101 runs it before
+// every initialiser of default priority in a static link, and a shared
+// library's initialisers run before those of the objects that need it; it
+// allocates nothing and touches no other global.
+[[gnu::constructor(101)]] void aim_sequences_at_an_unregistered_area() noexcept {
+  if constexpr (arch::has_sequences) {
+    if (backend_now() == backend_code::uninitialized) {
+      runtime.rseq_offset.store(offset_of(portable_area), std::memory_order_relaxed);
+    }
+  }
+}
+
+std::ptrdiff_t found_rseq_offset = 0;  // start-up's finding, see probe_rseq
+
 std::mutex start_mutex;  // constant-initialised
 std::atomic<bool> started{false};
 
@@ -133,6 +161,7 @@ unsigned own_registration_length = rseq_original_size;
 unsigned real_cpu_slots = 1;  // highest possible CPU + 1 (portable slot mapping)
 std::atomic<unsigned> next_thread_index{0};
 
+using arch::rseq_signature;
 using arch::thread_pointer;
 
 bool glibc_registered() noexcept {
@@ -169,13 +198,54 @@ unsigned parse_slots(const char* text) {
   return static_cast<unsigned>(value);
 }
 
+// PERCPU_PRETEND_MISSING=name,name,...: start-up and the fences behave as
+// if these kernel features were missing, so that the suite and `percpu
+// info` can be run as on a kernel without them:
+//   rseq              the rseq system call (glibc's registration included);
+//   membarrier_rseq   membarrier's PRIVATE_EXPEDITED_RSEQ fence;
+//   membarrier_fence  that fence failing at run time (as under a seccomp
+//                     filter installed after start-up): fences run the
+//                     calling thread on the CPUs instead.
+struct pretended_missing {
+  bool rseq = false;
+  bool membarrier_rseq = false;
+  bool membarrier_fence = false;
+};
+pretended_missing pretend;
+
+void read_pretend() {
+  const char* text = std::getenv("PERCPU_PRETEND_MISSING");
+  if (text == nullptr) return;
+  std::string all = text;
+  for (std::size_t at = 0; at <= all.size();) {
+    std::size_t end = std::min(all.find(',', at), all.size());
+    std::string name = all.substr(at, end - at);
+    at = end + 1;
+    if (name.empty()) continue;
+    bool* flag = name == "rseq"               ? &pretend.rseq
+                 : name == "membarrier_rseq"  ? &pretend.membarrier_rseq
+                 : name == "membarrier_fence" ? &pretend.membarrier_fence
+                                              : nullptr;
+    if (flag == nullptr) {
+      throw refusal{"PERCPU_PRETEND_MISSING names '" + name +
+                    "', not one of: rseq, membarrier_rseq, membarrier_fence"};
+    }
+    *flag = true;
+  }
+  info().pretend_missing = all;
+}
+
+constexpr const char* pretended = " (pretended: PERCPU_PRETEND_MISSING)";
+
 // What the rseq backend needs besides a registered area: the membarrier
 // rseq fence (to stop a CPU) and a known possible-CPU set.  Empty when all
 // is there.
 std::string probe_fences(bool sysfs_ok) {
   long commands = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
-  if (commands < 0 || (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) == 0) {
-    return "membarrier has no PRIVATE_EXPEDITED_RSEQ fence (needed to stop a CPU)";
+  if (commands < 0 || (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) == 0 ||
+      pretend.membarrier_rseq) {
+    return std::string("membarrier has no PRIVATE_EXPEDITED_RSEQ fence (needed to stop a CPU)") +
+           (pretend.membarrier_rseq ? pretended : "");
   }
   if (syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) {
     int err = errno;
@@ -184,6 +254,7 @@ std::string probe_fences(bool sysfs_ok) {
            ")";
   }
   info().membarrier_rseq = true;
+  if (pretend.membarrier_fence) pretend_membarrier_broken();
   if (!sysfs_ok) {
     return "the possible-CPU set is unknown (/sys/devices/system/cpu/possible unreadable), "
            "so CPU ids could exceed the slots";
@@ -192,21 +263,27 @@ std::string probe_fences(bool sysfs_ok) {
 }
 
 // Why rseq cannot be used here; empty when it can.  Fills the rseq fields of
-// `info` and runtime.rseq_offset.
+// `info` and found_rseq_offset (published with the backend at the end of
+// start-up, so that no sequence on another thread uses an area before the
+// backend that goes with it is chosen).
 std::string probe_rseq(bool sysfs_ok) {
-#if !defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-  (void)sysfs_ok;
-  return "no restartable sequences for this architecture yet";
-#else
+  if constexpr (!arch::has_sequences) {
+    return "no restartable sequences for this architecture yet";
+  }
   info().feature_size = static_cast<unsigned>(getauxval(AT_RSEQ_FEATURE_SIZE));
   info().alignment = static_cast<unsigned>(getauxval(AT_RSEQ_ALIGN));
   unsigned usable = info().feature_size != 0 ? info().feature_size : 20;
   info().node_id = usable >= 24;
   info().mm_cid = usable >= 28;
 
+  if (pretend.rseq) {
+    char buf[128];
+    return std::string("the rseq system call failed (") + error_text(ENOSYS, buf, sizeof buf) +
+           ")" + pretended;
+  }
   if (glibc_registered()) {
     info().source = rseq_source::glibc;
-    runtime.rseq_offset = __rseq_offset;
+    found_rseq_offset = __rseq_offset;
     auto* cpu_id = reinterpret_cast<volatile std::int32_t*>(thread_pointer() + __rseq_offset + 4);
     if (*cpu_id < 0) return "glibc's rseq registration failed for this thread";
   } else {
@@ -216,7 +293,7 @@ std::string probe_rseq(bool sysfs_ok) {
              ") is larger than the library's own area";
     }
     if (info().feature_size > rseq_original_size) own_registration_length = info().feature_size;
-    runtime.rseq_offset = reinterpret_cast<char*>(&own_area) - thread_pointer();
+    found_rseq_offset = offset_of(own_area);
     if (int err = register_own_area(); err != 0) {
       info().source = rseq_source::none;
       char buf[128];
@@ -227,10 +304,9 @@ std::string probe_rseq(bool sysfs_ok) {
   std::string why_not = probe_fences(sysfs_ok);
   if (!why_not.empty() && info().source == rseq_source::own) unregister_own_area();
   return why_not;
-#endif
 }
 
-// Fault injection (debug builds, see arch/x86_64/rseq.hpp): sequences abort
+// Fault injection (debug builds, see runtime/detail/arch.hpp): sequences abort
 // themselves when this thread's countdown reaches zero.  It starts at 1, so
 // a thread's first sequence rearms it with the configured rate.
 // Constant-initialised; start-up reads PERCPU_FAULT_ABORT_RATE into it.
@@ -245,8 +321,23 @@ void read_fault_rate() noexcept {
 }
 std::atomic<std::uint64_t> fault_injected{0};
 
+// The slot count of the rseq backend, where cpu_id indexes every per-CPU
+// array: the possible CPUs, but never fewer than the kernel shows the
+// process.  A PERCPU_SYSFS_CPU_DIR override that names fewer (a test's
+// directory that does not match the machine) would let a thread on a
+// higher CPU write past every structure: it is ignored here, and said so.
+unsigned rseq_slots() {
+  unsigned kernel = kernel_cpu_slots();
+  if (kernel <= real_cpu_slots) return real_cpu_slots;
+  info().reason += "; " + sysfs_cpu_dir() + "/possible names " + std::to_string(real_cpu_slots) +
+                   " CPUs, fewer than the kernel's " + std::to_string(kernel) + ": ignored";
+  real_cpu_slots = kernel;
+  return kernel;
+}
+
 void start_locked() {
   read_fault_rate();
+  read_pretend();
   const char* forced = std::getenv("PERCPU_BACKEND");
   std::string want = forced != nullptr ? forced : "";
   if (!want.empty() && want != "rseq" && want != "portable") {
@@ -284,7 +375,7 @@ void start_locked() {
       info().kind = backend_kind::rseq;
       info().reason =
           want == "rseq" ? "PERCPU_BACKEND=rseq" : "rseq and membarrier rseq fences available";
-      runtime.slots = real_cpu_slots;
+      runtime.slots = rseq_slots();
     } else {
       portable_reason = why_not;
     }
@@ -297,13 +388,21 @@ void start_locked() {
     info().reason = portable_reason;
     runtime.slots = slots_forced ? forced_slots : real_cpu_slots;
   }
-  if (info().kind == backend_kind::portable) {
-    // The sequences' own test sends every operation to the portable code:
-    // this area is never registered, so its cpu_id stays negative.
-    runtime.rseq_offset = reinterpret_cast<char*>(&portable_area) - thread_pointer();
+  // With the portable backend the sequences' own test sends every operation
+  // to the portable code: portable_area is never registered, so its cpu_id
+  // stays negative.
+  if constexpr (arch::has_sequences) {
+    runtime.rseq_offset.store(
+        info().kind == backend_kind::rseq ? found_rseq_offset : offset_of(portable_area),
+        std::memory_order_relaxed);
   }
   info().slots = runtime.slots;
-  runtime.backend = info().kind == backend_kind::rseq ? backend_code::rseq : backend_code::portable;
+  runtime.light_barrier_is_compiler_barrier = info().kind == backend_kind::rseq;
+  // Last, with release: a thread that reads it with acquire sees all of
+  // the above (runtime.hpp).
+  runtime.backend.store(
+      info().kind == backend_kind::rseq ? backend_code::rseq : backend_code::portable,
+      std::memory_order_release);
 }
 
 }  // namespace
@@ -320,6 +419,16 @@ void ensure_started() {
     throw error(errc::configuration, start_error());
   }
   started.store(true, std::memory_order_release);
+}
+
+void start_from_an_operation() noexcept {
+  try {
+    ensure_started();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s (start-up from a per-CPU operation, which cannot report it)\n",
+                 e.what());
+    std::abort();
+  }
 }
 
 unsigned portable_slot() noexcept {
@@ -343,19 +452,40 @@ std::uint64_t fault_injections() noexcept {
 
 namespace slow {
 
-void register_thread() noexcept {
-  if (info().source == rseq_source::glibc) {
-    // glibc registers every thread it creates; this one's registration
-    // failed (cpu_id -2), and its area is glibc's, not ours to register.
-    std::fprintf(stderr, "percpu: glibc's rseq registration failed for this thread\n");
-    std::abort();
+namespace {
+
+// Set once this thread's rseq area turned out impossible to register.
+thread_local constinit bool area_unregistrable = false;
+
+// Makes the calling thread's rseq area usable; false when it cannot be.
+// Such a thread takes the portable path for every operation, with the rest
+// of the process on rseq: each of its operations takes the slot's stop
+// word as a lock and fences that CPU (portable.cpp), which is a visit, so
+// the sequences of the other threads are excluded as from any visitor.
+// Slower, and never an abort.
+bool register_thread() noexcept {
+  // Registered already: the sequence read the offset in use before
+  // start-up (portable_area's), and start-up has replaced it since.
+  if (arch::cpu_id() >= 0) return true;
+  if (area_unregistrable) return false;
+  // glibc registers every thread it creates, and this one's registration
+  // failed (cpu_id stays negative); its area is glibc's, not ours to
+  // register.  Or the library's own registration fails: EINVAL when
+  // another rseq user registered the thread with an area of its own, EPERM
+  // when with another signature.
+  if (info().source == rseq_source::glibc || register_own_area() != 0) {
+    area_unregistrable = true;
+    return false;
   }
-  if (int err = register_own_area(); err != 0) {
-    char buf[128];
-    std::fprintf(stderr, "percpu: rseq registration of a new thread failed (%s)\n",
-                 error_text(err, buf, sizeof buf));
-    std::abort();
-  }
+  return true;
+}
+
+}  // namespace
+
+bool use_sequences() noexcept {
+  if (backend_acquire() == backend_code::uninitialized) start_from_an_operation();
+  if (backend_acquire() != backend_code::rseq) return false;
+  return register_thread();
 }
 
 void fault_rearm() noexcept {
@@ -392,12 +522,26 @@ const char* error_text(int err, char* buf, std::size_t size) noexcept {
 
 void relax(unsigned spins) noexcept {
   if (spins < 64) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-  } else {
-    sched_yield();
+    arch::cpu_relax();
+    return;
   }
+  // A real-time waiter sleeps every 64th step, longer each time (1 us
+  // doubling to about 1 ms): the holder may be a thread of lower priority
+  // preempted on this very CPU, which sched_yield never lets run - a
+  // SCHED_FIFO waiter behind a SCHED_OTHER stopper would spin until the
+  // kernel's real-time throttling stepped in.  Every other waiter yields,
+  // which lets any such holder run and wakes the waiter the moment the word
+  // clears (sleeping instead cut a storm of short stops to a crawl).
+  if (spins % 64 == 63) {
+    int policy = sched_getscheduler(0);
+    if (policy == SCHED_FIFO || policy == SCHED_RR) {
+      unsigned sleeps = spins / 64 - 1;
+      timespec pause{0, 1000L << (sleeps < 10 ? sleeps : 10)};
+      nanosleep(&pause, nullptr);
+      return;
+    }
+  }
+  sched_yield();
 }
 
 }  // namespace percpu::detail

@@ -163,6 +163,15 @@ bool cpu_mask::apply(pid_t tid) const noexcept {
   return sched_setaffinity(tid, bytes_, set_) == 0;
 }
 
+unsigned kernel_cpu_slots() {
+  std::vector<unsigned> cpus = read_list_or_empty("/sys/devices/system/cpu/possible");
+  unsigned slots = cpus.empty() ? 1 : cpus.back() + 1;
+  for (unsigned cpu : allowed_cpus()) slots = std::max(slots, cpu + 1);
+  int here = sched_getcpu();
+  if (here >= 0) slots = std::max(slots, static_cast<unsigned>(here) + 1);
+  return slots;
+}
+
 const std::string& sysfs_cpu_dir() {
   static const std::string dir = [] {
     const char* override_dir = std::getenv("PERCPU_SYSFS_CPU_DIR");

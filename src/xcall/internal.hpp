@@ -18,7 +18,9 @@
 #include <string>
 
 #include "core/process_wide.hpp"
+#include "percpu/runtime/detail/arch.hpp"
 #include "percpu/xcall.hpp"
+#include "runtime/runtime_internal.hpp"
 #include "runtime/topology.hpp"
 
 namespace percpu::xcall::internal {
@@ -66,17 +68,7 @@ enum service_state : std::uint32_t { absent = 0, starting = 1, running = 2, park
 constexpr long poll_ns = 20000;
 constexpr long spin_wait_ns = 20000;
 
-inline long now_ns() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1000000000L + ts.tv_nsec;
-}
-
-inline void cpu_pause() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
+using percpu::detail::now_ns;
 
 // Spins until pred() holds or `budget_ns` passed.  After the first
 // yield_after_ns it also yields the CPU about every microsecond: a runnable
@@ -96,7 +88,7 @@ bool poll_until(Pred pred, long budget_ns) noexcept {
       if (spent > budget_ns) return false;
       if (spent > yield_after_ns) sched_yield();
     }
-    cpu_pause();
+    percpu::detail::arch::cpu_relax();
   }
 }
 

@@ -177,14 +177,13 @@ start_result start_service(service& s, unsigned cpu) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  // The service thread takes no signals: handlers of the program stay on
-  // the program's own threads.
-  sigset_t all;
-  sigset_t old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  int rc = pthread_create(&s.thread, &attr, service_main, &s);
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  // The service thread takes no signals (it inherits the mask): handlers of
+  // the program stay on the program's own threads.
+  int rc = 0;
+  {
+    percpu::detail::signals_blocked quiet;
+    rc = pthread_create(&s.thread, &attr, service_main, &s);
+  }
   pthread_attr_destroy(&attr);
   if (rc != 0) {
     s.state.store(absent, std::memory_order_relaxed);

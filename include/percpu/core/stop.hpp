@@ -27,7 +27,11 @@
 //
 // Rules: a thread holds at most one stop at a time, or uses stop_all (which
 // takes every word in ascending order); do not stop a CPU from a signal
-// handler that may have interrupted a visit of the same structure.  Words
+// handler that may have interrupted a visit of the same structure.  A stop
+// from a signal handler that interrupted a per-CPU operation of its own
+// thread (portable backend, where the operation holds a slot lock - a stop
+// word) or a pool_cache's locked section is refused with percpu::error (errc::would_deadlock):
+// it could wait for the interrupted code forever.  Words
 // are always taken in one global order - structures by address, then CPUs
 // ascending - so the single and several-structure forms cannot deadlock
 // against each other.
@@ -55,8 +59,9 @@ class stop_state {
 
   // Stops `cpu`: returns once no fast path of this structure is running on
   // `cpu` or can commit there until start(cpu).  Waits for another stopper
-  // of the same CPU to finish.  Throws percpu::error (errc::out_of_range)
-  // for cpu >= size().
+  // of the same CPU to finish.  Throws percpu::error: errc::out_of_range
+  // for cpu >= size(), errc::would_deadlock from a signal handler inside an
+  // operation (see the rules above).
   void stop(unsigned cpu);
   // Ends a stop(cpu): what the visitor wrote is visible to the CPU's next
   // fast path (release, paired with the acquire of the next stopper and with

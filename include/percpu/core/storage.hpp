@@ -165,9 +165,9 @@ class storage {
   // `cpu` >= cpus() always fails.
   [[nodiscard]] bool compare_and_store(unsigned cpu, T expected,
                                        T desired) noexcept requires slot_value<T> {
-    return detail::seq::compare_and_store(slot0(), block_.stop_words(), cpu,
-                                          static_cast<std::int64_t>(expected),
-                                          static_cast<std::int64_t>(desired));
+    return detail::seq::compare_and_store(
+               slot0(), block_.stop_words(), cpu, static_cast<std::int64_t>(expected),
+               static_cast<std::int64_t>(desired)) == detail::cas_result::stored;
   }
 
   // A torn-free, possibly stale read of CPU `cpu`'s copy (relaxed order).

@@ -17,7 +17,9 @@
 //    Always correct, slower; used under valgrind, TSan, and wherever rseq or
 //    membarrier-rseq is missing.
 // PERCPU_BACKEND=rseq|portable forces one; PERCPU_SLOTS=N makes the portable
-// backend simulate N CPUs, so that wide machines can be exercised anywhere.
+// backend simulate N CPUs, so that wide machines can be exercised anywhere;
+// PERCPU_PRETEND_MISSING=rseq,membarrier_rseq,membarrier_fence makes the
+// library behave as on a kernel without those features (src/runtime/runtime.cpp).
 #pragma once
 
 #include <cstdint>
@@ -53,6 +55,7 @@ struct backend_info {
   bool under_valgrind = false;
   bool under_sanitizer = false;  // built with ThreadSanitizer
   unsigned slots = 0;            // per-CPU slots every structure has
+  std::string pretend_missing;   // PERCPU_PRETEND_MISSING, as given
 };
 
 // Starts the library if needed and describes the active backend.

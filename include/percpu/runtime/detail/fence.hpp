@@ -1,19 +1,32 @@
-// percpu/runtime/detail/fence.hpp - the asymmetric fence pair.
+// percpu/runtime/detail/fence.hpp - the fences that let a thread reach another CPU's data.
 //
-// Problem: a fast path on every CPU (a reader entering a lock) and a rare
-// slow path (a writer) must agree Dekker-style: "I announced myself, then
-// looked at you".  Giving each fast path a full fence costs ~20 cycles per
-// operation; the kernel can instead interrupt every CPU running one of our
-// threads on the slow path's behalf.
+// Problem: per-CPU fast paths carry no atomic instruction and no memory
+// barrier; that is what makes them fast.  A thread that works on another
+// CPU's data (a visit, stop.hpp) or must agree with every fast path
+// Dekker-style (a writer of rwlock.hpp: "I announced myself, then looked at
+// you") needs the missing ordering supplied from its own side, once, for
+// every CPU.  How that is done depends on the backend, and only the runtime
+// knows which one runs: these calls are the same for every caller.
 //
-// light_barrier() is the fast path's half: a compiler barrier with the rseq
-// backend (the heavy side interrupts the CPU), a full fence with the portable
-// backend (which has no such heavy side).  heavy_barrier() is the slow path's
-// half: the broadcast membarrier rseq fence of stop.hpp, or a full fence.
-// After heavy_barrier() returns, every light_barrier() on another thread has
-// either happened before it (that thread's earlier stores are visible) or
-// will happen after it (that thread's later loads see the caller's earlier
-// stores).
+// Mechanism (src/runtime/fence.cpp):
+//  - fence_cpu(cpu), by a thread that has just set a stop word of `cpu`
+//    with a full barrier (the compare-and-swap of stop.hpp): when it
+//    returns, no sequence on `cpu` that read the word clear can still
+//    commit, and what sequences committed there before is visible to the
+//    caller.  rseq backend: membarrier(PRIVATE_EXPEDITED_RSEQ, FLAG_CPU,
+//    cpu), skipped when the caller itself now runs on `cpu` (the rule is
+//    argued in fence.cpp).  Portable backend: nothing, since there the stop
+//    word is the lock every operation takes.
+//  - fence_all(): the same for every CPU with one broadcast membarrier
+//    (rseq), or a full fence (portable).  It is also the heavy half of the
+//    asymmetric pair below.
+//  - light_barrier() is the fast path's half of the pair: a compiler
+//    barrier with the rseq backend (fence_all interrupts the CPU), a full
+//    fence with the portable backend (which has no such heavy side).  After
+//    heavy_barrier() returns, every light_barrier() on another thread has
+//    either happened before it (that thread's earlier stores are visible) or
+//    will happen after it (that thread's later loads see the caller's
+//    earlier stores).
 #pragma once
 
 #include <atomic>
@@ -23,8 +36,13 @@
 
 namespace percpu::detail {
 
-// The membarrier broadcast fence (one implementation, in src/core/stop.cpp).
-void fence_all_cpus() noexcept;
+void fence_cpu(unsigned cpu) noexcept;
+void fence_all() noexcept;
+
+// 0 while the rseq backend's fences use membarrier; otherwise the error
+// (errno) that made membarrier unusable at run time, after which they run
+// the calling thread on the CPUs instead (src/runtime/fence.cpp).
+int membarrier_failure() noexcept;
 
 // The portable backend's full fence: a sequentially consistent
 // read-modify-write of one shared word.  Used instead of
@@ -36,7 +54,7 @@ inline void portable_full_fence() noexcept {
 }
 
 inline void light_barrier() noexcept {
-  if (runtime.backend == backend_code::rseq) [[likely]] {
+  if (runtime.light_barrier_is_compiler_barrier) [[likely]] {
     std::atomic_signal_fence(std::memory_order_seq_cst);
   } else {
     portable_full_fence();
@@ -44,7 +62,7 @@ inline void light_barrier() noexcept {
 }
 
 inline void heavy_barrier() noexcept {
-  fence_all_cpus();
+  fence_all();
 }
 
 }  // namespace percpu::detail

@@ -6,18 +6,22 @@
 // the library has started, so they live in plain globals that stay hot in the
 // cache; nothing on a fast path takes a lock or calls a function to get them.
 //
-// Start-up is lazy (the first allocation, or any call that asks).  No
-// sequence can run before it: every sequence works on memory from the
-// per-CPU allocator, which starts the library first (before start-up
-// rseq_offset is 0, which no sequence may use).  current_cpu(), which needs
-// no memory, checks `backend` and starts the library itself.
+// Start-up is lazy (the first allocation, or any call that asks).  A
+// sequence on memory from the per-CPU allocator runs after it, since the
+// allocator starts the library first.  One that runs before it (memory the
+// library did not hand out) finds rseq_offset naming an area that is never
+// registered (set by a constructor that runs before any initialiser of the
+// program, src/runtime/runtime.cpp), leaves through `unregistered`, and its
+// slow path starts the library.  current_cpu(), which needs no memory,
+// checks `backend` and starts the library itself.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
 // Fault injection in debug builds: this thread's count of sequences left
-// before one aborts itself (arch/x86_64/rseq.hpp).  Initial-exec TLS with a plain
+// before one aborts itself (arch/<arch>/rseq.hpp).  Initial-exec TLS with a plain
 // C name, so that the sequences' assembly can address it.
 extern "C" {
 extern __thread __attribute__((tls_model("initial-exec"))) std::int32_t percpu_fault_countdown;
@@ -25,7 +29,7 @@ extern __thread __attribute__((tls_model("initial-exec"))) std::int32_t percpu_f
 
 namespace percpu::detail {
 
-// Debug builds (see arch/x86_64/rseq.hpp): make every `every`-th restartable
+// Debug builds (see runtime/detail/arch.hpp): make every `every`-th restartable
 // sequence of each thread abort just before its commit (0: never), so abort
 // paths run millions of times.  PERCPU_FAULT_ABORT_RATE=N sets it at start.
 void set_fault_abort_rate(unsigned every) noexcept;
@@ -42,19 +46,42 @@ inline constexpr unsigned unit_shift = 20;
 inline constexpr std::size_t unit_size = std::size_t{1} << unit_shift;
 
 struct runtime_state {
-  backend_code backend = backend_code::uninitialized;
+  // Atomic, since a thread may read them while another starts the library
+  // (current_cpu() on a new thread, an operation before start-up).  Fast
+  // paths load them relaxed - the same plain load as before; a slow path
+  // that finds `uninitialized` starts the library, and one that goes on to
+  // read `slots` loads `backend` with acquire (start-up stores it last,
+  // with release).
+  std::atomic<backend_code> backend{backend_code::uninitialized};
   // Offset of the calling thread's rseq area from the thread pointer (%fs
   // base on x86-64); the same for every thread (static TLS).
-  std::ptrdiff_t rseq_offset = 0;
+  std::atomic<std::ptrdiff_t> rseq_offset{0};
+  // Whether light_barrier() (fence.hpp) may be a compiler barrier alone
+  // (rseq: the heavy side interrupts every CPU) rather than a full fence.
+  // A plain word: light_barrier runs only on structures allocated after
+  // start-up, which orders this read after start-up's write.
+  bool light_barrier_is_compiler_barrier = false;
   // Number of per-CPU slots: highest possible CPU + 1 (rseq), or the
   // simulated CPU count (portable backend, PERCPU_SLOTS).
   unsigned slots = 0;
 };
 
-// Written once under the start-up lock, before any allocation exists; read
-// without synchronisation afterwards (a fast path can only run on memory
-// obtained after start-up completed, so it is ordered by that allocation).
+// Written under the start-up lock, before any allocation exists (and
+// rseq_offset once before, see runtime.cpp).
 extern runtime_state runtime;
+
+// The active backend, for fast paths (relaxed).
+inline backend_code backend_now() noexcept {
+  return runtime.backend.load(std::memory_order_relaxed);
+}
+// The active backend, for a slow path that reads runtime.slots after it.
+inline backend_code backend_acquire() noexcept {
+  return runtime.backend.load(std::memory_order_acquire);
+}
+// Where the sequences find the rseq area.
+inline std::ptrdiff_t rseq_offset_now() noexcept {
+  return runtime.rseq_offset.load(std::memory_order_relaxed);
+}
 
 // Performs start-up if it has not happened; throws percpu::error
 // (errc::configuration) when the environment asks for something this

@@ -5,13 +5,18 @@
 // bounded batch move.  Writing them once per facility would multiply the
 // subtle part (the restartable sequences and their slow paths) and every bug
 // in it.  So this header is the only place that decides how a per-CPU
-// operation is done; facilities call it and never touch a sequence directly.
+// operation is done; facilities call it and never touch a sequence directly,
+// nor ask which backend runs.
 //
 // Mechanism: with the rseq backend the operation is an inline restartable
-// sequence (arch/x86_64/rseq.hpp) plus a retry loop for aborts, stopped CPUs and
-// unregistered threads.  With the portable backend, or before start-up, the
-// operation is an out-of-line function that takes the slot's stop word as a
-// spinlock and does the same thing with plain code (src/runtime/portable.cpp).
+// sequence (runtime/detail/arch.hpp picks the architecture's) plus a retry
+// loop for aborts, stopped CPUs and unregistered threads.  With the portable
+// backend, or on an architecture without sequences, the operation is an
+// out-of-line function that takes the slot's stop word as a spinlock and
+// does the same thing with plain code (src/runtime/portable.cpp).  Both
+// report the same backend-neutral results (cas_result below; "full",
+// "empty", "nothing moved" as the return value), so a facility's code is the
+// same whichever runs.
 //
 // Every operation names the structure's stop words (`stop0`, CPU 0's copy of
 // a stop_state word, see stop.hpp): that word is what lets another thread
@@ -22,7 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "percpu/runtime/detail/arch/x86_64/rseq.hpp"
+#include "percpu/runtime/detail/arch.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu::detail {
@@ -45,20 +50,39 @@ namespace slow {
 // Waits until the calling thread's current CPU is no longer stopped in the
 // structure whose stop words start at stop0.
 void wait_while_stopped(const std::uint32_t* stop0) noexcept;
-// Registers the calling thread's private rseq area (own-registration mode).
-void register_thread() noexcept;
+// A sequence found no registered rseq area.  Returns true when the calling
+// thread should run the sequence again (its area is registered now), false
+// when the operation must take the portable path.
+bool use_sequences() noexcept;
 // After an abort: if it was an injected one (debug builds), counts it and
 // rearms this thread's countdown.
 void fault_rearm() noexcept;
 }  // namespace slow
 
+// Result of compare_and_store, the same with either backend.
+enum class cas_result : std::uint8_t {
+  stored,   // the slot held `expected` and now holds `desired`
+  changed,  // the slot held another value: read it again and retry
+  moved,    // the thread does not run on `cpu`: reach that CPU's slot from
+            // outside (stop.hpp) or give up
+  busy,     // the slot is held by an operation that this thread's signal
+            // handler interrupted: nothing can be done here without waiting
+};
+
+// The whole operation to run later when an add_return cannot be made now
+// without waiting: fn(object, nullptr, v) (see add_return).
+struct redo {
+  void (*fn)(void* object, void* unused, std::int64_t v) noexcept;
+  void* object;
+};
+
 namespace portable {
 unsigned current_cpu() noexcept;
 void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept;
-std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
-                        unsigned* cpu) noexcept;
-bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
-                       std::int64_t expected, std::int64_t desired) noexcept;
+std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, unsigned* cpu,
+                        redo later) noexcept;
+cas_result compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
+                             std::int64_t expected, std::int64_t desired) noexcept;
 bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, const std::uint64_t* guard,
           std::uint64_t expected) noexcept;
 void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept;
@@ -69,40 +93,39 @@ std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out, std::si
 
 namespace seq {
 
-#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-// Result of running a sequence.  `portable`: the portable backend is active;
-// do the operation there.
-enum class outcome : std::uint8_t { committed, failed, portable };
+// Result of running a sequence.  `portable`: the operation must take the
+// portable path (the portable backend, an architecture without sequences, a
+// thread that cannot register its rseq area).
+enum class outcome : std::uint8_t { committed, failed, portable, moved };
 
 // Retries `Sequence(args...)` after a first try returned `st` until it
-// commits or fails, or finds that the portable backend is active.  Out of
-// line and cold, and given its arguments by value: the hot path keeps them in
-// registers and carries no loop of its own.
+// commits, fails or finds the thread elsewhere, or finds that the portable
+// path must be taken.  Out of line and cold, and given its arguments by
+// value: the hot path keeps them in registers and carries no loop of its own.
 //
 // There is no backend test on the fast path: with the portable backend,
-// runtime.rseq_offset names the library's own rseq area, which is never
-// registered, so every sequence leaves through `unregistered` and arrives
-// here, where the backend is checked.
+// runtime.rseq_offset names an rseq area that is never registered, so every
+// sequence leaves through `unregistered` and arrives here, where
+// slow::use_sequences() decides.
 template <auto Sequence, class... Args>
-[[gnu::noinline, gnu::cold]] outcome retry(rseq_x86_64::status st, const std::uint32_t* stop0,
+[[gnu::noinline, gnu::cold]] outcome retry(arch::status st, const std::uint32_t* stop0,
                                            Args... args) noexcept {
   for (;; st = Sequence(args...)) {
     switch (st) {
-      case rseq_x86_64::status::committed:
+      case arch::status::committed:
         return outcome::committed;
-      case rseq_x86_64::status::failed:
+      case arch::status::failed:
         return outcome::failed;
-      case rseq_x86_64::status::stopped:
+      case arch::status::moved:
+        return outcome::moved;
+      case arch::status::stopped:
         slow::wait_while_stopped(stop0);
         break;
-      case rseq_x86_64::status::unregistered:
-        if (runtime.backend != backend_code::rseq) return outcome::portable;
-        slow::register_thread();
+      case arch::status::unregistered:
+        if (!slow::use_sequences()) return outcome::portable;
         break;
-      case rseq_x86_64::status::aborted:
-#if PERCPU_FAULT_INJECTION
-        slow::fault_rearm();
-#endif
+      case arch::status::aborted:
+        if constexpr (PERCPU_FAULT_INJECTION) slow::fault_rearm();
         break;
     }
   }
@@ -111,69 +134,81 @@ template <auto Sequence, class... Args>
 // Runs the sequence: the first try inline, anything else in retry().
 template <auto Sequence, class... Args>
 inline outcome run(const std::uint32_t* stop0, Args... args) noexcept {
-  rseq_x86_64::status st = Sequence(args...);
-  if (st == rseq_x86_64::status::committed) [[likely]]
-    return outcome::committed;
-  if (st == rseq_x86_64::status::failed) return outcome::failed;
-  return retry<Sequence>(st, stop0, args...);
+  if constexpr (!arch::has_sequences) {
+    return outcome::portable;
+  } else {
+    arch::status st = Sequence(args...);
+    if (st == arch::status::committed) [[likely]]
+      return outcome::committed;
+    if (st == arch::status::failed) return outcome::failed;
+    if (st == arch::status::moved) return outcome::moved;
+    return retry<Sequence>(st, stop0, args...);
+  }
 }
-#endif
 
 // The CPU (slot) the calling thread runs on now.  A hint.
 inline unsigned current_cpu() noexcept {
-#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-  if (runtime.backend == backend_code::rseq) [[likely]] {
-    int cpu = rseq_x86_64::cpu_id();
-    if (cpu >= 0) [[likely]] {
-      return static_cast<unsigned>(cpu);
+  if constexpr (arch::has_sequences) {
+    if (backend_now() == backend_code::rseq) [[likely]] {
+      int cpu = arch::cpu_id();
+      if (cpu >= 0) [[likely]] {
+        return static_cast<unsigned>(cpu);
+      }
+      if (slow::use_sequences()) return static_cast<unsigned>(arch::cpu_id());
     }
-    slow::register_thread();
-    return static_cast<unsigned>(rseq_x86_64::cpu_id());
   }
-#endif
   return portable::current_cpu();
 }
 
-// Every operation below runs on memory from the per-CPU allocator, which
-// starts the library first, so runtime.rseq_offset is always set by then.
+// Every operation below runs on memory laid out by the per-CPU allocator,
+// which starts the library first.  One that runs before start-up all the
+// same leaves through `unregistered` (runtime.hpp) and starts it.
 
-// *slot += v on the current CPU.
+// *slot += v on the current CPU.  (Inside a no-wait section with every
+// slot busy, portable backend: made when the section ends.)
 inline void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
-#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-  if (run<rseq_x86_64::add>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v) !=
+  if (run<arch::add>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v) !=
       outcome::portable) [[likely]] {
     return;
   }
-#endif
   portable::add(slot0, stop0, v);
 }
 
 // *slot += v on the current CPU; returns the slot's new value and stores in
-// *cpu the CPU (slot) the add went to.  (Portable backend, in a signal handler
-// that interrupted its own thread with every slot busy: the add is deferred,
-// *cpu is cpu_count() and the value 0.)
+// *cpu the CPU (slot) the add went to.  When the add cannot be made without
+// waiting (a signal handler that interrupted its own thread inside a
+// no-wait section, with every slot busy: portable backend only), it is not
+// made here: `later` runs instead when the interrupted section ends - the
+// caller's whole operation, so that what follows the add (a counter's fold)
+// follows it then too - and the call returns 0 with *cpu == cpu_count().
 inline std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
-                               unsigned* cpu) noexcept {
-#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+                               unsigned* cpu, redo later) noexcept {
   std::int64_t value = 0;
-  if (run<rseq_x86_64::add_return>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v, cpu,
-                                   &value) != outcome::portable) [[likely]] {
+  if (run<arch::add_return>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v, cpu,
+                            &value) != outcome::portable) [[likely]] {
     return value;
   }
-#endif
-  return portable::add_return(slot0, stop0, v, cpu);
+  return portable::add_return(slot0, stop0, v, cpu, later);
 }
 
-// Stores `desired` in CPU `cpu`'s slot if it holds `expected`, and (rseq)
-// only if the thread runs on `cpu`.  Returns whether the store happened.
-inline bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
-                              std::int64_t expected, std::int64_t desired) noexcept {
-#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-  outcome o = run<rseq_x86_64::compare_and_store>(
-      stop0, slot0, static_cast<const std::uint32_t*>(stop0), cpu, expected, desired);
-  if (o != outcome::portable) [[likely]]
-    return o == outcome::committed;
-#endif
+// Stores `desired` in CPU `cpu`'s slot if it holds `expected` and the
+// thread may commit there: with the rseq backend only when the thread runs
+// on `cpu` (else `moved`); with the portable backend from any CPU, under the
+// slot's lock (`busy` when that lock belongs to an operation this thread's
+// signal handler interrupted).  A `cpu` >= cpu_count() is `moved`.
+inline cas_result compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
+                                    std::int64_t expected, std::int64_t desired) noexcept {
+  switch (run<arch::compare_and_store>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), cpu,
+                                       expected, desired)) {
+    case outcome::committed:
+      return cas_result::stored;
+    case outcome::failed:
+      return cas_result::changed;
+    case outcome::moved:
+      return cas_result::moved;
+    case outcome::portable:
+      break;
+  }
   return portable::compare_and_store(slot0, stop0, cpu, expected, desired);
 }
 
@@ -193,25 +228,20 @@ inline constexpr guard unguarded{&always_zero, 0};
 // Pushes `item` on the current CPU's array; false when it is full or the
 // guard does not hold.
 inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, guard g = unguarded) noexcept {
-#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-  outcome o =
-      run<rseq_x86_64::push>(stop0, static_cast<void*>(arr0),
-                             static_cast<const std::uint32_t*>(stop0), item, g.word, g.expected);
+  outcome o = run<arch::push>(stop0, static_cast<void*>(arr0),
+                              static_cast<const std::uint32_t*>(stop0), item, g.word, g.expected);
   if (o != outcome::portable) [[likely]]
     return o == outcome::committed;
-#endif
   return portable::push(arr0, stop0, item, g.word, g.expected);
 }
 
 // Pops the current CPU's top item; nullptr when the array is empty.
 inline void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept {
-#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
   void* item = nullptr;
-  outcome o = run<rseq_x86_64::pop>(stop0, static_cast<void*>(arr0),
-                                    static_cast<const std::uint32_t*>(stop0), &item);
+  outcome o = run<arch::pop>(stop0, static_cast<void*>(arr0),
+                             static_cast<const std::uint32_t*>(stop0), &item);
   if (o != outcome::portable) [[likely]]
     return o == outcome::committed ? item : nullptr;
-#endif
   return portable::pop(arr0, stop0);
 }
 
@@ -220,14 +250,12 @@ inline void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept {
 inline std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const* in, std::size_t n,
                               guard g = unguarded) noexcept {
   if (n == 0) return 0;
-#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
   std::size_t moved = 0;
-  outcome o = run<rseq_x86_64::push_batch>(stop0, static_cast<void*>(arr0),
-                                           static_cast<const std::uint32_t*>(stop0), in, n, &moved,
-                                           g.word, g.expected);
+  outcome o = run<arch::push_batch>(stop0, static_cast<void*>(arr0),
+                                    static_cast<const std::uint32_t*>(stop0), in, n, &moved, g.word,
+                                    g.expected);
   if (o != outcome::portable) [[likely]]
     return o == outcome::committed ? moved : 0;
-#endif
   return portable::push_batch(arr0, stop0, in, n, g.word, g.expected);
 }
 
@@ -236,13 +264,11 @@ inline std::size_t push_batch(cpu_array* arr0, std::uint32_t* stop0, void* const
 inline std::size_t pop_batch(cpu_array* arr0, std::uint32_t* stop0, void** out,
                              std::size_t n) noexcept {
   if (n == 0) return 0;
-#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
   std::size_t moved = 0;
-  outcome o = run<rseq_x86_64::pop_batch>(stop0, static_cast<void*>(arr0),
-                                          static_cast<const std::uint32_t*>(stop0), out, n, &moved);
+  outcome o = run<arch::pop_batch>(stop0, static_cast<void*>(arr0),
+                                   static_cast<const std::uint32_t*>(stop0), out, n, &moved);
   if (o != outcome::portable) [[likely]]
     return moved;
-#endif
   return portable::pop_batch(arr0, stop0, out, n);
 }
 
@@ -287,15 +313,13 @@ template <unsigned Words>
 inline bool push_record(record_array* arr0, std::uint32_t* stop0, unsigned cpu,
                         const std::uint64_t* record, unsigned scoreboard_bit,
                         unsigned* cpu_out) noexcept {
-#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
   std::size_t offset = offsetof(record_array, scoreboard) + std::size_t{scoreboard_bit / 64} * 8;
   std::uint64_t bit = std::uint64_t{1} << (scoreboard_bit % 64);
-  outcome o = run<rseq_x86_64::push_record<Words>>(stop0, static_cast<void*>(arr0),
-                                                   static_cast<const std::uint32_t*>(stop0), cpu,
-                                                   record, offset, bit, cpu_out);
+  outcome o = run<arch::push_record<Words>>(stop0, static_cast<void*>(arr0),
+                                            static_cast<const std::uint32_t*>(stop0), cpu, record,
+                                            offset, bit, cpu_out);
   if (o != outcome::portable) [[likely]]
     return o == outcome::committed;
-#endif
   return portable::push_record(arr0, stop0, cpu, record, Words, scoreboard_bit, cpu_out);
 }
 

@@ -26,10 +26,13 @@
 //  - reads cpu_id (never writes any kernel-owned field; the only field it
 //    writes, rseq_cs, belongs to user space);
 //  - leaves the sequence through `unregistered` when cpu_id is negative (a
-//    thread whose private rseq area is not registered yet), through `stopped`
+//    thread whose private rseq area is not registered yet, or the area of
+//    the portable backend, which is never registered), through `stopped`
 //    when the structure's stop word for this CPU is non-zero (a remote
-//    visitor owns the CPU's data, see stop.hpp), and through a per-sequence
-//    failure label ("full", "empty", "moved") that needs no retry.
+//    visitor owns the CPU's data, see stop.hpp), through `moved` when a
+//    sequence bound to one CPU runs on another, and through `failed` when
+//    its own condition fails ("full", "empty", "not equal"); the last two
+//    need no retry.
 //
 // Per-CPU addressing: CPU c's copy is at p0 + (c << unit_shift) for every
 // per-CPU allocation (storage.hpp), so one shift serves every operand.  The
@@ -39,31 +42,24 @@
 // dependent add, measured on the development VM's Xeon).  Every sequence
 // tests the stop word before it reads any of its data (see add()).
 //
-// An aarch64 version follows the same shape: the descriptor and signature
-// macros change, the bodies become ldr/str pairs around the same labels.
+// Included by runtime/detail/arch.hpp only (the interface this file
+// implements is described there).
 #pragma once
-
-#if defined(__x86_64__)
 
 #include <cstddef>
 #include <cstdint>
 
+#include "percpu/runtime/detail/arch/x86_64/machine.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 
-namespace percpu::detail::rseq_x86_64 {
+namespace percpu::detail::arch {
+
+inline constexpr bool has_sequences = true;
 
 // glibc's RSEQ_SIG for x86-64: the 4 bytes before each abort handler.  It is
-// the displacement of a `ud1` instruction so the bytes never execute.
-inline constexpr std::uint32_t signature = 0x53053053;
-
-// Outcome of one attempt at a sequence.
-enum class status : std::uint8_t {
-  committed,     // the operation took effect
-  failed,        // the sequence's own condition failed (full, empty, moved)
-  stopped,       // a remote visitor holds this CPU: wait, then retry
-  unregistered,  // this thread has no rseq registration yet: register, retry
-  aborted,       // preempted/migrated/signalled before the commit: retry
-};
+// the displacement of a `ud1` instruction (0f b9 3d, then these 4 bytes), so
+// the bytes never execute.  The sequences emit it from here (%c[sig]).
+inline constexpr std::uint32_t rseq_signature = 0x53053053;
 
 // Start of every sequence: the descriptor, its publication in rseq_cs, the
 // start label, and the CPU id in %rax (sign-extended: negative means the
@@ -101,26 +97,23 @@ enum class status : std::uint8_t {
   "2:\n\t"                                   \
   ".pushsection __rseq_failure, \"ax?\"\n\t" \
   ".byte 0x0f, 0xb9, 0x3d\n\t"               \
-  ".long 0x53053053\n\t"                     \
+  ".long %c[sig]\n\t"                        \
   "4:\n\t"                                   \
   "jmp %l[aborted]\n\t"                      \
   ".popsection\n\t"
 
-// Fault injection (debug builds, unless PERCPU_NO_FAULT_INJECTION): just
-// before its commit, each sequence decrements this thread's countdown
-// (runtime.hpp) and, when it reaches zero, leaves through its own abort
-// handler exactly as a kernel abort would, with its speculative stores done
-// and its commit not.  The retry path rearms the countdown.  Costs three
-// instructions and %r11.
-#if !defined(NDEBUG) && !defined(PERCPU_NO_FAULT_INJECTION)
-#define PERCPU_FAULT_INJECTION 1
+// Fault injection (PERCPU_FAULT_INJECTION, arch.hpp): just before its
+// commit, each sequence decrements this thread's countdown (runtime.hpp)
+// and, when it reaches zero, leaves through its own abort handler exactly as
+// a kernel abort would, with its speculative stores done and its commit not.
+// The retry path rearms the countdown.  Costs three instructions and %r11.
+#if PERCPU_FAULT_INJECTION
 #define PERCPU_RSEQ_INJECT                                 \
   "movq percpu_fault_countdown@gottpoff(%%rip), %%r11\n\t" \
   "subl $1, %%fs:(%%r11)\n\t"                              \
   "jz 4f\n\t"
 #define PERCPU_RSEQ_CLOBBERS "memory", "cc", "r11"
 #else
-#define PERCPU_FAULT_INJECTION 0
 #define PERCPU_RSEQ_INJECT
 #define PERCPU_RSEQ_CLOBBERS "memory", "cc"
 #endif
@@ -141,8 +134,14 @@ enum class status : std::uint8_t {
   failed:                               \
   return status::failed;
 
-#define PERCPU_RSEQ_COMMON_INPUTS \
-  [rseq_off] "r"(runtime.rseq_offset), [shift] "i"(unit_shift), [stop0] "r"(stop0)
+#define PERCPU_RSEQ_RETURNS_WITH_MOVED \
+  PERCPU_RSEQ_RETURNS_WITH_FAILED      \
+  moved:                               \
+  return status::moved;
+
+#define PERCPU_RSEQ_COMMON_INPUTS                                                 \
+  [rseq_off] "r"(rseq_offset_now()), [shift] "i"(unit_shift), [stop0] "r"(stop0), \
+      [sig] "i"(rseq_signature)
 
 // *slot += v on the current CPU.  The add is the commit.
 //
@@ -192,13 +191,12 @@ inline status add_return(std::int64_t* slot0, const std::uint32_t* stop0, std::i
 }
 
 // If the thread runs on `cpu` and its slot holds `expected`, store `desired`.
-// failed: the slot held another value, or the thread is not on `cpu`
-// (`*on_cpu` tells which: 1 when the thread was on `cpu`).
+// moved: the thread is not on `cpu`; failed: the slot held another value.
 inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0, unsigned cpu,
                                 std::int64_t expected, std::int64_t desired) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN
            "cmpl %[cpu], %%eax\n\t"
-           "jne %l[failed]\n\t" PERCPU_RSEQ_CHECK_STOP
+           "jne %l[moved]\n\t" PERCPU_RSEQ_CHECK_STOP
            "leaq (%[slot0], %%rax), %%rdx\n\t"
            "cmpq %[expected], (%%rdx)\n\t"
            "jne %l[failed]\n\t" PERCPU_RSEQ_INJECT "movq %[desired], (%%rdx)\n\t" PERCPU_RSEQ_END
@@ -206,8 +204,8 @@ inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [cpu] "r"(cpu),
              [expected] "r"(expected), [desired] "r"(desired)
            : PERCPU_RSEQ_CLOBBERS, "rax", "rdx"
-           : unregistered, stopped, aborted, failed);
-  PERCPU_RSEQ_RETURNS_WITH_FAILED
+           : unregistered, stopped, aborted, failed, moved);
+  PERCPU_RSEQ_RETURNS_WITH_MOVED
 }
 
 // Per-CPU array layout shared by push/pop and the batch moves (the layout is
@@ -387,11 +385,19 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
 // The rseq area's cpu_id: the CPU this thread runs on, or a negative value
 // when the area is not registered.  A plain read of a field the kernel keeps
 // current on every return to user space.
+//
+// The "memory" clobber makes the read a compiler barrier.  fence_cpu's
+// own-CPU rule reads cpu_id after a compare-and-swap and relies on that
+// order; an asm statement without memory operands is not a memory access,
+// so nothing else would keep the compiler from hoisting it above the
+// compare-and-swap (that GCC does not reorder volatile asm statements among
+// themselves says nothing about ordinary accesses).
 inline int cpu_id() noexcept {
   int cpu;
   asm volatile("movl %%fs:4(%[rseq_off]), %[cpu]"
                : [cpu] "=r"(cpu)
-               : [rseq_off] "r"(runtime.rseq_offset));
+               : [rseq_off] "r"(rseq_offset_now())
+               : "memory");
   return cpu;
 }
 
@@ -404,8 +410,6 @@ inline int cpu_id() noexcept {
 #undef PERCPU_RSEQ_COMMON_INPUTS
 #undef PERCPU_RSEQ_RETURNS
 #undef PERCPU_RSEQ_RETURNS_WITH_FAILED
+#undef PERCPU_RSEQ_RETURNS_WITH_MOVED
 
-}  // namespace percpu::detail::rseq_x86_64
-
-#define PERCPU_HAVE_RSEQ_SEQUENCES 1
-#endif  // __x86_64__
+}  // namespace percpu::detail::arch
