@@ -110,10 +110,12 @@ void apply_deferred() noexcept;
 // that interrupts it there never waits for a slot.  Between attempts it holds
 // nothing and counts as outside: a handler that interrupts a long wait waits
 // like any other caller, instead of deferring adds for as long as the wait
-// lasts.  A nested call makes one attempt and returns `busy` if it fails.
+// lasts.  A nested call, or any call with `wait` false, makes one attempt and
+// returns `busy` if it fails.
 template <class TryAcquire, class Op, class Result>
-Result locked_no_drain(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op) noexcept {
-  bool nested = nest.depth > 0;
+Result locked_no_drain(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op,
+                       bool wait = true) noexcept {
+  bool nested = nest.depth > 0 || !wait;
   Result result = busy;
   for (unsigned spins = 0;; ++spins) {
     ++nest.depth;
@@ -135,9 +137,10 @@ Result locked_no_drain(std::uint32_t* stop0, Result busy, TryAcquire try_acquire
 // locked_no_drain(), then, for an outermost operation, the adds that
 // handlers deferred meanwhile.
 template <class TryAcquire, class Op, class Result>
-Result locked_with(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op) noexcept {
+Result locked_with(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op,
+                   bool wait = true) noexcept {
   bool nested = nest.depth > 0;
-  Result result = locked_no_drain(stop0, busy, try_acquire, op);
+  Result result = locked_no_drain(stop0, busy, try_acquire, op, wait);
   if (!nested) apply_deferred();
   return result;
 }
@@ -264,6 +267,24 @@ void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
   unsigned slot = lock_any(stop0);
   add_to_slot(copy_on(slot0, slot), v);
   unlock(stop0, slot);
+}
+
+bool try_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
+  // One attempt at the preferred slot's lock, as the rseq sequence makes one
+  // test of the CPU's stop word: a stopped slot fails, and so does one that
+  // another operation holds at that moment (the caller's fallback, which
+  // does not use these stop words, is correct either way).
+  return locked_with(
+      stop0, false,
+      [stop0](unsigned& slot) {
+        slot = portable_slot();
+        return try_lock(stop0, slot);
+      },
+      [&](unsigned slot) {
+        add_to_slot(copy_on(slot0, slot), v);
+        return true;
+      },
+      false);
 }
 
 std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,

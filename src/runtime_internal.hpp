@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace percpu::detail {
 
@@ -21,6 +22,9 @@ void portable_leave() noexcept;
 
 // One step of a polite spin: pause at first, then yield the CPU.
 void relax(unsigned spins) noexcept;
+
+// CLOCK_MONOTONIC in nanoseconds (the vDSO: no system call).
+std::int64_t monotonic_ns() noexcept;
 
 // strerror() without its shared buffer: the message for `err`, either in
 // `buf` or in storage that stays valid.  Allocates nothing.

@@ -47,4 +47,31 @@ inline void heavy_barrier() noexcept {
   fence_all_cpus();
 }
 
+// A Dekker pair whose two sides both pay (percpu::rwlock with its reader
+// bias revoked, where neither side issues heavy_barrier()).  full_barrier()
+// is a full fence on both backends: a seq_cst fence with the rseq backend;
+// the fence word with the portable backend, which the other side touches
+// too (ThreadSanitizer sees the pair).
+inline void full_barrier() noexcept {
+  if (runtime.backend == backend_code::rseq) [[likely]] {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  } else {
+    portable_full_fence();
+  }
+}
+
+// The other side of full_barrier(), right after a seq_cst read-modify-write
+// that already is a full fence on x86-64 (a locked instruction): nothing
+// there with the rseq backend, a seq_cst fence on other architectures, and
+// the fence word with the portable backend.
+inline void full_barrier_after_rmw() noexcept {
+  if (runtime.backend == backend_code::rseq) [[likely]] {
+#if !defined(__x86_64__)
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+  } else {
+    portable_full_fence();
+  }
+}
+
 }  // namespace percpu::detail

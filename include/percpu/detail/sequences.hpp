@@ -55,6 +55,7 @@ void fault_rearm() noexcept;
 namespace portable {
 unsigned current_cpu() noexcept;
 void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept;
+bool try_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept;
 std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
                         unsigned* cpu) noexcept;
 bool compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
@@ -77,13 +78,14 @@ enum class outcome : std::uint8_t { committed, failed, portable };
 // Retries `Sequence(args...)` after a first try returned `st` until it
 // commits or fails, or finds that the portable backend is active.  Out of
 // line and cold, and given its arguments by value: the hot path keeps them in
-// registers and carries no loop of its own.
+// registers and carries no loop of its own.  A stopped CPU is waited for,
+// or, with `WaitWhileStopped` false, reported as `failed`.
 //
 // There is no backend test on the fast path: with the portable backend,
 // runtime.rseq_offset names the library's own rseq area, which is never
 // registered, so every sequence leaves through `unregistered` and arrives
 // here, where the backend is checked.
-template <auto Sequence, class... Args>
+template <auto Sequence, bool WaitWhileStopped, class... Args>
 [[gnu::noinline, gnu::cold]] outcome retry(rseq_x86_64::status st, const std::uint32_t* stop0,
                                            Args... args) noexcept {
   for (;; st = Sequence(args...)) {
@@ -93,6 +95,7 @@ template <auto Sequence, class... Args>
       case rseq_x86_64::status::failed:
         return outcome::failed;
       case rseq_x86_64::status::stopped:
+        if constexpr (!WaitWhileStopped) return outcome::failed;
         slow::wait_while_stopped(stop0);
         break;
       case rseq_x86_64::status::unregistered:
@@ -109,13 +112,13 @@ template <auto Sequence, class... Args>
 }
 
 // Runs the sequence: the first try inline, anything else in retry().
-template <auto Sequence, class... Args>
+template <auto Sequence, bool WaitWhileStopped = true, class... Args>
 inline outcome run(const std::uint32_t* stop0, Args... args) noexcept {
   rseq_x86_64::status st = Sequence(args...);
   if (st == rseq_x86_64::status::committed) [[likely]]
     return outcome::committed;
   if (st == rseq_x86_64::status::failed) return outcome::failed;
-  return retry<Sequence>(st, stop0, args...);
+  return retry<Sequence, WaitWhileStopped>(st, stop0, args...);
 }
 #endif
 
@@ -146,6 +149,22 @@ inline void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexc
   }
 #endif
   portable::add(slot0, stop0, v);
+}
+
+// *slot += v on the current CPU unless that CPU is stopped (stop.hpp);
+// returns whether it added.  The same sequence as add(), without the wait:
+// a structure that stops its CPUs to say "take the slow path"
+// (percpu::rwlock) runs its fast path as this and its slow path on other
+// stop words.  Portable backend: one attempt at the preferred slot's lock,
+// so a slot that another operation holds at that moment also fails.
+inline bool try_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
+#if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
+  outcome o =
+      run<rseq_x86_64::add, false>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v);
+  if (o != outcome::portable) [[likely]]
+    return o == outcome::committed;
+#endif
+  return portable::try_add(slot0, stop0, v);
 }
 
 // *slot += v on the current CPU; returns the slot's new value and stores in
