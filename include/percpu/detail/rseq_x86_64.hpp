@@ -188,24 +188,27 @@ inline status add(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t 
 }
 
 // *slot += v on the current CPU, like add(), and reports where and what:
-// *cpu_out = the CPU, *value_out = the slot's new value.  The slot is read
-// after the stop test (see add()), the store of the sum commits, and the
-// reports are written after the post-commit label, from registers the commit
-// left.
+// *cpu_out = the CPU, *value_out = the slot's value read right after the
+// add committed (exactly what the add left, unless the thread was
+// preempted right after the commit and another add on that CPU came in
+// between: then a later value of the same slot, which serves a counter's
+// fold check as well, see counter.cpp).  The add commits as add()'s does;
+// the value and the CPU's offset come out in registers (asm goto outputs,
+// valid on the committed fall-through path only), so that a caller that
+// inlines this keeps them there and computes the CPU only where it uses it.
 inline status add_return(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t v,
                          unsigned* cpu_out, std::int64_t* value_out) noexcept {
+  std::int64_t value;
+  std::uint64_t offset;
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-           "leaq (%[slot0], %%rax), %%rdx\n\t"
-           "movq (%%rdx), %%rcx\n\t"
-           "addq %[v], %%rcx\n\t" PERCPU_RSEQ_INJECT "movq %%rcx, (%%rdx)\n\t" PERCPU_RSEQ_END
-           "movq %%rcx, (%[value_out])\n\t"
-           "shrq %[shift], %%rax\n\t"
-           "movl %%eax, (%[cpu_out])\n\t"
-           :
-           : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "r"(v), [cpu_out] "r"(cpu_out),
-             [value_out] "r"(value_out)
-           : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx"
+           "leaq (%[slot0], %%rax), %%rdx\n\t" PERCPU_RSEQ_INJECT
+           "addq %[v], (%%rdx)\n\t" PERCPU_RSEQ_END "movq (%%rdx), %[value]\n\t"
+           : [value] "=r"(value), "=&a"(offset)
+           : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "er"(v)
+           : PERCPU_RSEQ_CLOBBERS, "rdx"
            : unregistered, stopped, aborted);
+  *value_out = value;
+  *cpu_out = static_cast<unsigned>(offset >> unit_shift);
   PERCPU_RSEQ_RETURNS
 }
 

@@ -167,20 +167,37 @@ inline bool try_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) n
   return portable::try_add(slot0, stop0, v);
 }
 
-// *slot += v on the current CPU; returns the slot's new value and stores in
-// *cpu the CPU (slot) the add went to.  (Portable backend, in a signal handler
-// that interrupted its own thread with every slot busy: the add is deferred,
-// *cpu is cpu_count() and the value 0.)
+// *slot += v on the current CPU; returns the slot's value right after the
+// add (see rseq_x86_64::add_return: a later add on the same CPU may be in
+// it) and stores in *cpu the CPU (slot) the add went to.  (Portable
+// backend, in a signal handler that interrupted its own thread with every
+// slot busy: the add is deferred, *cpu is cpu_count() and the value 0.)
 inline std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
                                unsigned* cpu) noexcept {
 #if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-  std::int64_t value = 0;
-  if (run<rseq_x86_64::add_return>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v, cpu,
-                                   &value) != outcome::portable) [[likely]] {
+  // The first try reports into locals of its own, which retry() never sees:
+  // they stay in registers (an address passed to retry() would keep them in
+  // memory, with a store and a load on the fast path).
+  std::int64_t value;
+  unsigned where;
+  rseq_x86_64::status st = rseq_x86_64::add_return(slot0, stop0, v, &where, &value);
+  if (st == rseq_x86_64::status::committed) [[likely]] {
+    *cpu = where;
     return value;
   }
+  std::int64_t retried_value = 0;
+  unsigned retried_cpu = 0;
+  if (retry<rseq_x86_64::add_return, true>(st, stop0, slot0,
+                                           static_cast<const std::uint32_t*>(stop0), v,
+                                           &retried_cpu, &retried_value) != outcome::portable) {
+    *cpu = retried_cpu;
+    return retried_value;
+  }
 #endif
-  return portable::add_return(slot0, stop0, v, cpu);
+  unsigned portable_cpu = 0;
+  std::int64_t value_there = portable::add_return(slot0, stop0, v, &portable_cpu);
+  *cpu = portable_cpu;
+  return value_there;
 }
 
 // Stores `desired` in CPU `cpu`'s slot if it holds `expected`, and (rseq)
@@ -209,8 +226,8 @@ struct guard {
 inline constexpr std::uint64_t always_zero = 0;
 inline constexpr guard unguarded{&always_zero, 0};
 
-// Pushes `item` on the current CPU's array; false when it is full or the
-// guard does not hold.
+// Pushes `item` (not null: pop's nullptr means "empty") on the current
+// CPU's array; false when it is full or the guard does not hold.
 inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, guard g = unguarded) noexcept {
 #if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
   outcome o =
@@ -225,11 +242,21 @@ inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, guard g = un
 // Pops the current CPU's top item; nullptr when the array is empty.
 inline void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept {
 #if defined(PERCPU_HAVE_RSEQ_SEQUENCES)
-  void* item = nullptr;
-  outcome o = run<rseq_x86_64::pop>(stop0, static_cast<void*>(arr0),
-                                    static_cast<const std::uint32_t*>(stop0), &item);
-  if (o != outcome::portable) [[likely]]
-    return o == outcome::committed ? item : nullptr;
+  // The first try's item, in a local that retry() never sees, stays in a
+  // register (an address passed to retry() would keep it in memory).
+  void* item;
+  rseq_x86_64::status st = rseq_x86_64::pop(arr0, static_cast<const std::uint32_t*>(stop0), &item);
+  if (st == rseq_x86_64::status::committed) [[likely]] {
+    // Arrays hold no null item (push's precondition): a caller that tests
+    // the result for "empty" has nothing to test on this path.
+    if (item == nullptr) __builtin_unreachable();
+    return item;
+  }
+  if (st == rseq_x86_64::status::failed) return nullptr;
+  void* retried = nullptr;
+  outcome o = retry<rseq_x86_64::pop, true>(st, stop0, static_cast<void*>(arr0),
+                                            static_cast<const std::uint32_t*>(stop0), &retried);
+  if (o != outcome::portable) return o == outcome::committed ? retried : nullptr;
 #endif
   return portable::pop(arr0, stop0);
 }
