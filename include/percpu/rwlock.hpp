@@ -43,7 +43,9 @@
 //
 // Names follow the standard (lock/unlock/try_lock, lock_shared/...), so
 // std::unique_lock, std::shared_lock and std::scoped_lock work.  The read
-// side is async-signal-safe and needs no thread registration.
+// side is async-signal-safe and needs no thread registration (a handler must
+// not take a read lock whose section, or lock_shared(), it interrupted on its
+// own thread: a writer waiting for that section would keep it out).
 //
 // Misuse: a recursive write lock, or an unlock() by a thread that does not
 // hold the write lock, stops the program with a message in every build.  In

@@ -118,6 +118,10 @@ inline outcome run(const std::uint32_t* stop0, Args... args) noexcept {
   if (st == rseq_x86_64::status::committed) [[likely]]
     return outcome::committed;
   if (st == rseq_x86_64::status::failed) return outcome::failed;
+  if constexpr (!WaitWhileStopped) {
+    // Not worth a call: the caller takes its own slow path.
+    if (st == rseq_x86_64::status::stopped) return outcome::failed;
+  }
   return retry<Sequence, WaitWhileStopped>(st, stop0, args...);
 }
 #endif
