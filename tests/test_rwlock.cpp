@@ -114,6 +114,7 @@ std::chrono::steady_clock::duration longest_write_wait(std::chrono::milliseconds
   std::atomic<bool> done{false};
   std::atomic<long> reads{0};
   std::vector<std::thread> readers;
+  readers.reserve(4);
   for (int r = 0; r < 4; ++r) {
     readers.emplace_back([&] {
       while (!done.load(std::memory_order_relaxed)) {
@@ -269,6 +270,7 @@ TEST(Rwlock, ExclusionHoldsWhileTheBiasIsRevokedAndReArmedUnderSignalsAndMigrati
   std::atomic<bool> done{false};
   percpu_test::signaller sig(SIGUSR1);
   std::vector<std::thread> writers;
+  writers.reserve(2);
   for (int w = 0; w < 2; ++w) {
     writers.emplace_back([&, w] {
       unsigned rng = 70u + static_cast<unsigned>(w);
