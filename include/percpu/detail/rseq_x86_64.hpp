@@ -108,10 +108,9 @@ enum class status : std::uint8_t {
   "jne %l[stopped]\n\t"
 
 // The guard of push and push_batch: leaves through `failed` unless the word
-// at %[guard] holds %[expected] (read after the stop test; clobbers %rcx).
-#define PERCPU_RSEQ_CHECK_GUARD \
-  "movq (%[guard]), %%rcx\n\t"  \
-  "cmpq %[expected], %%rcx\n\t" \
+// at %[guard] holds %[expected] (read after the stop test).
+#define PERCPU_RSEQ_CHECK_GUARD      \
+  "cmpq %[expected], (%[guard])\n\t" \
   "jne %l[failed]\n\t"
 
 // End of every sequence: the post-commit label and the signed abort handler.
@@ -271,9 +270,8 @@ inline status pop(void* arr0, const std::uint32_t* stop0, void** out) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "addq %[arr0], %%rax\n\t"
            "movl 8(%%rax), %%ecx\n\t"
-           "testl %%ecx, %%ecx\n\t"
-           "jz %l[failed]\n\t"
            "subl $1, %%ecx\n\t"
+           "jb %l[failed]\n\t"  // the count was 0 (the borrow)
            "movq (%%rax), %%rdx\n\t"
            "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
            "movq (%%rdx), %[item]\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
@@ -348,7 +346,7 @@ inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in
            "addl %%edx, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "rm"(n),
-             [moved] "r"(moved), [guard] "r"(guard), [expected] "rm"(expected)
+             [moved] "r"(moved), [guard] "r"(guard), [expected] "r"(expected)
            : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
            : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED
