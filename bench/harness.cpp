@@ -26,6 +26,7 @@ std::vector<row> all_rows(std::vector<missing_peer>& missing) {
   std::vector<row> rows;
   add_foundation_rows(rows);
   add_counter_rows(rows, missing);
+  add_rwlock_rows(rows, missing);
   add_pool_rows(rows, missing);
   add_xcall_rows(rows);
   add_queue_rows(rows);

@@ -172,6 +172,7 @@ double measure_once(body& b, unsigned threads, std::uint64_t iterations);
 // Rows in bench/rows_*.cpp add themselves here.
 void add_foundation_rows(std::vector<row>& rows);
 void add_counter_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
+void add_rwlock_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
 void add_pool_rows(std::vector<row>& rows, std::vector<missing_peer>& missing);
 void add_xcall_rows(std::vector<row>& rows);
 void add_queue_rows(std::vector<row>& rows);

@@ -1,9 +1,10 @@
 // Rows for the foundation: reading the CPU number and adding to a slot.
 //
 //   cpu.current  percpu (rseq cpu_id, or the portable slot) vs sched_getcpu()
-//   slot.add     percpu storage add vs a plain thread-local add (the floor:
-//                no CPU lookup, no restart) vs one shared std::atomic (what
-//                a program without per-CPU data does)
+//   slot.add     percpu storage add vs the minimal rseq add (rseq_raw.hpp:
+//                the floor of the mechanism), a plain thread-local add (no
+//                CPU lookup, no restart) and one shared std::atomic (what a
+//                program without per-CPU data does)
 #include <sched.h>
 
 #include <atomic>
@@ -14,6 +15,7 @@
 #include "peers.hpp"
 #include "percpu/core/storage.hpp"
 #include "percpu/runtime/cpu.hpp"
+#include "rseq_raw.hpp"
 
 namespace percpu_bench {
 
@@ -51,12 +53,31 @@ class slot_add_percpu final : public body {
   percpu::storage<std::int64_t> slots_;
 };
 
+#if defined(PERCPU_BENCH_HAVE_RSEQ_RAW)
+class slot_add_rseq_raw final : public body {
+ public:
+  void run(unsigned, std::uint64_t n) override {
+    for (std::uint64_t i = 0; i < n; ++i) rseq_raw::add(lines_.data(), 1);
+  }
+
+ private:
+  rseq_raw::lines lines_{percpu::cpu_count()};
+};
+#endif
+
 }  // namespace
 
 void add_foundation_rows(std::vector<row>& rows) {
   rows.push_back(make_row<current_cpu_percpu>("cpu.current", "percpu", {1}));
   rows.push_back(make_row<current_cpu_sched_getcpu>("cpu.current", "sched_getcpu", {1}));
   rows.push_back(make_row<slot_add_percpu>("slot.add", "percpu", {1, 2}));
+#if defined(PERCPU_BENCH_HAVE_RSEQ_RAW)
+  // Not a library one installs: without glibc's registration (valgrind,
+  // glibc.pthread.rseq=0) the floor is simply not measured.
+  if (rseq_raw::available()) {
+    rows.push_back(make_row<slot_add_rseq_raw>("slot.add", "rseq_raw", {1, 2}));
+  }
+#endif
   rows.push_back(make_row<thread_local_add>("slot.add", "thread_local", {1, 2}));
   rows.push_back(make_row<atomic_shared_add>("slot.add", "atomic_shared", {1, 2}));
 }

@@ -2,7 +2,9 @@
 // against the allocators it would otherwise call.
 //
 //   pool.get_put           get then put, repeated (the cache-hit path), sizes
-//                          64 and 256: percpu vs malloc/free under glibc,
+//                          64 and 256: percpu vs the minimal per-CPU pointer
+//                          stack (rseq_raw.hpp: the floor of the mechanism),
+//                          malloc/free under glibc,
 //                          jemalloc, mimalloc, gperftools tcmalloc and TBB's
 //                          scalable malloc (each in a child process with the
 //                          library preloaded), and
@@ -37,6 +39,7 @@
 #include "peers.hpp"
 #include "percpu/pool_cache.hpp"
 #include "percpu/runtime/cpu.hpp"
+#include "rseq_raw.hpp"
 
 namespace percpu_bench {
 
@@ -58,6 +61,44 @@ class percpu_source {
   }
   percpu::raw_pool_cache cache_;
 };
+
+#if defined(PERCPU_BENCH_HAVE_RSEQ_RAW)
+// The floor: a per-CPU stack of object pointers popped and pushed by the
+// minimal sequences, filled with half its capacity on every CPU; an empty
+// stack falls back on malloc, a full one on free.
+class rseq_raw_source {
+ public:
+  explicit rseq_raw_source(std::size_t size)
+      : lines_(percpu::cpu_count()), items_(std::size_t{lines_.size()} * capacity) {
+    for (unsigned cpu = 0; cpu < lines_.size(); ++cpu) {
+      rseq_raw::line& l = lines_.data()[cpu];
+      l.items = &items_[std::size_t{cpu} * capacity];
+      l.capacity = capacity;
+      for (; l.count < capacity / 2; ++l.count) l.items[l.count] = std::malloc(size);
+    }
+  }
+  ~rseq_raw_source() {
+    for (unsigned cpu = 0; cpu < lines_.size(); ++cpu) {
+      rseq_raw::line& l = lines_.data()[cpu];
+      for (std::uint32_t i = 0; i < l.count; ++i) std::free(l.items[i]);
+    }
+  }
+  rseq_raw_source(const rseq_raw_source&) = delete;
+  rseq_raw_source& operator=(const rseq_raw_source&) = delete;
+  void* get(std::size_t size) noexcept {
+    void* p = rseq_raw::pop(lines_.data());
+    return p != nullptr ? p : std::malloc(size);
+  }
+  void put(void* p, std::size_t) noexcept {
+    if (!rseq_raw::push(lines_.data(), p)) std::free(p);
+  }
+
+ private:
+  static constexpr std::uint32_t capacity = 64;
+  rseq_raw::lines lines_;
+  std::vector<void*> items_;
+};
+#endif
 
 class malloc_source {
  public:
@@ -311,6 +352,14 @@ void add_allocator_rows(std::vector<row>& rows, std::vector<missing_peer>& missi
     rows.push_back(row{name, "percpu", threads,
                        [name, size](unsigned) { return allocator_body<percpu_source>(name, size); },
                        size});
+#if defined(PERCPU_BENCH_HAVE_RSEQ_RAW)
+    // The floor of the cache-hit path (objects that change CPU are not its case).
+    if (name == "pool.get_put" && rseq_raw::available()) {
+      rows.push_back(row{
+          name, "rseq_raw", threads,
+          [name, size](unsigned) { return allocator_body<rseq_raw_source>(name, size); }, size});
+    }
+#endif
     for (const preloaded_peer& peer : preloaded_peers) {
       bool preloaded = peer.library[0] != '\0';
       std::string library = preloaded ? find_library(peer.library) : "";

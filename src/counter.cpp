@@ -76,7 +76,10 @@ std::vector<std::int64_t> counter_array::exchange_all() {
   return taken;
 }
 
-counter::counter(std::int64_t batch) : batch_(batch) {
+counter::counter(std::int64_t batch)
+    : batch_(batch),
+      fold_bias_(static_cast<std::uint64_t>(batch) - 1),
+      fold_span_(2 * (static_cast<std::uint64_t>(batch) - 1)) {
   if (batch < 1) {
     throw error(errc::invalid_argument,
                 "percpu::counter: batch " + std::to_string(batch) + " is not at least 1");
@@ -85,8 +88,11 @@ counter::counter(std::int64_t batch) : batch_(batch) {
 
 void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
   // Moves CPU `cpu`'s residual (which this thread's add just left at
-  // `residual`) to the central count, and does not return before that CPU's
-  // residual has been below the batch at some moment after the add.  So once
+  // `residual`, or a later add on that CPU, seq::add_return) to the central
+  // count, and does not return before that CPU's residual has been below
+  // the batch at some moment after the add.  (A value read after the add is
+  // as good as the add's own for that: add() folds when it is at the batch,
+  // and returns at once when it is below, which is then such a moment.)  So once
   // an add has returned, any excess on its CPU belongs to adds still in
   // progress: that is what makes error_bound() hold.
   //

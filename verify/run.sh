@@ -30,16 +30,19 @@ trap 'rm -rf "$work"' EXIT
 failures=0
 runs=0
 
-# check MODEL EXPECT [DEFINE]: EXPECT is "pass" (no violation, search
+# check MODEL EXPECT [DEFINE...]: EXPECT is "pass" (no violation, search
 # complete) or "fail" (spin reports an error).
 check() {
-  local model=$1 expect=$2 define=${3:-}
+  local model=$1 expect=$2
+  shift 2
+  local defines=("$@")
+  local define="${defines[*]}"
   local name=${model%.pml}${define:+ $define}
   local dir="$work/$((runs++))"
   mkdir -p "$dir"
   cp "$here/$model" "$dir/"
   local out
-  if ! out=$(cd "$dir" && spin ${define:+"$define"} -a "$model" 2>&1 &&
+  if ! out=$(cd "$dir" && spin "${defines[@]}" -a "$model" 2>&1 &&
     gcc -O2 -w -DSAFETY -DCOLLAPSE -DMEMLIM=2048 -o pan pan.c 2>&1 &&
     ./pan -m100000 2>&1); then
     echo "FAIL  $name: spin or pan did not run:"
@@ -77,7 +80,7 @@ check() {
   fi
   if [ "$trails" = 1 ] && [ "$errors" != 0 ] && [ -f "$dir/$model.trail" ]; then
     # The replay, less blank lines and the no-op steps of if/else and loops.
-    (cd "$dir" && spin ${define:+"$define"} -t -p "$model" 2>&1 |
+    (cd "$dir" && spin "${defines[@]}" -t -p "$model" 2>&1 |
       grep -vE '^\s*$|\[\(1\)\]$|\[else\]$' | tail -40 | sed 's/^/      /')
   fi
 }
@@ -94,6 +97,12 @@ check pool_local.pml pass
 check pool_local.pml fail -DBROKEN_REFILL_STALE_CPU
 check pool_local.pml fail -DBROKEN_COUNT_READ_OUTSIDE
 check pool_local.pml fail -DBROKEN_LOCAL_NO_FENCE
+check rwlock_bias.pml pass
+check rwlock_bias.pml pass -DNREADER=2 -DREADS=1
+check rwlock_bias.pml fail -DBROKEN_NO_REVOKED_FENCE
+check rwlock_bias.pml fail -DBROKEN_NO_MEMBARRIER
+check rwlock_bias.pml fail -DBROKEN_STALE_BIAS_CHECK
+check rwlock_bias.pml fail -DBROKEN_REARM_WITHOUT_EXCLUSION
 elapsed=$(($(date +%s) - start))
 
 if [ "$failures" -ne 0 ]; then

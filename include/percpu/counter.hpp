@@ -96,7 +96,9 @@ class counter {
     unsigned cpu;
     std::int64_t residual = detail::seq::add_return(
         slots_.slots_.data0(), slots_.slots_.stop_words(), v, &cpu, {&counter::add_later, this});
-    if (residual >= batch_ || residual <= -batch_) [[unlikely]]
+    // |residual| >= batch, as one unsigned comparison: residual + (batch - 1)
+    // lies in [0, 2 * (batch - 1)] exactly when |residual| < batch.
+    if (static_cast<std::uint64_t>(residual) + fold_bias_ > fold_span_) [[unlikely]]
       fold(cpu, residual);
   }
   void inc() noexcept { add(1); }
@@ -142,6 +144,8 @@ class counter {
 
   counter_array slots_{1};
   std::int64_t batch_;
+  std::uint64_t fold_bias_;  // batch - 1
+  std::uint64_t fold_span_;  // 2 * (batch - 1)
   alignas(64) std::atomic<std::int64_t> central_{0};
 };
 

@@ -1,30 +1,51 @@
-// percpu/rwlock.hpp - a big-reader lock: readers pay almost nothing, writers pay a fence.
+// percpu/rwlock.hpp - a big-reader lock: readers pay almost nothing, and a
+// burst of writes pays one fence.
 //
 // Problem: a reader/writer lock read on every request and written rarely
 // (configuration, routing tables, module lists) spends its time on the
 // readers' shared counter: std::shared_mutex makes every lock_shared an
 // atomic read-modify-write on one cache line, so readers on different CPUs
-// serialise on it even though they never conflict with each other.
+// serialise on it even though they never conflict with each other.  The
+// classic cure, readers that only count themselves per CPU and a writer
+// that pays for the missing reader fence with a membarrier, makes every
+// write cost a system call that interrupts every CPU: a program that writes
+// in bursts (a configuration reload taking the lock a thousand times) pays
+// a thousand of them.
 //
-// Mechanism (the asymmetric-fence idea behind Linux percpu-rwsem and
-// liburcu's membarrier flavour):
-//  - each CPU keeps two monotonic counts, readers in and readers out; a
-//    reader adds 1 to "in" on its CPU with the shared restartable add (no
-//    atomic instruction), then looks at the writer flag.  Only a compiler
-//    barrier separates the two: the writer pays for the missing fence with a
-//    membarrier that interrupts every CPU running one of our threads;
-//  - unlock adds 1 to "out" on whatever CPU the thread is on then, so the
-//    counts mean something only as sums: active readers = sum(in) - sum(out);
-//  - a writer takes the writers' mutex, raises the flag (new readers back
-//    out and sleep until it drops: a waiting writer is not starved by a
-//    stream of readers), issues the heavy barrier, then waits, asleep on a
-//    futex, until the sums say no reader is inside.  It reads all "out"
-//    counts before all "in" counts: both only grow and every "out" follows
-//    its "in", so an equal pair proves that no reader was inside at the
-//    moment between the two passes.
+// Mechanism (the asymmetric fence of Linux percpu-rwsem and liburcu's
+// membarrier flavour, with a reader bias that writers revoke, as the
+// kernel's rcu_sync and BRAVO-style biased locks do):
+//  - each CPU keeps monotonic counts of readers in and readers out; unlock
+//    counts "out" on whatever CPU the thread is on then, so the counts mean
+//    something only as sums: readers inside = sum(in) - sum(out);
+//  - at rest the lock is biased: each CPU's gate (a stop word of the lock's
+//    own stop_state, stop.hpp) is open, and lock_shared() is one
+//    restartable add to "in" that tests the gate, unlock_shared() one add
+//    to "out": no other load, no barrier, no atomic instruction;
+//  - the first writer of a burst revokes the bias: it sets the writer bit,
+//    closes every gate and issues ONE broadcast fence (stop_all).  After
+//    the fence every reader's count is visible to the writer, or the
+//    reader finds its gate closed and takes the slow path;
+//  - while the bias is revoked the gates stay closed and readers take the
+//    slow path: count themselves on a second pair of counts, issue a full
+//    fence, then look at the writer bit; a writer sets the bit with an
+//    atomic read-modify-write, itself a full fence, and needs no
+//    membarrier.  Later writes of the burst cost about what a mutex costs;
+//  - a reader on the slow path that sees no write for a quiet period (1 ms)
+//    re-arms the bias: it opens the gates again;
+//  - a writer waits until the sums say no reader is inside.  It reads all
+//    "out" counts before all "in" counts: both only grow and every "out"
+//    follows its "in", so an equal pair proves that no reader was inside at
+//    the moment between the two passes.  The writer bit keeps new readers
+//    out, so a waiting writer is not starved by a stream of readers.
+// The protocol, each barrier with its pair: docs/counters-and-rwlock.md and
+// src/rwlock.cpp; its model: verify/rwlock_bias.pml.
 //
 // Names follow the standard (lock/unlock/try_lock, lock_shared/...), so
-// std::unique_lock, std::shared_lock and std::scoped_lock work.
+// std::unique_lock, std::shared_lock and std::scoped_lock work.  The read
+// side is async-signal-safe and needs no thread registration (a handler must
+// not take a read lock whose section, or lock_shared(), it interrupted on its
+// own thread: a writer waiting for that section would keep it out).
 //
 // Misuse: a recursive write lock (lock() or try_lock() by the thread that
 // holds it) throws percpu::error (errc::would_deadlock), and an unlock() by
@@ -37,11 +58,11 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
-#include <mutex>
 
 #include "percpu/core/detail/block.hpp"
-#include "percpu/runtime/detail/fence.hpp"
+#include "percpu/core/stop.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 
 #if !defined(NDEBUG) && !defined(PERCPU_RWLOCK_CHECKS)
@@ -66,13 +87,20 @@ class rwlock {
   // Enters a read section; sleeps while a writer holds or waits for the lock.
   // The section may end on another CPU than it began.
   void lock_shared() noexcept {
-    while (!try_lock_shared_inline()) wait_for_writer();
+    // The gate open: nothing else to look at (the writer that closes it
+    // fences, see above).  The add's sequence is the acquire: the last
+    // writer's changes happened before the gate was opened.
+    if (!detail::seq::try_add(counts_.data0() + in_index, gates_.words(), 1)) [[unlikely]]
+      lock_shared_slow();
     debug_track_shared(+1);
   }
 
   // Enters a read section unless a writer holds or waits for the lock.
   [[nodiscard]] bool try_lock_shared() noexcept {
-    if (!try_lock_shared_inline()) return false;
+    if (!detail::seq::try_add(counts_.data0() + in_index, gates_.words(), 1) &&
+        !try_lock_shared_slow()) {
+      return false;
+    }
     debug_track_shared(+1);
     return true;
   }
@@ -84,10 +112,8 @@ class rwlock {
     // The add is the release: the section's accesses happen before it
     // (x86-64 stores are ordered after earlier loads and stores; the
     // portable backend stores the count with release order).
-    detail::seq::add(counts_.data0() + out_index, counts_.stop_words(), 1);
-    detail::light_barrier();  // pairs with lock()'s heavy barrier
-    if (writer_.load(std::memory_order_relaxed) != 0) [[unlikely]]
-      wake_writer();
+    if (!detail::seq::try_add(counts_.data0() + out_index, gates_.words(), 1)) [[unlikely]]
+      unlock_shared_slow();
   }
 
   // ---- Writers ----
@@ -103,26 +129,43 @@ class rwlock {
   // hold the write lock.
   void unlock();
 
- private:
-  static constexpr std::size_t in_index = 0;
-  static constexpr std::size_t out_index = 1;
-
-  // Counts this reader in; backs it out again (false) if a writer is there.
-  bool try_lock_shared_inline() noexcept {
-    detail::seq::add(counts_.data0() + in_index, counts_.stop_words(), 1);
-    detail::light_barrier();  // pairs with lock()'s heavy barrier
-    // Acquire: pairs with unlock()'s release of the flag, so the last
-    // writer's changes are visible in this section.
-    if (writer_.load(std::memory_order_acquire) == 0) [[likely]]
-      return true;
-    back_out();
-    return false;
+  // Whether readers take the fast path now (the bias is armed).  A snapshot,
+  // for tests and statistics.
+  [[nodiscard]] bool biased() const noexcept {
+    return (state_.load(std::memory_order_relaxed) & revoked_bit) == 0;
   }
 
-  void back_out() noexcept;
+ private:
+  // Per CPU: "in" and "out" counted by the fast paths, under the gates'
+  // stop words, and again by the slow paths, under counts_'s (the portable
+  // backend locks a slot with the stop word of the operation that changes
+  // it, so two sets of stop words need two sets of counts).
+  static constexpr std::size_t in_index = 0;
+  static constexpr std::size_t out_index = 1;
+  static constexpr std::size_t slow_in_index = 2;
+  static constexpr std::size_t slow_out_index = 3;
+
+  // state_: the writer bit (a writer holds the lock or waits for readers to
+  // leave), the revoked bit (the gates are closed or closing: readers take
+  // the slow path), the re-arming bit (a reader is opening the gates;
+  // writers wait for it, readers do not), and from bit 3 a count of write
+  // sections, which tells a re-arming reader whether writes kept coming.
+  static constexpr std::uint32_t writer_bit = 1;
+  static constexpr std::uint32_t revoked_bit = 2;
+  static constexpr std::uint32_t rearming_bit = 4;
+  static constexpr std::uint32_t write_one = 8;
+
+  void lock_shared_slow() noexcept;
+  bool try_lock_shared_slow() noexcept;
+  bool enter_slow(bool wait) noexcept;
+  void unlock_shared_slow() noexcept;
   void wait_for_writer() noexcept;
-  void wake_writer() noexcept;
+  void consider_rearm(std::uint32_t seen) noexcept;
+  std::uint32_t take_writer_bit() noexcept;
+  void sleep_on_state(std::uint32_t seen) noexcept;
+  void wait_for_readers() noexcept;
   bool readers_inside() const noexcept;
+  void wake_sleepers() noexcept;
   void debug_track_shared(int delta) noexcept {
 #if PERCPU_RWLOCK_CHECKS
     track_shared(delta);
@@ -133,15 +176,16 @@ class rwlock {
   void track_shared(int delta) noexcept;
   bool holds_shared() const noexcept;
 
-  // Per CPU: [in, out], and the sequences' stop words (never stopped here).
+  stop_state gates_;  // per CPU: stopped (closed) while the bias is revoked
+  // Per CPU: [in, out, slow_in, slow_out], with stop words that are never
+  // stopped: the slow paths' sequences.
   detail::cpu_block<std::int64_t> counts_;
-  alignas(64) std::atomic<std::uint32_t> writer_{0};  // 1: readers keep out
-  std::atomic<std::uint32_t> sleeping_readers_{0};
-  // What only writers, and readers leaving under a writer, touch: off the
-  // lines every reader reads.
-  alignas(64) std::atomic<std::uint32_t> drained_{0};  // bumped when a reader leaves under a writer
+  alignas(64) std::atomic<std::uint32_t> state_{0};
+  std::atomic<std::uint32_t> sleepers_{0};             // threads asleep on state_
+  std::atomic<std::uint64_t> quiet_{0};                // re-arm: write count seen, and since when
+  alignas(64) std::atomic<std::uint32_t> drained_{0};  // bumped by a reader that wakes the writer
+  std::atomic<std::uint32_t> writer_sleeping_{0};      // the writer sleeps on drained_
   std::atomic<const void*> owner_{nullptr};            // the writing thread
-  std::mutex writers_;                                 // orders writers
 };
 
 }  // namespace percpu

@@ -99,15 +99,17 @@ bool try_lock_any(std::uint32_t* stop0, unsigned& slot) noexcept {
 // never waits for a slot.  Between attempts the thread holds nothing and is
 // outside: a handler that interrupts a long wait waits like any other
 // caller, instead of deferring adds for as long as the wait lasts.  A call
-// made inside a section makes one attempt and returns `busy` if it fails.
+// made inside a section, or with `wait` false, makes one attempt and
+// returns `busy` if it fails.
 // The end of the outermost section runs what handlers deferred meanwhile.
 template <class TryAcquire, class Op, class Result>
-Result locked_with(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op) noexcept {
+Result locked_with(std::uint32_t* stop0, Result busy, TryAcquire try_acquire, Op op,
+                   bool wait = true) noexcept {
   // An operation before start-up (memory the library did not hand out):
   // the slot count is not known yet.
   if (backend_acquire() == backend_code::uninitialized) [[unlikely]]
     start_from_an_operation();
-  bool nested = in_no_wait();
+  bool nested = in_no_wait() || !wait;
   Result result = busy;
   for (unsigned spins = 0;; ++spins) {
     no_wait_enter();
@@ -187,6 +189,24 @@ void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
   // signals only at synchronisation points, all inside lock attempts -
   // lands here every time; the merge keeps that to one entry per slot.)
   if (!done) defer_add(slot0, stop0, v, &add_later, slot0, stop0);
+}
+
+bool try_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
+  // One attempt at the preferred slot's lock, as the rseq sequence makes one
+  // test of the CPU's stop word: a stopped slot fails, and so does one that
+  // another operation holds at that moment (the caller's fallback, which
+  // does not use these stop words, is correct either way).
+  return locked_with(
+      stop0, false,
+      [stop0](unsigned& slot) {
+        slot = portable_slot();
+        return try_lock(stop0, slot);
+      },
+      [&](unsigned slot) {
+        add_to_slot(copy_on(slot0, slot), v);
+        return true;
+      },
+      false);
 }
 
 std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, unsigned* cpu,

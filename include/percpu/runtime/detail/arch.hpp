@@ -19,6 +19,9 @@
 //
 //   has_sequences      constexpr bool: the sequences below are real (false:
 //                      only the portable backend can run);
+//   rmw_is_full_barrier  constexpr bool: a seq_cst read-modify-write is also
+//                      a full barrier for the plain accesses around it
+//                      (full_barrier_after_rmw() in fence.hpp);
 //   rseq_signature     constexpr std::uint32_t: the word placed before every
 //                      abort handler, which the library's own registration
 //                      passes to rseq(2) (glibc's RSEQ_SIG for the

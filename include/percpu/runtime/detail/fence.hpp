@@ -32,6 +32,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "percpu/runtime/detail/arch.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu::detail {
@@ -63,6 +64,31 @@ inline void light_barrier() noexcept {
 
 inline void heavy_barrier() noexcept {
   fence_all();
+}
+
+// A Dekker pair whose two sides both pay (percpu::rwlock with its reader
+// bias revoked, where neither side issues heavy_barrier()).  full_barrier()
+// is a full fence whichever way the fences are made: a seq_cst fence where
+// light_barrier() is a compiler barrier; otherwise the portable fence word,
+// which the other side touches too (ThreadSanitizer sees the pair).
+inline void full_barrier() noexcept {
+  if (runtime.light_barrier_is_compiler_barrier) [[likely]] {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  } else {
+    portable_full_fence();
+  }
+}
+
+// The other side of full_barrier(), right after a seq_cst read-modify-write
+// that already is a full fence on x86-64 (a locked instruction): nothing
+// there, a seq_cst fence on other architectures, and the fence word where
+// light_barrier() is not a compiler barrier.
+inline void full_barrier_after_rmw() noexcept {
+  if (runtime.light_barrier_is_compiler_barrier) [[likely]] {
+    if constexpr (!arch::rmw_is_full_barrier) std::atomic_thread_fence(std::memory_order_seq_cst);
+  } else {
+    portable_full_fence();
+  }
 }
 
 }  // namespace percpu::detail

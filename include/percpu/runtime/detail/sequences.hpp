@@ -79,6 +79,7 @@ struct redo {
 namespace portable {
 unsigned current_cpu() noexcept;
 void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept;
+bool try_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept;
 std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, unsigned* cpu,
                         redo later) noexcept;
 cas_result compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
@@ -102,12 +103,14 @@ enum class outcome : std::uint8_t { committed, failed, portable, moved };
 // commits, fails or finds the thread elsewhere, or finds that the portable
 // path must be taken.  Out of line and cold, and given its arguments by
 // value: the hot path keeps them in registers and carries no loop of its own.
+// A stopped CPU is waited for, or, with `WaitWhileStopped` false, reported
+// as `failed`.
 //
 // There is no backend test on the fast path: with the portable backend,
 // runtime.rseq_offset names an rseq area that is never registered, so every
 // sequence leaves through `unregistered` and arrives here, where
 // slow::use_sequences() decides.
-template <auto Sequence, class... Args>
+template <auto Sequence, bool WaitWhileStopped, class... Args>
 [[gnu::noinline, gnu::cold]] outcome retry(arch::status st, const std::uint32_t* stop0,
                                            Args... args) noexcept {
   for (;; st = Sequence(args...)) {
@@ -119,6 +122,7 @@ template <auto Sequence, class... Args>
       case arch::status::moved:
         return outcome::moved;
       case arch::status::stopped:
+        if constexpr (!WaitWhileStopped) return outcome::failed;
         slow::wait_while_stopped(stop0);
         break;
       case arch::status::unregistered:
@@ -132,7 +136,7 @@ template <auto Sequence, class... Args>
 }
 
 // Runs the sequence: the first try inline, anything else in retry().
-template <auto Sequence, class... Args>
+template <auto Sequence, bool WaitWhileStopped = true, class... Args>
 inline outcome run(const std::uint32_t* stop0, Args... args) noexcept {
   if constexpr (!arch::has_sequences) {
     return outcome::portable;
@@ -142,7 +146,11 @@ inline outcome run(const std::uint32_t* stop0, Args... args) noexcept {
       return outcome::committed;
     if (st == arch::status::failed) return outcome::failed;
     if (st == arch::status::moved) return outcome::moved;
-    return retry<Sequence>(st, stop0, args...);
+    if constexpr (!WaitWhileStopped) {
+      // Not worth a call: the caller takes its own slow path.
+      if (st == arch::status::stopped) return outcome::failed;
+    }
+    return retry<Sequence, WaitWhileStopped>(st, stop0, args...);
   }
 }
 
@@ -174,21 +182,53 @@ inline void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexc
   portable::add(slot0, stop0, v);
 }
 
-// *slot += v on the current CPU; returns the slot's new value and stores in
-// *cpu the CPU (slot) the add went to.  When the add cannot be made without
-// waiting (a signal handler that interrupted its own thread inside a
-// no-wait section, with every slot busy: portable backend only), it is not
-// made here: `later` runs instead when the interrupted section ends - the
-// caller's whole operation, so that what follows the add (a counter's fold)
-// follows it then too - and the call returns 0 with *cpu == cpu_count().
+// *slot += v on the current CPU unless that CPU is stopped (stop.hpp);
+// returns whether it added.  The same sequence as add(), without the wait:
+// a structure that stops its CPUs to say "take the slow path"
+// (percpu::rwlock) runs its fast path as this and its slow path on other
+// stop words.  Portable backend: one attempt at the preferred slot's lock,
+// so a slot that another operation holds at that moment also fails.
+inline bool try_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
+  outcome o = run<arch::add, false>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v);
+  if (o != outcome::portable) [[likely]]
+    return o == outcome::committed;
+  return portable::try_add(slot0, stop0, v);
+}
+
+// *slot += v on the current CPU; returns the slot's value right after the
+// add (see arch::add_return: a later add on the same CPU may be in it) and
+// stores in *cpu the CPU (slot) the add went to.  When the add cannot be
+// made without waiting (a signal handler that interrupted its own thread
+// inside a no-wait section, with every slot busy: portable backend only),
+// it is not made here: `later` runs instead when the interrupted section
+// ends - the caller's whole operation, so that what follows the add (a
+// counter's fold) follows it then too - and the call returns 0 with
+// *cpu == cpu_count().
 inline std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
                                unsigned* cpu, redo later) noexcept {
-  std::int64_t value = 0;
-  if (run<arch::add_return>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v, cpu,
-                            &value) != outcome::portable) [[likely]] {
-    return value;
+  if constexpr (arch::has_sequences) {
+    // The first try reports into locals of its own, which retry() never
+    // sees: they stay in registers (an address passed to retry() would keep
+    // them in memory, with a store and a load on the fast path).
+    std::int64_t value;
+    unsigned where;
+    arch::status st = arch::add_return(slot0, stop0, v, &where, &value);
+    if (st == arch::status::committed) [[likely]] {
+      *cpu = where;
+      return value;
+    }
+    std::int64_t retried_value = 0;
+    unsigned retried_cpu = 0;
+    if (retry<arch::add_return, true>(st, stop0, slot0, static_cast<const std::uint32_t*>(stop0), v,
+                                      &retried_cpu, &retried_value) != outcome::portable) {
+      *cpu = retried_cpu;
+      return retried_value;
+    }
   }
-  return portable::add_return(slot0, stop0, v, cpu, later);
+  unsigned portable_cpu = 0;
+  std::int64_t value_there = portable::add_return(slot0, stop0, v, &portable_cpu, later);
+  *cpu = portable_cpu;
+  return value_there;
 }
 
 // Stores `desired` in CPU `cpu`'s slot if it holds `expected` and the
@@ -225,8 +265,8 @@ struct guard {
 inline constexpr std::uint64_t always_zero = 0;
 inline constexpr guard unguarded{&always_zero, 0};
 
-// Pushes `item` on the current CPU's array; false when it is full or the
-// guard does not hold.
+// Pushes `item` (not null: pop's nullptr means "empty") on the current
+// CPU's array; false when it is full or the guard does not hold.
 inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, guard g = unguarded) noexcept {
   outcome o = run<arch::push>(stop0, static_cast<void*>(arr0),
                               static_cast<const std::uint32_t*>(stop0), item, g.word, g.expected);
@@ -237,11 +277,23 @@ inline bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, guard g = un
 
 // Pops the current CPU's top item; nullptr when the array is empty.
 inline void* pop(cpu_array* arr0, std::uint32_t* stop0) noexcept {
-  void* item = nullptr;
-  outcome o = run<arch::pop>(stop0, static_cast<void*>(arr0),
-                             static_cast<const std::uint32_t*>(stop0), &item);
-  if (o != outcome::portable) [[likely]]
-    return o == outcome::committed ? item : nullptr;
+  if constexpr (arch::has_sequences) {
+    // The first try's item, in a local that retry() never sees, stays in a
+    // register (an address passed to retry() would keep it in memory).
+    void* item;
+    arch::status st = arch::pop(arr0, static_cast<const std::uint32_t*>(stop0), &item);
+    if (st == arch::status::committed) [[likely]] {
+      // Arrays hold no null item (push's precondition): a caller that tests
+      // the result for "empty" has nothing to test on this path.
+      if (item == nullptr) __builtin_unreachable();
+      return item;
+    }
+    if (st == arch::status::failed) return nullptr;
+    void* retried = nullptr;
+    outcome o = retry<arch::pop, true>(st, stop0, static_cast<void*>(arr0),
+                                       static_cast<const std::uint32_t*>(stop0), &retried);
+    if (o != outcome::portable) return o == outcome::committed ? retried : nullptr;
+  }
   return portable::pop(arr0, stop0);
 }
 

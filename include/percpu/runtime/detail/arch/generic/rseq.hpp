@@ -19,6 +19,8 @@
 namespace percpu::detail::arch {
 
 inline constexpr bool has_sequences = false;
+// Whether a seq_cst read-modify-write is also a full barrier: not assumed.
+inline constexpr bool rmw_is_full_barrier = false;
 
 // No abort handlers exist; the value is never passed to the kernel.
 inline constexpr std::uint32_t rseq_signature = 0;
