@@ -55,25 +55,33 @@ struct cpu_mask {
 // process's cpuset) runs no thread of ours either: nothing to fence.
 // (Limit: a thread of higher priority that spins there without sleeping
 // keeps the caller waiting as long as it spins.)
-void run_on(unsigned cpu, const cpu_mask& saved) noexcept {
-  if (cpu >= cpu_mask::bits) return;
+bool run_on(unsigned cpu) noexcept {
+  if (cpu >= cpu_mask::bits) return false;
   cpu_mask one;
   one.set(cpu);
-  if (syscall(__NR_sched_setaffinity, 0, sizeof one.words, one.words) != 0) return;
+  if (syscall(__NR_sched_setaffinity, 0, sizeof one.words, one.words) != 0) return false;
   // The call moves the thread before it returns; check all the same.
   for (unsigned spins = 0; sched_getcpu() != static_cast<int>(cpu); ++spins) relax(spins);
-  syscall(__NR_sched_setaffinity, 0, sizeof saved.words, saved.words);
+  return true;
 }
 
-// run_on() one CPU (cpu >= 0) or every slot's CPU (cpu < 0).
+// run_on() one CPU (cpu >= 0) or every slot's CPU (cpu < 0), then back to
+// the CPU the caller ran on, and its own mask again.  Back, not merely
+// released: a thread left on the fenced CPU would find itself "moved" by
+// its own fence, and a structure that follows its thread from CPU to CPU
+// (a queue flushing the CPU it left) would fence again, and move again.
 void fence_by_running_on(int cpu) noexcept {
   cpu_mask saved;
   if (syscall(__NR_sched_getaffinity, 0, sizeof saved.words, saved.words) < 0) return;
+  int home = sched_getcpu();
+  bool moved = false;
   if (cpu >= 0) {
-    run_on(static_cast<unsigned>(cpu), saved);
+    moved = run_on(static_cast<unsigned>(cpu));
   } else {
-    for (unsigned c = 0; c < runtime.slots; ++c) run_on(c, saved);
+    for (unsigned c = 0; c < runtime.slots; ++c) moved = run_on(c) || moved;
   }
+  if (moved && home >= 0) run_on(static_cast<unsigned>(home));
+  syscall(__NR_sched_setaffinity, 0, sizeof saved.words, saved.words);
 }
 
 long membarrier_call(int cpu) noexcept {
