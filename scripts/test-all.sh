@@ -185,7 +185,9 @@ run_install() {
   done
 }
 
+timings=()
 for stage in "${stages[@]}"; do
+  stage_start=$SECONDS
   case "$stage" in
     tree)
       echo "=== tree: layers, file lengths, assembly, the Layout map"
@@ -215,5 +217,8 @@ for stage in "${stages[@]}"; do
       ;;
     *) echo "unknown stage '$stage' (tree, model, release, debug, asan, tsan, install, stress, fuzz, valgrind, vm)" >&2; exit 2 ;;
   esac
+  timings+=("$stage $((SECONDS - stage_start)) s")
+  echo "=== $stage took $((SECONDS - stage_start)) s"
 done
+echo "=== stage times: $(IFS=,; echo "${timings[*]}"), all $SECONDS s"
 echo "=== all tests passed"

@@ -322,7 +322,15 @@ inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std:
 inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in, std::size_t n,
                          std::size_t* moved, const std::uint64_t* guard,
                          std::uint64_t expected) noexcept {
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP PERCPU_RSEQ_CHECK_GUARD
+  // `expected` may live in memory and `moved` is a memory output: with the
+  // seven scratch registers the loop needs, a build that keeps the frame
+  // pointer and a base register (clang's ASan) has too few left for eight
+  // register operands ("inline assembly requires more registers than
+  // available", the fuzz stage's build).  This is not a fast path.
+  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
+           "movq %[expected], %%r10\n\t"
+           "cmpq %%r10, (%[guard])\n\t"
+           "jne %l[failed]\n\t"
            "addq %[arr0], %%rax\n\t"
            "movl 8(%%rax), %%ecx\n\t"   // count
            "movl 12(%%rax), %%edx\n\t"  // capacity
@@ -331,7 +339,7 @@ inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in
            "subl %%ecx, %%edx\n\t"  // room
            "cmpq %[n], %%rdx\n\t"
            "cmovaq %[n], %%rdx\n\t"  // k = min(room, n)
-           "movq %%rdx, (%[moved])\n\t"
+           "movq %%rdx, %[moved]\n\t"
            "movq (%%rax), %%r8\n\t"
            "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first free item
            "xorl %%r9d, %%r9d\n\t"
@@ -344,9 +352,9 @@ inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in
            "jmp 5b\n\t"
            "6:\n\t"
            "addl %%edx, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
-           :
+           : [moved] "+m"(*moved)
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "rm"(n),
-             [moved] "r"(moved), [guard] "r"(guard), [expected] "r"(expected)
+             [guard] "r"(guard), [expected] "rm"(expected)
            : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
            : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED
