@@ -10,11 +10,13 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "child_process.hpp"
@@ -118,7 +120,9 @@ class scratch_cpuset {
 // A service thread whose affinity was widened (taskset -a -p, a cgroup-v1
 // cpuset update, the kernel's fallback when its CPU went offline) may run
 // on its CPU by chance when a call arrives, and migrate during the call.
-// It must pin itself again first: every call runs with the service
+// It must pin itself again: it reads its mask after every sleep and at
+// least every 100 us while serving (src/xcall/service.cpp, on_cpu), so a
+// call that starts 1 ms after the widening, by any clock, runs with the
 // thread's mask exactly {cpu}.
 TEST(XcallCpus, WidenedServiceThreadIsPinnedAgainBeforeACall) {
   auto cpus = reachable_cpus();
@@ -131,6 +135,7 @@ TEST(XcallCpus, WidenedServiceThreadIsPinnedAgainBeforeACall) {
     wide += percpu::allowed_cpus() != std::vector<unsigned>{cpu};
     elsewhere += sched_getcpu() != static_cast<int>(cpu);
   };
+  auto pause = [] { std::this_thread::sleep_for(std::chrono::milliseconds(1)); };
   for (int round = 0; round < 20; ++round) {
     for (unsigned cpu : cpus) {
       xc::unicast_sync(cpu, [] {});
@@ -138,10 +143,11 @@ TEST(XcallCpus, WidenedServiceThreadIsPinnedAgainBeforeACall) {
       ASSERT_TRUE(percpu_test::service_thread(cpu, thread));
       // From outside, as `taskset -a -p` does.
       ASSERT_TRUE(percpu_test::set_mask(thread, cpus));
+      pause();
       xc::unicast_sync(cpu, check);
-      // From inside a call: the thread still runs on `cpu` when it takes
-      // the next call.
-      static_cast<void>(xc::unicast(cpu, [&cpus] { percpu_test::allow(cpus); }));
+      // From inside a call.
+      xc::unicast_sync(cpu, [&cpus] { percpu_test::allow(cpus); });
+      pause();
       static_cast<void>(xc::wait(xc::unicast(cpu, check)));
     }
   }

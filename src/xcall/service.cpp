@@ -1,5 +1,5 @@
-// xcall_service.cpp - the targets' side of on-CPU calls: per-CPU queues and
-// the service threads that run them (see xcall.cpp for the mechanism).
+// service.cpp - the targets' side of on-CPU calls: per-CPU queues and
+// the service threads that run them (see calls.cpp for the mechanism).
 //
 // Problem: a call must run on its CPU and nowhere else, while other
 // programs, the kernel and the process itself change which CPUs the
@@ -8,9 +8,9 @@
 // and a machine may have many more possible CPUs than usable ones.
 //
 // Mechanism: one service thread per CPU, started on the first call to it
-// and pinned there; before each call it checks that its mask is exactly
-// its CPU (on_cpu).  A thread that cannot be pinned when it starts stays
-// parked, and is pinned when its CPU can be used again
+// and pinned there; it keeps its mask exactly its CPU (on_cpu: read after
+// every sleep and every 100 us of serving, the CPU checked per call).  A thread that cannot be
+// pinned when it starts stays parked, and is pinned when its CPU can be used again
 // (pin_parked_that_came_back), so an unusable CPU costs no thread per call.
 #include <pthread.h>
 #include <sched.h>
@@ -35,31 +35,60 @@ std::atomic<unsigned long> threads_started{0};
 
 namespace {
 
+// How often a serving thread reads its affinity mask again (see on_cpu).
+constexpr long mask_recheck_ns = 100000;
+
+// What a service thread knows of its own pin: its mask, when it last read
+// it, and whether something since (a sleep, a call that ended on another
+// CPU) makes that reading stale.
+struct pin_check {
+  percpu::detail::cpu_mask& mask;
+  long read_ns = 0;
+  bool stale = true;
+};
+
 // True when the calling service thread may run a call for `cpu`: its
 // affinity mask is exactly {cpu}.  Running there is not enough: a thread
 // whose mask someone widened (taskset -a -p, a cgroup-v1 cpuset update,
 // the kernel's fallback when the CPU went offline) may be on `cpu` at this
-// check and migrate during the call.  So the mask is read before every
-// call (one system call); a mask that still allows `cpu` is narrowed to it
-// again, which moves the thread there before sched_setaffinity returns.  A
-// mask without `cpu` is a restriction (the CPU went offline, the cpuset
-// shrank, taskset -a): it is respected, and the call does not run.
-bool on_cpu(unsigned cpu, percpu::detail::cpu_mask& mask) noexcept {
+// check and migrate during the call.  A mask that still allows `cpu` is
+// narrowed to it again, which moves the thread there before
+// sched_setaffinity returns.  A mask without `cpu` is a restriction (the CPU
+// went offline, the cpuset shrank, taskset -a): it is respected, and the
+// call does not run.
+//
+// Cost: reading the mask is a system call (about 1 us, more than a whole
+// unicast), so it is read after every sleep, whenever the thread is found
+// on another CPU (before a call, or after one: it migrated, so its mask
+// allows that), and at least every mask_recheck_ns while the thread serves;
+// in between, each call checks the CPU it runs on (rseq's cpu_id, no system
+// call).  A widening is therefore undone within 100 us of serving or at the
+// next wake-up, whichever is first.  No check closes the window of a
+// widening that lands during a call: the kernel's cross-CPU calls run with
+// preemption off, which user space cannot do.
+bool on_cpu(unsigned cpu, pin_check& pin) noexcept {
+  bool here = sched_getcpu() == static_cast<int>(cpu);
+  long now = now_ns();
+  if (here && !pin.stale && now - pin.read_ns < mask_recheck_ns) return true;
+  percpu::detail::cpu_mask& mask = pin.mask;
+  pin.read_ns = now;
+  pin.stale = true;
   if (!mask.read(0) || !mask.test(cpu)) return false;
   if (!mask.only(cpu)) {
     mask.clear();
     mask.set(cpu);
     if (!mask.apply(0)) return false;
   }
+  pin.stale = false;
   return sched_getcpu() == static_cast<int>(cpu);
 }
 
 // Runs one call and hands the descriptor back to its caller; true when the
 // caller was asleep and had to be woken.
-bool run(call& c, unsigned cpu, percpu::detail::cpu_mask& mask) noexcept {
+bool run(call& c, unsigned cpu, pin_check& pin) noexcept {
   if (c.anywhere) {
     c.result = outcome::returned;
-  } else if (!on_cpu(cpu, mask)) {
+  } else if (!on_cpu(cpu, pin)) {
     c.result = outcome::off_cpu;
   } else {
     try {
@@ -69,6 +98,8 @@ bool run(call& c, unsigned cpu, percpu::detail::cpu_mask& mask) noexcept {
       c.result = outcome::threw;
       c.exception = std::current_exception();
     }
+    // Moved during the call: its mask allows another CPU; read it again.
+    if (sched_getcpu() != static_cast<int>(cpu)) pin.stale = true;
   }
   c.fn.reset();
   // Release: pairs with the caller's acquire load of busy (wait_one): the
@@ -83,7 +114,7 @@ bool run(call& c, unsigned cpu, percpu::detail::cpu_mask& mask) noexcept {
 }
 
 void serve(service& s, unsigned cpu) {
-  percpu::detail::cpu_mask& mask = *s.mask;
+  pin_check pin{*s.mask};
   for (;;) {
     // Acquire: pairs with the callers' release (seq_cst) push, so each
     // descriptor taken is seen fully filled.
@@ -100,6 +131,7 @@ void serve(service& s, unsigned cpu) {
       s.sleeping.store(1, std::memory_order_seq_cst);
       if (s.head.load(std::memory_order_seq_cst) == nullptr) futex_wait(s.sleeping, 1);
       s.sleeping.store(0, std::memory_order_relaxed);
+      pin.stale = true;  // whatever changed the mask while it slept
       continue;
     }
     // The list is newest first: reverse it to run calls in enqueue order.
@@ -115,7 +147,7 @@ void serve(service& s, unsigned cpu) {
       // Read the link before completing the call: afterwards the caller may
       // re-queue the descriptor and overwrite it.
       call* next = ordered->next;
-      woke |= run(*ordered, cpu, mask);
+      woke |= run(*ordered, cpu, pin);
       ordered = next;
     }
     // A woken waiter may be waiting for this very CPU (a call to its own
