@@ -13,7 +13,7 @@
 //
 // Mechanism: glibc's rseq area (__rseq_offset, glibc 2.35 and later); the
 // same code-layout care as the library's own sequences
-// (percpu/detail/rseq_x86_64.hpp): one asm goto, the descriptor in
+// (percpu/runtime/detail/arch/x86_64/rseq.hpp): one asm goto, the descriptor in
 // __rseq_cs and the signed abort handler in __rseq_failure, both joining
 // the section group of the code around them, and a cold abort path that
 // restarts the sequence.  Per-CPU data is one 64-byte line per CPU in an
@@ -79,26 +79,26 @@ static_assert(offsetof(line, items) == 8 && offsetof(line, count) == 16 &&
   "shlq $6, %%rax\n\t"
 
 // The post-commit label and the abort handler, signed with glibc's
-// RSEQ_SIG for x86-64.
+// RSEQ_SIG for x86-64 (<sys/rseq.h>; each asm passes it as [sig]).
 #define PERCPU_RAW_END                       \
   "2:\n\t"                                   \
   ".pushsection __rseq_failure, \"ax?\"\n\t" \
   ".byte 0x0f, 0xb9, 0x3d\n\t"               \
-  ".long 0x53053053\n\t"                     \
+  ".long %c[sig]\n\t"                        \
   "4:\n\t"                                   \
   "jmp %l[aborted]\n\t"                      \
   ".popsection\n\t"
 
 // lines[cpu].value += v.  The add is the commit.  Its operand is addressed
 // through one register, as percpu's add does: an Intel core forwards a store
-// to the next load of the same location much faster so (rseq_x86_64.hpp).
+// to the next load of the same location much faster so (the x86-64 sequences).
 inline void add(line* lines, std::int64_t v) noexcept {
   for (;;) {
     asm goto(PERCPU_RAW_BEGIN
              "addq %[lines], %%rax\n\t"
              "addq %[v], (%%rax)\n\t" PERCPU_RAW_END
              :
-             : [area] "r"(area_offset), [lines] "r"(lines), [v] "er"(v)
+             : [sig] "i"(RSEQ_SIG), [area] "r"(area_offset), [lines] "r"(lines), [v] "er"(v)
              : "memory", "cc", "rax"
              : aborted);
     return;
@@ -122,7 +122,7 @@ inline void* pop(line* lines) noexcept {
              "movq (%%rdx, %%rcx, 8), %[item]\n\t"
              "movl %%ecx, 16(%%rax)\n\t" PERCPU_RAW_END
              : [item] "=r"(item)
-             : [area] "r"(area_offset), [lines] "r"(lines)
+             : [sig] "i"(RSEQ_SIG), [area] "r"(area_offset), [lines] "r"(lines)
              : "memory", "cc", "rax", "rcx", "rdx"
              : aborted, empty);
     return item;
@@ -147,7 +147,7 @@ inline bool push(line* lines, void* item) noexcept {
              "addl $1, %%ecx\n\t"
              "movl %%ecx, 16(%%rax)\n\t" PERCPU_RAW_END
              :
-             : [area] "r"(area_offset), [lines] "r"(lines), [item] "r"(item)
+             : [sig] "i"(RSEQ_SIG), [area] "r"(area_offset), [lines] "r"(lines), [item] "r"(item)
              : "memory", "cc", "rax", "rcx", "rdx"
              : aborted, full);
     return true;
