@@ -13,8 +13,10 @@
 #      portable, portable simulating 64 CPUs, as without rseq and
 #      membarrier's rseq fence, and with that fence failing at run time:
 #      PERCPU_PRETEND_MISSING) and the header-alone check;
-#   3. debug build (no NDEBUG: assertions, the misuse checks of pool_cache
-#      and rwlock, fault injection in every sequence): the same suite;
+#   3. debug build (no NDEBUG: assertions; PERCPU_DEBUG_CHECKS: the misuse
+#      checks of pool_cache and rwlock, fault injection in every sequence):
+#      the same suite, and the debug-check program (percpu_debug_tests),
+#      which exists only in builds with those checks;
 #   4. ASan + UBSan build: the same suite;
 #   5. TSan build: the same suite (TSan builds always use the portable backend);
 #   6. install: `cmake --install`, then a consumer built with
@@ -50,15 +52,6 @@ run_preset() {
   cmake --build --preset "$preset" -j "$jobs"
   ctest --preset "$preset" -j 1
 }
-
-# Known failures of the debug build, left out of its stage until they are
-# fixed: pool_cache's misuse checks (pool_check_put, compiled without NDEBUG)
-# take plain mutexes, so a signal handler's put that interrupts its own
-# thread holding one deadlocks.  PoolCache.SignalHandlersGetAndPutOnTheir-
-# OwnThread shows it alone; the torture test hangs the same way.  (GTEST_FILTER
-# leaves the children that tests start alone: they get --gtest_filter.)
-debug_known_failures='PoolCache.SignalHandlersGetAndPutOnTheirOwnThread'\
-':PoolCache.TortureWithMigrationSignalsInvalidatesAndReclaims'
 
 # The release build without running its tests (for stages that use it).
 ensure_release_build() {
@@ -198,7 +191,7 @@ for stage in "${stages[@]}"; do
       verify/run.sh
       ;;
     release | asan | tsan) run_preset "$stage" ;;
-    debug) GTEST_FILTER="-$debug_known_failures" run_preset debug ;;
+    debug) run_preset debug ;;
     install) run_install ;;
     stress)
       ensure_release_build
@@ -213,6 +206,11 @@ for stage in "${stages[@]}"; do
     valgrind) run_valgrind ;;
     vm)
       ensure_release_build
+      # The guests' debug-check program comes from the debug build.
+      [ -x build/debug/tests/percpu_debug_tests ] || {
+        cmake --preset debug >/dev/null
+        cmake --build --preset debug -j "$jobs" --target percpu_debug_tests
+      }
       scripts/vm/stage.sh
       ;;
     *) echo "unknown stage '$stage' (tree, model, release, debug, asan, tsan, install, stress, fuzz, valgrind, vm)" >&2; exit 2 ;;

@@ -50,12 +50,9 @@
 
 #include "percpu/core/detail/block.hpp"
 #include "percpu/detail/pool_object.hpp"
+#include "percpu/runtime/config.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 #include "percpu/runtime/error.hpp"
-
-#if !defined(PERCPU_POOL_CHECKS) && !defined(NDEBUG)
-#define PERCPU_POOL_CHECKS 1
-#endif
 
 namespace percpu {
 

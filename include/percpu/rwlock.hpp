@@ -50,8 +50,9 @@
 // Misuse: a recursive write lock (lock() or try_lock() by the thread that
 // holds it) throws percpu::error (errc::would_deadlock), and an unlock() by
 // a thread that does not hold the write lock throws percpu::error
-// (errc::not_owner), in every build.  In builds without NDEBUG (or with
-// PERCPU_RWLOCK_CHECKS) lock() while holding a read lock on the same rwlock
+// (errc::not_owner), in every build.  In a library built with
+// PERCPU_DEBUG_CHECKS (percpu/runtime/config.hpp: Debug builds by default)
+// lock() while holding a read lock on the same rwlock
 // (a self-deadlock) throws errc::would_deadlock too, and unlock_shared()
 // without lock_shared() stops the program with a message: the read side is
 // noexcept and async-signal-safe, so it has no other way to report.
@@ -63,11 +64,8 @@
 
 #include "percpu/core/detail/block.hpp"
 #include "percpu/core/stop.hpp"
+#include "percpu/runtime/config.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
-
-#if !defined(NDEBUG) && !defined(PERCPU_RWLOCK_CHECKS)
-#define PERCPU_RWLOCK_CHECKS 1
-#endif
 
 namespace percpu {
 

@@ -15,18 +15,23 @@
 # small second archive holding /job/run.sh (the kernel unpacks concatenated
 # archives in turn), so one common archive serves every run.
 #
-# Usage: scripts/vm/initramfs.sh OUTPUT.cpio [BUILD_DIR]   (default build/release)
+# Usage: scripts/vm/initramfs.sh OUTPUT.cpio [BUILD_DIR]   (default build/release;
+#        percpu_debug_tests from PERCPU_VM_DEBUG_BUILD, default build/debug)
 # The programs land in /opt/percpu/ in the guest.
 set -euo pipefail
 
 out=${1:?usage: initramfs.sh OUTPUT.cpio [BUILD_DIR]}
 root_dir=$(cd "$(dirname "$0")/../.." && pwd)
 build=${2:-$root_dir/build/release}
+# The debug checks and fault injection exist only in a library built with
+# them (percpu/runtime/config.hpp.in): their program comes from the debug
+# build.
+debug_build=${PERCPU_VM_DEBUG_BUILD:-$root_dir/build/debug}
 busybox=${PERCPU_VM_BUSYBOX:-/bin/busybox}
 
 programs=(
   "$build/tests/percpu_tests"
-  "$build/tests/percpu_debug_tests"
+  "$debug_build/tests/percpu_debug_tests"
   "$build/tests/percpu_static_init_tests"
   "$build/tools/percpu"
 )

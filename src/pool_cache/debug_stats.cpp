@@ -18,6 +18,41 @@ namespace percpu::detail {
   std::abort();
 }
 
+namespace {
+
+// The checks that need to know which cache's slab holds `object`: walks
+// every slab of every cache under the registry's and each slab's lock (the
+// checks are for debugging, not for speed), inside a no-wait section, so
+// that a signal handler's put on this thread skips the walk rather than
+// wait for a lock this thread holds.  Allocates nothing unless it reports.
+void check_owner(const raw_pool_cache* cache, void* object) noexcept {
+  pool_registry& r = process_wide<pool_registry>();
+  no_wait_section quiet;
+  std::lock_guard g(r.lock);
+  const raw_pool_cache* owner = nullptr;
+  bool at_object_start = false;
+  for (raw_pool_cache* c : r.caches) {
+    if (pool_core::of(*c).holds(object, at_object_start)) {
+      owner = c;
+      break;
+    }
+  }
+  if (owner == nullptr) {
+    misuse("put of a pointer no pool_cache handed out (foreign pointer)", cache, object);
+  }
+  if (!at_object_start) {
+    misuse("put of a pointer into the middle of a slab, not one get() returned (foreign pointer)",
+           cache, object);
+  }
+  if (owner != cache) {
+    std::string what =
+        "put to the wrong cache (the object belongs to cache \"" + owner->name() + "\")";
+    misuse(what.c_str(), cache, object);
+  }
+}
+
+}  // namespace
+
 void pool_check_get(const raw_pool_cache* cache, void* object) noexcept {
   pool_header* h = pool_object_header(object);
   if (h->state != pool_object_state::cached) {
@@ -29,36 +64,16 @@ void pool_check_get(const raw_pool_cache* cache, void* object) noexcept {
   h->state = pool_object_state::in_use;
 }
 
+// History: this check took the registry lock and every slab lock from any
+// put, so a signal handler's put that interrupted its own thread inside a
+// slab-locked section (or inside this walk) waited for itself - debug
+// builds hung in PoolCache.SignalHandlersGetAndPutOnTheirOwnThread and the
+// torture test.  A put that finds its thread inside a no-wait section (a
+// locked section of any cache, this walk, a portable operation) checks the
+// object's header only: null, double put, not in use.
 void pool_check_put(const raw_pool_cache* cache, void* object) noexcept {
   if (object == nullptr) misuse("put of a null pointer", cache, object);
-  // Which cache's slab holds the address, if any (walks every slab: the
-  // checks are for debugging, not for speed).
-  std::uint32_t owner = 0;
-  std::string owner_name;
-  bool at_object_start = false;
-  {
-    pool_registry& r = process_wide<pool_registry>();
-    std::lock_guard g(r.lock);
-    for (raw_pool_cache* c : r.caches) {
-      if (pool_core::of(*c).holds(object, at_object_start)) {
-        owner = c->id();
-        owner_name = c->name();
-        break;
-      }
-    }
-  }
-  if (owner == 0) {
-    misuse("put of a pointer no pool_cache handed out (foreign pointer)", cache, object);
-  }
-  if (!at_object_start) {
-    misuse("put of a pointer into the middle of a slab, not one get() returned (foreign pointer)",
-           cache, object);
-  }
-  if (owner != cache->id()) {
-    std::string what =
-        "put to the wrong cache (the object belongs to cache \"" + owner_name + "\")";
-    misuse(what.c_str(), cache, object);
-  }
+  if (!pool_core::nested()) check_owner(cache, object);
   pool_header* h = pool_object_header(object);
   if (h->state == pool_object_state::cached) {
     misuse("double put (the object is already cached)", cache, object);
@@ -94,6 +109,7 @@ pool_stats raw_pool_cache::stats() const {
     s.objects_cached += one.cached;
   }
   {
+    detail::no_wait_section quiet;  // a handler's get or put must not wait for these
     std::lock_guard g(c.depot_lock);
     s.depot_full = c.full_count;
     s.depot_empty = c.empty_count;
@@ -101,6 +117,7 @@ pool_stats raw_pool_cache::stats() const {
       s.objects_cached += m->count;
   }
   {
+    detail::no_wait_section quiet;
     std::lock_guard g(c.slab_lock);
     s.slabs = c.slab_count;
   }
@@ -122,6 +139,7 @@ pool_stats raw_pool_cache::stats() const {
 
 std::vector<pool_stats> all_pool_stats() {
   detail::pool_registry& r = detail::process_wide<detail::pool_registry>();
+  detail::no_wait_section quiet;
   std::lock_guard g(r.lock);
   std::vector<pool_stats> out;
   out.reserve(r.caches.size());

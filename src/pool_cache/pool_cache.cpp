@@ -53,6 +53,9 @@ raw_pool_cache::raw_pool_cache(pool_options options)
     part->array.capacity = 2 * magazine;
   }
   detail::pool_registry& r = detail::process_wide<detail::pool_registry>();
+  // The registry lock is one a handler's put may take (pool_check_put):
+  // held only inside a no-wait section, like every pool lock.
+  detail::no_wait_section quiet;
   std::lock_guard g(r.lock);
   c.id = r.next_id++;
   r.caches.push_back(this);
@@ -62,6 +65,7 @@ raw_pool_cache::~raw_pool_cache() {
   pool_core& c = *core_;
   {
     detail::pool_registry& r = detail::process_wide<detail::pool_registry>();
+    detail::no_wait_section quiet;
     std::lock_guard g(r.lock);
     std::erase(r.caches, this);
   }

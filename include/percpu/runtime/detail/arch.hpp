@@ -46,13 +46,10 @@
 
 #include <cstdint>
 
-// Fault injection in debug builds (see runtime.hpp): each sequence counts
-// down this thread's percpu_fault_countdown and aborts itself at zero.
-#if !defined(NDEBUG) && !defined(PERCPU_NO_FAULT_INJECTION)
-#define PERCPU_FAULT_INJECTION 1
-#else
-#define PERCPU_FAULT_INJECTION 0
-#endif
+// Fault injection (PERCPU_FAULT_INJECTION, decided at the library's build:
+// percpu/runtime/config.hpp): each sequence counts down this thread's
+// percpu_fault_countdown and aborts itself at zero.
+#include "percpu/runtime/config.hpp"
 
 namespace percpu::detail::arch {
 
