@@ -1,5 +1,7 @@
 // stress_faults.cpp - the faults of `percpu stress`: signals, migrations,
-// CPUs removed and restored, invalidates, forks.
+// CPUs removed and restored, invalidates, widened service-thread masks,
+// forks.
+#include <dirent.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -10,8 +12,12 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -26,7 +32,8 @@ void on_signal(int) {
   state->slots_added.fetch_add(1, std::memory_order_relaxed);
   state->count.add(1);
   state->count_added.fetch_add(1, std::memory_order_relaxed);
-  if (pooled* p = checked_get()) checked_put(p);
+  if (pooled* p = checked_get(state->pool)) checked_put(state->pool, p);
+  if (pooled* p = checked_get(state->pool2)) checked_put(state->pool2, p);
   count(signals);
   errno = saved;
 }
@@ -78,6 +85,43 @@ int child_checks() {
     }
   }
   return 5;
+}
+
+// The thread ids of xcall's service threads (named "percpu-xc/CPU").
+std::vector<pid_t> service_threads() {
+  std::vector<pid_t> tids;
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return tids;
+  while (dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    std::string path = std::string("/proc/self/task/") + entry->d_name + "/comm";
+    FILE* file = std::fopen(path.c_str(), "r");
+    if (file == nullptr) continue;
+    char name[32] = {};
+    if (std::fgets(name, sizeof name, file) != nullptr &&
+        std::strncmp(name, "percpu-xc/", 10) == 0) {
+      tids.push_back(static_cast<pid_t>(std::atoi(entry->d_name)));
+    }
+    std::fclose(file);
+  }
+  closedir(dir);
+  return tids;
+}
+
+// What `taskset -a -p` or a cgroup-v1 cpuset update does to a service
+// thread: its mask becomes every CPU.  It must pin itself again
+// (docs/xcall.md); xcall_step checks every call's CPU and mask.
+void widen_a_service_thread(const std::vector<unsigned>& all_cpus, std::mt19937_64& rng) {
+  std::vector<pid_t> tids = service_threads();
+  if (tids.empty()) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (unsigned cpu : all_cpus) CPU_SET(cpu, &set);
+  // Before the widening: a call that sees it is inside the window.
+  last_widening_ns.store(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch())
+          .count());
+  if (sched_setaffinity(tids[rng() % tids.size()], sizeof set, &set) == 0) count(widened_masks);
 }
 
 }  // namespace
@@ -132,6 +176,7 @@ void inject_faults(const std::vector<unsigned>& all_cpus, std::uint64_t seed, ta
     count(invalidates);
     if (frng() % 8 == 0) shared.pool.reclaim();
     if (frng() % 4 == 0) shared.queue.flush_all();  // idle CPUs' buffers too
+    if (frng() % 8 == 0) widen_a_service_thread(all_cpus, frng);
     if (clock_type::now() > next_fork) {
       fork_once(forks_tally);
       next_fork = clock_type::now() + std::chrono::milliseconds(700 + frng() % 600);
