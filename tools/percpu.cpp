@@ -31,6 +31,8 @@ void usage(std::FILE* out) {
       "      --seed S             reproduce a run (default: from the clock, printed)\n"
       "      --backend rseq|portable, --slots N   the backend (N: portable, N CPUs)\n"
       "      --threads N          workers (default: 2 per CPU, at least 4)\n"
+      "      --plugin PATH|none   the plugin loaded and unloaded as a fault\n"
+      "                           (default: libpercpu_stress_plugin.so beside the command)\n"
       "\n"
       "environment:\n"
       "  PERCPU_BACKEND=rseq|portable   force a backend\n"

@@ -287,6 +287,7 @@ struct options {
   std::string backend;
   unsigned slots = 0;
   unsigned threads = 0;
+  std::string plugin;  // --plugin: a path, "none", or "" (beside the command)
 };
 
 options parse(const std::vector<std::string>& args) {
@@ -317,6 +318,8 @@ options parse(const std::vector<std::string>& args) {
     } else if (a == "--slots") {
       o.slots = static_cast<unsigned>(number(value()));
       if (o.slots == 0 || o.slots > 4096) throw std::invalid_argument("--slots must be 1..4096");
+    } else if (a == "--plugin") {
+      o.plugin = value();
     } else if (a == "--threads") {
       o.threads = static_cast<unsigned>(number(value()));
       if (o.threads == 0 || o.threads > 1024)
@@ -328,20 +331,47 @@ options parse(const std::vector<std::string>& args) {
   return o;
 }
 
-// The backend is chosen at start-up: run again with the environment set.
-// Returns only when the exec failed.
+// The plugin the fault thread loads: --plugin's path, or
+// libpercpu_stress_plugin.so beside the command; "" when there is none.
+std::string plugin_path(const options& o) {
+  if (o.plugin == "none") return "";
+  std::string path = o.plugin;
+  if (path.empty()) {
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return "";
+    path.assign(self, static_cast<std::size_t>(n));
+    path = path.substr(0, path.rfind('/') + 1) + "libpercpu_stress_plugin.so";
+  }
+  if (access(path.c_str(), R_OK) != 0) {
+    if (!o.plugin.empty()) throw std::invalid_argument("--plugin " + o.plugin + ": not readable");
+    return "";
+  }
+  return path;
+}
+
+// The backend is chosen at start-up, and the room a plugin's copy of the
+// library needs in glibc's static TLS (its rseq areas are initial-exec:
+// docs/design.md) is set when the program starts: run again with the
+// environment set.  Returns only when the exec failed.
 int reexec_with(const options& o, const std::vector<std::string>& args) {
   std::vector<std::string> env_strings;
+  std::string tunables = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536";
   for (char** e = environ; *e != nullptr; ++e) {
     std::string entry = *e;
-    if (entry.rfind("PERCPU_BACKEND=", 0) != 0 && entry.rfind("PERCPU_SLOTS=", 0) != 0) {
+    if (entry.rfind("GLIBC_TUNABLES=", 0) == 0) {
+      tunables = entry + ":glibc.rtld.optional_static_tls=65536";
+    } else if (entry.rfind("PERCPU_BACKEND=", 0) != 0 && entry.rfind("PERCPU_SLOTS=", 0) != 0) {
       env_strings.push_back(std::move(entry));
+    } else if (o.backend.empty() && o.slots == 0) {
+      env_strings.push_back(std::move(entry));  // the caller's own choice stands
     }
   }
+  env_strings.push_back(tunables);
   if (o.slots != 0) {
     env_strings.emplace_back("PERCPU_BACKEND=portable");
     env_strings.push_back("PERCPU_SLOTS=" + std::to_string(o.slots));
-  } else {
+  } else if (!o.backend.empty()) {
     env_strings.push_back("PERCPU_BACKEND=" + o.backend);
   }
   env_strings.emplace_back("PERCPU_STRESS_CHILD=1");
@@ -488,9 +518,9 @@ std::uint64_t print_summary(std::uint64_t seed, double elapsed, const tally& for
 
 int stress(const std::vector<std::string>& args) {
   options o = parse(args);
-  if ((!o.backend.empty() || o.slots != 0) && std::getenv("PERCPU_STRESS_CHILD") == nullptr) {
-    return reexec_with(o, args);
-  }
+  std::string plugin = plugin_path(o);
+  bool reexec = !o.backend.empty() || o.slots != 0 || !plugin.empty();
+  if (reexec && std::getenv("PERCPU_STRESS_CHILD") == nullptr) return reexec_with(o, args);
   if (!o.seed_given)
     o.seed = static_cast<std::uint64_t>(clock_type::now().time_since_epoch().count());
   const percpu::backend_info& b = percpu::backend();
@@ -498,9 +528,12 @@ int stress(const std::vector<std::string>& args) {
   unsigned threads =
       o.threads != 0 ? o.threads : std::max(4u, 2 * static_cast<unsigned>(all_cpus.size()));
   print_banner(o, b, threads, all_cpus.size());
+  std::printf("plugin fault: %s\n",
+              plugin.empty() ? "off (no plugin beside the command)" : plugin.c_str());
 
   shared_state shared;
   shared.usable = all_cpus;
+  shared.plugin = plugin;
   state = &shared;
   install_signal_handler();
 

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <random>
 #include <span>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -46,10 +47,12 @@ enum facility {
   pool_f,
   resource_f,
   queue_f,
+  plugin_f,
   facility_count
 };
-inline tally tallies[facility_count] = {{"storage"}, {"counter"},    {"rwlock"},        {"xcall"},
-                                        {"visit"},   {"pool_cache"}, {"pool_resource"}, {"queue"}};
+inline tally tallies[facility_count] = {{"storage"},       {"counter"}, {"rwlock"},
+                                        {"xcall"},         {"visit"},   {"pool_cache"},
+                                        {"pool_resource"}, {"queue"},   {"plugin"}};
 
 enum fault {
   migrations,
@@ -59,11 +62,12 @@ enum fault {
   forks,
   invalidates,
   widened_masks,
+  plugin_loads,
   fault_count
 };
 inline const char* const fault_names[fault_count] = {
-    "migrations", "signals",     "thread exits",         "CPUs removed",
-    "forks",      "invalidates", "service masks widened"};
+    "migrations", "signals",     "thread exits",          "CPUs removed",
+    "forks",      "invalidates", "service masks widened", "plugin loads and unloads"};
 
 // When a service thread's mask was last widened (steady clock, ns): a call
 // that starts within the documented window after it may run with the
@@ -135,6 +139,8 @@ struct shared_state {
   std::atomic<std::uint64_t> next_queue_key{1};
   std::mutex finals_mutex;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> queue_finals;  // (key, last n)
+  // the plugin the fault thread loads and unloads ("": none)
+  std::string plugin;
   // workers may use these CPUs now (shrunk and restored by the fault thread)
   std::mutex cpus_mutex;
   std::vector<unsigned> usable;
@@ -157,6 +163,8 @@ void on_signal(int);
 void migrate(std::mt19937_64& rng);
 // Forks; the child checks that fresh objects of every kind work there.
 void fork_once(tally& forks_tally);
+// Loads the plugin, runs it and unloads it (stress_plugin.cpp).
+void load_plugin_once(const std::string& path);
 
 // The workers' pthread ids, for the signaller (a zero id: no thread).
 struct worker_ids {

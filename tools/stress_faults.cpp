@@ -2,6 +2,7 @@
 // CPUs removed and restored, invalidates, widened service-thread masks,
 // forks.
 #include <dirent.h>
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -140,6 +141,21 @@ void fork_once(tally& forks_tally) {
   forks_tally.check(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+void load_plugin_once(const std::string& path) {
+  tally& t = tallies[plugin_f];
+  t.operations.fetch_add(1, std::memory_order_relaxed);
+  void* plugin = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  t.check(plugin != nullptr);
+  if (plugin == nullptr) {
+    std::fprintf(stderr, "percpu stress: %s\n", dlerror());
+    return;
+  }
+  auto run = reinterpret_cast<int (*)()>(dlsym(plugin, "percpu_stress_plugin_run"));
+  t.check(run != nullptr && run() == 0);
+  t.check(dlclose(plugin) == 0);
+  count(plugin_loads);
+}
+
 void signal_workers(worker_ids& workers, const std::atomic<bool>& stop) {
   while (!stop.load()) {
     {
@@ -157,6 +173,7 @@ void inject_faults(const std::vector<unsigned>& all_cpus, std::uint64_t seed, ta
   std::mt19937_64 frng(seed ^ 0x9e3779b97f4a7c15);
   shared_state& shared = *state;
   auto next_fork = clock_type::now() + std::chrono::milliseconds(700);
+  auto next_plugin = clock_type::now() + std::chrono::milliseconds(400);
   while (!stop.load()) {
     // A CPU goes away for a while, then comes back.
     if (all_cpus.size() > 1 && frng() % 4 == 0) {
@@ -180,6 +197,10 @@ void inject_faults(const std::vector<unsigned>& all_cpus, std::uint64_t seed, ta
     if (clock_type::now() > next_fork) {
       fork_once(forks_tally);
       next_fork = clock_type::now() + std::chrono::milliseconds(700 + frng() % 600);
+    }
+    if (!shared.plugin.empty() && clock_type::now() > next_plugin) {
+      load_plugin_once(shared.plugin);
+      next_plugin = clock_type::now() + std::chrono::milliseconds(400 + frng() % 400);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1 + frng() % 5));
   }

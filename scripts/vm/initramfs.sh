@@ -34,9 +34,10 @@ programs=(
   "$debug_build/tests/percpu_debug_tests"
   "$build/tests/percpu_static_init_tests"
   "$build/tools/percpu"
+  "$build/tools/libpercpu_stress_plugin.so"
 )
 for program in "${programs[@]}"; do
-  [ -x "$program" ] || { echo "initramfs.sh: $program is not built" >&2; exit 1; }
+  [ -r "$program" ] || { echo "initramfs.sh: $program is not built" >&2; exit 1; }
 done
 [ -x "$busybox" ] || { echo "initramfs.sh: $busybox missing (apt-get install busybox-static)" >&2; exit 1; }
 file -L "$busybox" 2>/dev/null | grep -q 'statically linked' ||
