@@ -357,14 +357,16 @@ std::string plugin_path(const options& o) {
 int reexec_with(const options& o, const std::vector<std::string>& args) {
   std::vector<std::string> env_strings;
   std::string tunables = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536";
+  // The caller's own PERCPU_BACKEND/PERCPU_SLOTS stand unless options say.
+  bool options_choose = !o.backend.empty() || o.slots != 0;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string entry = *e;
+    bool backend_entry =
+        entry.rfind("PERCPU_BACKEND=", 0) == 0 || entry.rfind("PERCPU_SLOTS=", 0) == 0;
     if (entry.rfind("GLIBC_TUNABLES=", 0) == 0) {
       tunables = entry + ":glibc.rtld.optional_static_tls=65536";
-    } else if (entry.rfind("PERCPU_BACKEND=", 0) != 0 && entry.rfind("PERCPU_SLOTS=", 0) != 0) {
+    } else if (!backend_entry || !options_choose) {
       env_strings.push_back(std::move(entry));
-    } else if (o.backend.empty() && o.slots == 0) {
-      env_strings.push_back(std::move(entry));  // the caller's own choice stands
     }
   }
   env_strings.push_back(tunables);

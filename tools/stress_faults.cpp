@@ -101,7 +101,7 @@ std::vector<pid_t> service_threads() {
     char name[32] = {};
     if (std::fgets(name, sizeof name, file) != nullptr &&
         std::strncmp(name, "percpu-xc/", 10) == 0) {
-      tids.push_back(static_cast<pid_t>(std::atoi(entry->d_name)));
+      tids.push_back(static_cast<pid_t>(std::strtol(entry->d_name, nullptr, 10)));
     }
     std::fclose(file);
   }
