@@ -544,12 +544,6 @@ void relax(unsigned spins) noexcept {
   sched_yield();
 }
 
-std::int64_t monotonic_ns() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
-
 }  // namespace percpu::detail
 
 namespace percpu {
