@@ -72,7 +72,8 @@ valgrind_filter='Storage.*:Sequences.*:Stop.*:Counter.*:CounterArray.*:Rwlock.*:
 '-PoolCache.Torture*:Counter.ExactUnder*:Counter.ApproximateReadStaysInsideItsBound'\
 ':Sequences.AddsAreExactUnderContentionAndSignals:Rwlock.ReadersNeverSeeAWriterHalfway*'\
 ':Rwlock.WriterIsNotStarvedByAStreamOfReaders:Xcall.VisitAllStopsEveryListedStructure'\
-':Storage.ExhaustedAddressSpace*:Xcall.ProgramExit*:Xcall.ForkDuring*'
+':Storage.ExhaustedAddressSpace*:Xcall.ProgramExit*:Xcall.ForkDuring*'\
+':PoolCache.SignalHandlersGetAndPutOnTheirOwnThread'
 
 run_fuzz() {
   local seconds=${PERCPU_FUZZ_SECONDS:-60}

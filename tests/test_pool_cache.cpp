@@ -250,14 +250,14 @@ TEST(PoolCache, RawBuffersHonourSizeAndAlignment) {
 }
 
 // A signal handler's get and put interrupting their own thread inside the
-// cache's code must never wait for a lock that thread holds.  KNOWN FAILURE
-// in builds without NDEBUG: there every put runs pool_check_put, which takes
-// the registry's lock and each cache's slab lock with plain mutexes (and
-// allocates a std::string), so a handler whose thread was interrupted
-// holding one waits for itself and the child hangs until its alarm.
-// scripts/test-all.sh's debug stage leaves this test out, with the torture
-// below, which hangs the same way, until the checks are made
-// async-signal-safe.  Release, ASan and TSan builds compile no checks.
+// cache's code must never wait for a lock that thread holds.  History: in
+// builds with the debug checks every put ran pool_check_put, which took the
+// registry's lock and each cache's slab lock with plain mutexes, so a
+// handler whose thread was interrupted holding one waited for itself and
+// the child hung until its alarm (the torture below hung the same way);
+// the debug stage left both out.  A checked put now skips the slab walk
+// when its thread is inside a no-wait section (src/pool_cache/
+// debug_stats.cpp), and the debug stage runs both.
 percpu::pool_cache<counted>* handler_cache = nullptr;
 
 void get_put_handler(int) {
