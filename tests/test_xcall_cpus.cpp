@@ -120,10 +120,10 @@ class scratch_cpuset {
 // A service thread whose affinity was widened (taskset -a -p, a cgroup-v1
 // cpuset update, the kernel's fallback when its CPU went offline) may run
 // on its CPU by chance when a call arrives, and migrate during the call.
-// It must pin itself again: it reads its mask after every sleep and at
-// least every 100 us while serving (src/xcall/service.cpp, on_cpu), so a
-// call that starts 1 ms after the widening, by any clock, runs with the
-// thread's mask exactly {cpu}.
+// It must pin itself again: it reads its mask when its last reading is
+// 100 us old (src/xcall/service.cpp, on_cpu), so a call that starts 1 ms
+// after the widening, by any clock, runs with the thread's mask exactly
+// {cpu}.
 TEST(XcallCpus, WidenedServiceThreadIsPinnedAgainBeforeACall) {
   auto cpus = reachable_cpus();
   if (cpus.size() < 2) GTEST_SKIP() << "needs two CPUs";

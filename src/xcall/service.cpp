@@ -8,8 +8,8 @@
 // and a machine may have many more possible CPUs than usable ones.
 //
 // Mechanism: one service thread per CPU, started on the first call to it
-// and pinned there; it keeps its mask exactly its CPU (on_cpu: read after
-// every sleep and every 100 us of serving, the CPU checked per call).  A thread that cannot be
+// and pinned there; it keeps its mask exactly its CPU (on_cpu: the mask read
+// every 100 us and after a migration, the CPU checked per call).  A thread that cannot be
 // pinned when it starts stays parked, and is pinned when its CPU can be used again
 // (pin_parked_that_came_back), so an unusable CPU costs no thread per call.
 #include <pthread.h>
@@ -39,8 +39,8 @@ namespace {
 constexpr long mask_recheck_ns = 100000;
 
 // What a service thread knows of its own pin: its mask, when it last read
-// it, and whether something since (a sleep, a call that ended on another
-// CPU) makes that reading stale.
+// it, and whether something since (a call that ended on another CPU) makes
+// that reading stale.
 struct pin_check {
   percpu::detail::cpu_mask& mask;
   long read_ns = 0;
@@ -58,14 +58,16 @@ struct pin_check {
 // call does not run.
 //
 // Cost: reading the mask is a system call (about 1 us, more than a whole
-// unicast), so it is read after every sleep, whenever the thread is found
-// on another CPU (before a call, or after one: it migrated, so its mask
-// allows that), and at least every mask_recheck_ns while the thread serves;
-// in between, each call checks the CPU it runs on (rseq's cpu_id, no system
-// call).  A widening is therefore undone within 100 us of serving or at the
-// next wake-up, whichever is first.  No check closes the window of a
-// widening that lands during a call: the kernel's cross-CPU calls run with
-// preemption off, which user space cannot do.
+// unicast), so it is read when the last reading is mask_recheck_ns old,
+// and whenever the thread is found on another CPU (before a call, or after
+// one: it migrated, so its mask allows that); in between, each call checks
+// the CPU it runs on (rseq's cpu_id, no system call).  A widening is
+// therefore undone within 100 us.  History: reading it before every call
+// made xcall.unicast 2-3x slower, and reading it after every sleep still
+// 1.4x (the service thread sleeps between most calls of a caller that
+// waits for each).  No check closes the window of a widening that lands
+// during a call: the kernel's cross-CPU calls run with preemption off,
+// which user space cannot do.
 bool on_cpu(unsigned cpu, pin_check& pin) noexcept {
   bool here = sched_getcpu() == static_cast<int>(cpu);
   long now = now_ns();
@@ -131,7 +133,6 @@ void serve(service& s, unsigned cpu) {
       s.sleeping.store(1, std::memory_order_seq_cst);
       if (s.head.load(std::memory_order_seq_cst) == nullptr) futex_wait(s.sleeping, 1);
       s.sleeping.store(0, std::memory_order_relaxed);
-      pin.stale = true;  // whatever changed the mask while it slept
       continue;
     }
     // The list is newest first: reverse it to run calls in enqueue order.
