@@ -58,7 +58,7 @@ void pool_check_get(const raw_pool_cache* cache, void* object) noexcept {
   if (h->state != pool_object_state::cached) {
     misuse(
         "get found a cached object whose header was overwritten (a write before the start of "
-        "an object, or a put compiled without PERCPU_POOL_CHECKS)",
+        "an object)",
         cache, object);
   }
   h->state = pool_object_state::in_use;
