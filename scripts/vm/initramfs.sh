@@ -50,10 +50,20 @@ cp "$busybox" "$staging/bin/busybox"
 cp "$root_dir/scripts/vm/init" "$staging/init"
 chmod 755 "$staging/init"
 
+# The plugins the suite's plugin test loads by their build-tree path
+# (tests/test_plugin.cpp): they go to that same path in the guest.
+host_path_files=()
+for plugin in "$build"/tests/libpercpu_dso*_plugin.so; do
+  [ -r "$plugin" ] && host_path_files+=("$plugin")
+done
+
 # Each program and, at the same path as on the host, every shared object
-# ldd resolves for it (the loader's line has no "=>").
-for program in "${programs[@]}"; do
-  cp "$program" "$staging/opt/percpu/"
+# ldd resolves for it (the loader's line has no "=>") and the plugins.
+for program in "${programs[@]}" "${host_path_files[@]}"; do
+  case " ${host_path_files[*]} " in
+    *" $program "*) echo "$program" ;;
+    *) cp "$program" "$staging/opt/percpu/" ;;
+  esac
   ldd "$program" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'
 done | sort -u | while read -r lib; do
   mkdir -p "$staging$(dirname "$lib")"
