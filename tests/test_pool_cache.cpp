@@ -268,7 +268,24 @@ void get_put_handler(int) {
 
 TEST(PoolCacheChild, SignalHandlersGetAndPutOnTheirOwnThread) {
   if (!percpu_test::in_child()) GTEST_SKIP() << "runs in a child process";
-  alarm(60);  // a deadlock ends the child here
+  // A deadlock ends the child: a watchdog that sees no round finish for a
+  // minute.  (A fixed alarm for the whole test once did so on an emulated
+  // machine that was merely slow: 20,000 rounds took more than a minute.)
+  std::atomic<int> rounds_done{0};
+  std::atomic<bool> finished{false};
+  std::thread watchdog([&] {
+    int seen = -1;
+    for (int quiet_s = 0; !finished.load(); std::this_thread::sleep_for(std::chrono::seconds(1))) {
+      int now = rounds_done.load();
+      quiet_s = now == seen ? quiet_s + 1 : 0;
+      seen = now;
+      if (quiet_s >= 60) {
+        std::printf("no round finished for a minute: a deadlock\n");
+        std::fflush(stdout);
+        _exit(3);
+      }
+    }
+  });
   percpu::pool_cache<counted> cache("handlers");
   handler_cache = &cache;
   percpu_test::scoped_handler handler(SIGUSR1, get_put_handler);
@@ -277,20 +294,23 @@ TEST(PoolCacheChild, SignalHandlersGetAndPutOnTheirOwnThread) {
   signals.enroll();
   signals.start();
   std::vector<counted*> held;
-  for (int round = 0; round < 20000; ++round) {
+  for (int round = 0, rounds = percpu_test::scaled(20000, 2000); round < rounds; ++round) {
     for (int i = 0; i < 64; ++i) held.push_back(cache.get());
     for (counted* p : held) cache.put(p);
     held.clear();
     if (round % 1000 == 0) cache.reclaim();
+    rounds_done.store(round + 1);
   }
   signals.stop();
   handler_cache = nullptr;
+  finished.store(true);
+  watchdog.join();
   std::printf("%ld signals, no deadlock\n", signals.sent());
 }
 
 TEST(PoolCache, SignalHandlersGetAndPutOnTheirOwnThread) {
   auto child = percpu_test::run_self("PoolCacheChild.SignalHandlers*", {});
-  EXPECT_EQ(child.exit_code, 0) << "killed by its alarm after a minute: a deadlock\n"
+  EXPECT_EQ(child.exit_code, 0) << "no progress for a minute (a deadlock), or a failure\n"
                                 << child.output;
   EXPECT_NE(child.output.find("no deadlock"), std::string::npos) << child.output;
 }
