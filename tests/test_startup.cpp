@@ -113,6 +113,7 @@ TEST(StartupChild, BackendWordIsReadWhileAnotherThreadStarts) {
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   std::vector<std::thread> threads;
+  threads.reserve(3);
   std::atomic<unsigned> bad{0};
   for (int t = 0; t < 3; ++t) {
     threads.emplace_back([&, t] {
@@ -220,7 +221,7 @@ TEST(StartupChild, VisitsSurviveMembarrierFailingAtRunTime) {
   if (!in_child()) GTEST_SKIP() << "runs in a child process";
   if (percpu::backend().kind != percpu::backend_kind::rseq) GTEST_SKIP() << "rseq backend only";
   const char* err_text = std::getenv("PERCPU_TEST_MEMBARRIER_ERRNO");
-  int err = err_text != nullptr ? std::atoi(err_text) : EPERM;
+  int err = err_text != nullptr ? static_cast<int>(std::strtol(err_text, nullptr, 10)) : EPERM;
   percpu::storage<std::int64_t> s;
   ASSERT_TRUE(forbid_membarrier(err)) << "seccomp: " << errno;
   auto allowed = percpu::allowed_cpus();

@@ -132,7 +132,8 @@ void xcall_step(std::mt19937_64& rng) {
         std::fprintf(stderr,
                      "percpu stress: a call to CPU %u ran on CPU %d with %zu CPUs in its "
                      "mask; last widening %.1f us before the call was issued\n",
-                     target, ran_on, mask_cpus, (issued - last_widening_ns.load()) / 1000.0);
+                     target, ran_on, mask_cpus,
+                     static_cast<double>(issued - last_widening_ns.load()) / 1000.0);
       }
     }
   } catch (const percpu::error& e) {
