@@ -10,12 +10,15 @@
 // Workers (2 per allowed CPU, at least 4) pick operations at random from a
 // seeded generator: per-CPU storage adds and growth, counter adds,
 // big-reader lock sections, cross-CPU calls, stopped-CPU visits that drain a
-// storage, pool cache gets and puts with invalidates and reclaims, operation
-// queue updates and reads.  Faults:
-// workers migrate every few hundred operations; a signaller interrupts them
-// every ~20 us and the handler uses the async-signal-safe operations; workers
-// exit and are replaced; the CPUs the workers may use shrink to one and grow
-// back; the process forks and the child checks that the library works.
+// storage, pool cache gets and puts (two caches) with invalidates and
+// reclaims, pool_resource blocks of many sizes, operation queue updates and
+// reads.  Faults: workers migrate every few hundred operations; a signaller
+// interrupts them every ~20 us and the handler uses the async-signal-safe
+// operations of both caches; workers exit and are replaced; the CPUs the
+// workers may use shrink to one and grow back; xcall's service threads have
+// their masks widened; a plugin with its own copy of the library is loaded
+// and unloaded (stress_plugin.cpp); the process forks and the child checks
+// that the library works.
 // Every invariant is checked where it can be (each lock section, each call,
 // each get) and the conservation laws at the end.  Exit status 1 on any
 // violation.
