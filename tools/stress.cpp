@@ -77,11 +77,6 @@ void checked_put(percpu::pool_cache<pooled>& pool, pooled* p) noexcept {
 
 namespace {
 
-std::int64_t steady_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch())
-      .count();
-}
-
 // A service thread reads its mask when its last reading is 100 us old
 // (docs/xcall.md), by its own clock, just before it runs a call, which is
 // after the call was issued.  So a call issued at `issued` may run with a

@@ -69,6 +69,12 @@ inline const char* const fault_names[fault_count] = {
     "migrations", "signals",     "thread exits",          "CPUs removed",
     "forks",      "invalidates", "service masks widened", "plugin loads and unloads"};
 
+// The steady clock in nanoseconds (the time base of last_widening_ns).
+inline std::int64_t steady_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch())
+      .count();
+}
+
 // When a service thread's mask was last widened (steady clock, ns): a call
 // that starts within the documented window after it may run with the
 // widened mask (docs/xcall.md), and is not counted against xcall.

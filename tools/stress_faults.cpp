@@ -119,9 +119,7 @@ void widen_a_service_thread(const std::vector<unsigned>& all_cpus, std::mt19937_
   CPU_ZERO(&set);
   for (unsigned cpu : all_cpus) CPU_SET(cpu, &set);
   // Before the widening: a call that sees it is inside the window.
-  last_widening_ns.store(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch())
-          .count());
+  last_widening_ns.store(steady_ns());
   if (sched_setaffinity(tids[rng() % tids.size()], sizeof set, &set) == 0) count(widened_masks);
 }
 
