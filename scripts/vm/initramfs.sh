@@ -49,6 +49,8 @@ case "$arch" in
   arm64) build=${build:-$root_dir/build/aarch64} debug_default=$build ;;
   *) echo "initramfs.sh: unknown architecture '$arch' (amd64, arm64)" >&2; exit 2 ;;
 esac
+# Absolute: the plugins go to their build-tree path in the guest.
+build=$(cd "$build" && pwd)
 # The debug checks and fault injection exist only in a library built with
 # them (percpu/runtime/config.hpp.in).
 debug_build=${PERCPU_VM_DEBUG_BUILD:-$debug_default}

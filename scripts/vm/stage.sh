@@ -20,29 +20,33 @@
 # the wide machine on each of Debian 12's two kernels, 6.1 (no mm_cid, no
 # AT_RSEQ_FEATURE_SIZE) and 6.12 (both), the sparse one on 6.1 and the
 # narrow one on 6.12 (beside the 6.12 wide machine, whose 56 absent CPUs
-# are present but offline).  And one machine of another architecture:
-#   plain    4 CPUs, all online, arm64 (`scripts/vm/stage.sh arm64`: the
-#            aarch64 preset's cross build, QEMU's virt board, Debian's
-#            arm64 cloud kernel 6.1): `percpu info` and the suite in each of
-#            three configurations (the default: rseq on glibc's
-#            registration; GLIBC_TUNABLES=glibc.pthread.rseq=0: rseq on the
-#            library's own; PERCPU_BACKEND=portable), `percpu info` checked
-#            against each (scripts/vm/init's expect_backend), the debug
-#            and static-initialisation programs, then `percpu stress` with
-#            every PERCPU_ARM64_FAULT_ABORT_RATE-th sequence aborted by the
-#            library's fault injection (the preset compiles it in) while
-#            CPUs 2 and 3 go offline and online.  The wide machine is made two ways, both common in
+# are present but offline).  The wide machine is made two ways, both common in
 # clouds: under 6.1, CPUs that are possible but not present (QEMU's
 # maxcpus: slots for vCPUs plugged in later); under 6.12, which counts only
 # present CPUs as possible under QEMU 7.2, 64 present CPUs of which the
 # kernel brings up 8 (its maxcpus=8).  The sparse machine boots CPUs 0-6 of
 # 16 and takes 1, 2 and 4 offline.
 #
+# The other architecture: users run arm64 too, whose weaker memory model
+# and own sequences the x86-64 host cannot show.  `scripts/vm/stage.sh
+# arm64` (the vm-arm64 stage) boots the aarch64 preset's cross build on
+# QEMU's virt board under Debian's arm64 cloud kernel 6.1:
+#   plain    4 CPUs, all online: `percpu info` and the suite in each of
+#            three configurations (the default: rseq on glibc's
+#            registration; GLIBC_TUNABLES=glibc.pthread.rseq=0: rseq on the
+#            library's own; PERCPU_BACKEND=portable), `percpu info` checked
+#            against each (scripts/vm/init's expect_backend), the debug and
+#            static-initialisation programs, then `percpu stress` with every
+#            PERCPU_ARM64_FAULT_ABORT_RATE-th sequence of each thread
+#            aborted by the library's fault injection (the preset compiles
+#            it in) while CPUs 2 and 3 go offline and online.
+# Any shape can be asked of the x86-64 guests too (PERCPU_VM_SHAPES=plain).
+#
 # Time: TCG runs 10-100x slower than the host, and the stage must fit the
 # CI budget.  The tests whose length only buys confidence (iteration
 # counts, storm durations) honour PERCPU_TEST_SCALE (tests/test_scale.hpp);
 # the guests run them at PERCPU_VM_TEST_SCALE.  The stress runs are sized
-# by PERCPU_VM_STRESS_SECONDS.
+# by PERCPU_VM_STRESS_SECONDS (PERCPU_ARM64_STRESS_SECONDS for arm64).
 #
 # Usage: scripts/vm/stage.sh [amd64|arm64]   (default amd64; arm64 needs
 #        the aarch64 preset built)
@@ -60,6 +64,10 @@
 #   PERCPU_VM_JOBS           guests booted at once [1: one guest's vCPUs
 #                            already use every host CPU; two guests of 8 vCPUs
 #                            on 2 host CPUs starved each other's hand-offs]
+#   PERCPU_VM_COMMAND_TIMEOUT  seconds a guest's command may run before it
+#                            counts as hung: its threads are shown, it is
+#                            killed, the guest goes on [600; a stress run:
+#                            its length and 120]
 #   PERCPU_VM_GTEST_FILTER   narrows the suite while diagnosing [the whole
 #                            suite; CI never sets it]
 # Logs: build/vm/logs/<kernel>-<shape>.log (each guest's serial console;
@@ -103,6 +111,10 @@ shapes_of() {
 }
 scale=${PERCPU_VM_TEST_SCALE:-0.1}
 jobs=${PERCPU_VM_JOBS:-1}
+command_timeout=${PERCPU_VM_COMMAND_TIMEOUT:-600}
+# A stress run ends a few seconds after its time (its threads join, its
+# last fork and plugin load finish); later than this, it hangs.
+stress_slack=120
 filter=${PERCPU_VM_GTEST_FILTER:+--gtest_filter=$PERCPU_VM_GTEST_FILTER}
 logs=$vm_dir/logs
 mkdir -p "$logs"
@@ -122,6 +134,7 @@ write_job() {
   local broadcast="run bench.broadcast $tool bench --quick --filter xcall.broadcast"
   {
     echo "export PERCPU_TEST_SCALE=$scale PERCPU_TEST_HOTPLUG=1"
+    echo "RUN_TIMEOUT=$command_timeout"
     if [ "$shape" = plain ]; then
       plain_job
       return
@@ -140,6 +153,7 @@ write_job() {
       # Four of the online CPUs go offline and come back in turn while
       # stress runs (CPU 0 cannot go offline).
       echo 'HOTPLUG="2 3 5 6"'
+      echo "RUN_TIMEOUT=$((stress_seconds + stress_slack))"
       echo "run stress.rseq.hotplug $tool stress --backend rseq --seconds $stress_seconds"
       echo "run stress.portable.hotplug $tool stress --backend portable --seconds $((stress_seconds / 2))"
     fi
@@ -164,6 +178,7 @@ plain_job() {
   echo "run debug_checks $(dirname $suite)/percpu_debug_tests"
   echo "run static_init $(dirname $suite)/percpu_static_init_tests"
   echo 'HOTPLUG="2 3"'
+  echo "RUN_TIMEOUT=$((stress_seconds + stress_slack))"
   echo "run stress.faults.hotplug env PERCPU_FAULT_ABORT_RATE=$fault_rate $tool stress --seconds $stress_seconds"
 }
 
@@ -284,6 +299,7 @@ for entry in "${results[@]}"; do
         result = result ", " aborts " aborted sequences"
         if (cmd ~ /faults/ && backend == "rseq" && aborts == 0) { result = result " (none injected)"; bad = 1 }
       }
+      if ($NF == "hung") result = result ", hung: killed (the @@vm hang lines say where it was)"
       if ($6 ~ /^hotplug=/) {
         events = substr($6, 9) + 0
         result = result ", " events " hotplug events"
@@ -292,7 +308,14 @@ for entry in "${results[@]}"; do
       printf "%-14s %-8s %-9s %-8s %-26s %-9s %6s  %s\n", kernel, parts[2], possible[cmd], online[cmd], cmd, backend, secs, result
       cmd = ""
     }
-    END { exit bad }' "$log" || failed=1
+    END {
+      if (cmd != "") {
+        split(name, parts, "-")
+        printf "%-14s %-8s %-9s %-8s %-26s %-9s %6s  %s\n", kernel, parts[2], possible[cmd], online[cmd], cmd, "", "", "NEVER FINISHED"
+        bad = 1
+      }
+      exit bad
+    }' "$log" || failed=1
   case "$rc" in
     0) ;;
     2) echo "  $name: the guest kernel crashed twice" ;;
