@@ -131,8 +131,13 @@ summarise() {
   awk '/^@@vm begin / { open[$3] = 1 } /^@@vm end / { delete open[$3] }
        END { for (n in open) printf "  %-28s never finished\n", n }' "$log"
   # What a failed command printed last: its failed checks, the kernel's
-  # word on a fatal signal.
-  awk '/^@@vm begin / { n = 0; next }
+  # word on a fatal signal (a hung command's thread dump stays in the log:
+  # scripts/vm/symbolize.sh reads it).
+  awk -v console="$log" '/^@@vm hang / {
+         if (/still running after/) print "  " substr($0, 6) " (the threads: scripts/vm/symbolize.sh " console ")"
+         next
+       }
+       /^@@vm begin / { n = 0; next }
        /^@@vm end / && $4 != "rc=0" {
          printf "  --- %s, last lines:\n", $3
          for (i = (n > 30 ? n - 30 : 0); i < n; i++) print "    " lines[i % 30]
