@@ -85,6 +85,7 @@ cat "$initramfs" "$work/job.cpio" >"$work/initrd.cpio"
 # feature (-cpu max) but with QEMU's own pointer-authentication cipher
 # (pauth-impdef: the architected one costs TCG much time in every call and
 # return of the pointer-authenticated kernel).
+# shellcheck disable=SC2054  # commas inside QEMU's arguments
 case "$arch" in
   amd64) machine=(qemu-system-x86_64 -cpu max) console=ttyS0 ;;
   arm64) machine=(qemu-system-aarch64 -machine virt,gic-version=3 -cpu max,pauth-impdef=on) console=ttyAMA0 ;;

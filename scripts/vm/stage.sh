@@ -274,6 +274,7 @@ for entry in "${results[@]}"; do
   # named "faults" (PERCPU_FAULT_ABORT_RATE set) that had the rseq backend
   # must have aborted some.
   awk -v name="$name" '
+    { sub(/\r$/, "") }  # a console log boot.sh could not clean up
     /^@@vm machine / {
       for (i = 3; i <= NF; i++) { split($i, kv, "="); m[kv[1]] = kv[2] }
     }
