@@ -17,3 +17,8 @@ set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
 set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
 # Programs found at configure time (pkg-config, spin) run on the build machine.
 set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
+# pkg-config runs on the build machine but must describe the target: only
+# the target's .pc files (arm64 packages), never the host's, whose include
+# and library paths would mix x86-64 headers into the build.
+set(ENV{PKG_CONFIG_LIBDIR} "/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig")
+set(ENV{PKG_CONFIG_PATH} "")
