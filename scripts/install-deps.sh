@@ -9,7 +9,9 @@
 # stages it is about to run, and CI runs scripts/test-all.sh, so a new user
 # and CI set up the same way.  Only Debian packages: nothing else is
 # downloaded (the guests' kernels are Debian packages too, fetched by
-# scripts/vm/kernel.sh when a vm stage first needs them).
+# scripts/vm/kernel.sh when a vm stage first needs them, and so is the
+# arm64 guests' busybox; for those arm64 packages this script adds arm64 to
+# dpkg's architectures, which installs nothing by itself).
 #
 # Usage: scripts/install-deps.sh [STAGE...]   (default: every stage)
 # Environment: PERCPU_NO_INSTALL=1 only reports what is missing.
@@ -17,9 +19,10 @@ set -euo pipefail
 
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] ||
-  stages=(model release asan tsan install stress fuzz valgrind vm)
+  stages=(model release asan tsan install stress fuzz valgrind vm vm-arm64)
 
 need=()
+add_arm64=0
 have_cmd() { command -v "$1" >/dev/null; }
 # PATH-independent check for a file the build finds by itself.
 have_file() { [ -e "$1" ]; }
@@ -63,16 +66,30 @@ for stage in "${stages[@]}"; do
       have_file /bin/busybox && ! readelf -l /bin/busybox 2>/dev/null | grep -q 'program interpreter' ||
         need+=(busybox-static)
       have_cmd cpio || need+=(cpio)
+      have_cmd file || need+=(file)
+      ;;
+    vm-arm64)
+      # The cross compiler (its target's glibc and libstdc++ come along),
+      # QEMU's arm64 system emulator, cpio, GoogleTest's sources (the cross
+      # build compiles gtest from them), and the arm64 package lists for the
+      # guest's kernel and busybox (fetched later, not installed).
+      have_cmd aarch64-linux-gnu-g++ || need+=(g++-aarch64-linux-gnu)
+      have_cmd qemu-system-aarch64 || need+=(qemu-system-arm)
+      have_cmd cpio || need+=(cpio)
+      have_cmd file || need+=(file)
+      have_file /usr/src/googletest/googletest/CMakeLists.txt || need+=(googletest)
+      dpkg --print-foreign-architectures | grep -x arm64 >/dev/null || add_arm64=1
       ;;
     debug | asan | tsan | install | stress) ;;
     *) ;;  # scripts/test-all.sh reports unknown stages
   esac
 done
 
-[ ${#need[@]} -gt 0 ] || exit 0
+[ ${#need[@]} -gt 0 ] || [ $add_arm64 = 1 ] || exit 0
 # One package may be wanted by several stages.
-mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
-echo "=== packages missing for these stages: ${need[*]}"
+[ ${#need[@]} -eq 0 ] || mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+[ ${#need[@]} -eq 0 ] || echo "=== packages missing for these stages: ${need[*]}"
+[ $add_arm64 = 0 ] || echo "=== dpkg lacks the arm64 architecture (the arm64 guests' kernel and busybox)"
 if [ "${PERCPU_NO_INSTALL:-0}" = 1 ]; then
   echo "PERCPU_NO_INSTALL=1: not installing them" >&2
   exit 0
@@ -87,5 +104,6 @@ if [ "$(id -u)" -ne 0 ]; then
   sudo=(sudo)
 fi
 export DEBIAN_FRONTEND=noninteractive
+[ $add_arm64 = 0 ] || "${sudo[@]}" dpkg --add-architecture arm64
 "${sudo[@]}" apt-get update
-"${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"
+[ ${#need[@]} -eq 0 ] || "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"

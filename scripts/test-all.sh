@@ -33,16 +33,23 @@
 #  10. vm: emulated x86-64 machines (QEMU TCG, Debian's 6.1 and 6.12
 #      kernels) with 64 possible CPUs and 8 online, with a sparse online
 #      set, and with CPUs going offline and online under `percpu stress`:
-#      the suite on both backends and stress (scripts/vm/stage.sh).
+#      the suite on both backends and stress (scripts/vm/stage.sh);
+#  11. vm-arm64: the aarch64 preset's cross build (g++-aarch64-linux-gnu;
+#      the suite, its debug-check and static-initialisation programs, the
+#      percpu command), run in an emulated 4-CPU arm64 machine (QEMU TCG,
+#      Debian's arm64 6.1 kernel): `percpu info`, the suite with glibc's
+#      rseq registration, with the library's own and on the portable
+#      backend, and `percpu stress` with aborts injected
+#      (scripts/vm/stage.sh arm64).
 # First it installs the Debian packages these stages need that are missing
 # (scripts/install-deps.sh; PERCPU_NO_INSTALL=1 skips that).
-# Usage: scripts/test-all.sh [tree|model|release|debug|asan|tsan|install|stress|fuzz|valgrind|vm ...]
+# Usage: scripts/test-all.sh [tree|model|release|debug|asan|tsan|install|stress|fuzz|valgrind|vm|vm-arm64 ...]
 #        (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(tree model release debug asan tsan install stress fuzz valgrind vm)
+[ ${#stages[@]} -gt 0 ] || stages=(tree model release debug asan tsan install stress fuzz valgrind vm vm-arm64)
 scripts/install-deps.sh "${stages[@]}"
 
 run_preset() {
@@ -218,7 +225,14 @@ for stage in "${stages[@]}"; do
       }
       scripts/vm/stage.sh
       ;;
-    *) echo "unknown stage '$stage' (tree, model, release, debug, asan, tsan, install, stress, fuzz, valgrind, vm)" >&2; exit 2 ;;
+    vm-arm64)
+      echo "=== vm-arm64: cross build (preset aarch64)"
+      cmake --preset aarch64 >/dev/null
+      cmake --build --preset aarch64 -j "$jobs"
+      echo "=== vm-arm64: cross build took $((SECONDS - stage_start)) s"
+      scripts/vm/stage.sh arm64
+      ;;
+    *) echo "unknown stage '$stage' (tree, model, release, debug, asan, tsan, install, stress, fuzz, valgrind, vm, vm-arm64)" >&2; exit 2 ;;
   esac
   timings+=("$stage $((SECONDS - stage_start)) s")
   echo "=== $stage took $((SECONDS - stage_start)) s"

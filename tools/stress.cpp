@@ -47,6 +47,7 @@
 
 #include "commands.hpp"
 #include "percpu/runtime/cpu.hpp"
+#include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/xcall.hpp"
 #include "stress.hpp"
 
@@ -531,6 +532,9 @@ std::uint64_t print_summary(std::uint64_t seed, double elapsed, const tally& for
   for (int f = 0; f < fault_count; ++f) {
     std::printf("%s %" PRIu64 " %s", f == 0 ? "" : ",", faults[f].load(), fault_names[f]);
   }
+  // Sequences aborted just before their commit (PERCPU_FAULT_ABORT_RATE).
+  if constexpr (PERCPU_FAULT_INJECTION)
+    std::printf(", %" PRIu64 " aborted sequences", percpu::detail::fault_injections());
   std::printf("\n%.1f s, seed %" PRIu64 ": %s (%" PRIu64 " violations)\n", elapsed, seed,
               total_violations == 0 ? "PASS" : "FAIL", total_violations);
   return total_violations;

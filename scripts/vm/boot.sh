@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Boots one emulated x86-64 machine, runs a job in it, and says how it went.
+# Boots one emulated machine (x86-64 or arm64), runs a job in it, and says
+# how it went.
 #
 # Problem: the guest is a real kernel under QEMU's TCG emulation (no KVM
 # here), so a run can end four ways that must not be confused: every
@@ -10,8 +11,12 @@
 # the serial console; this script reads them from the console log.
 #
 # Usage: scripts/vm/boot.sh --kernel 6.1|6.12|PATH --smp SPEC --job FILE
-#          --log FILE [--initramfs FILE] [--timeout SECONDS] [--mem SIZE]
-#          [--append KERNEL_ARGS] [--accel QEMU_ACCEL]
+#          --log FILE [--arch amd64|arm64] [--initramfs FILE]
+#          [--timeout SECONDS] [--mem SIZE] [--append KERNEL_ARGS]
+#          [--accel QEMU_ACCEL]
+#   --arch     amd64 (default): qemu-system-x86_64; arm64:
+#              qemu-system-aarch64's virt board with -cpu max (the kernel
+#              named by series is then Debian's arm64 cloud kernel)
 #   --smp      QEMU's -smp value, for example 8,maxcpus=64
 #   --job      a shell fragment the guest's init sources (see scripts/vm/init)
 #   --log      the serial console log; a failed try's log is kept as LOG.1
@@ -21,7 +26,7 @@
 set -euo pipefail
 
 root_dir=$(cd "$(dirname "$0")/../.." && pwd)
-kernel='' smp='' job='' log='' initramfs=$root_dir/build/vm/initramfs.cpio
+kernel='' smp='' job='' log='' arch=amd64 initramfs=
 timeout_s=1200 mem=2G append='' accel=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,6 +34,7 @@ while [ $# -gt 0 ]; do
     --smp) smp=$2 ;;
     --job) job=$2 ;;
     --log) log=$2 ;;
+    --arch) arch=$2 ;;
     --initramfs) initramfs=$2 ;;
     --timeout) timeout_s=$2 ;;
     --mem) mem=$2 ;;
@@ -42,10 +48,15 @@ if [ -z "$kernel" ] || [ -z "$smp" ] || [ -z "$job" ] || [ -z "$log" ]; then
   echo "boot.sh: --kernel, --smp, --job and --log are required" >&2
   exit 2
 fi
+case "$arch" in
+  amd64) initramfs=${initramfs:-$root_dir/build/vm/initramfs.cpio} ;;
+  arm64) initramfs=${initramfs:-$root_dir/build/vm-arm64/initramfs.cpio} ;;
+  *) echo "boot.sh: unknown architecture '$arch' (amd64, arm64)" >&2; exit 2 ;;
+esac
 [ -r "$initramfs" ] || { echo "boot.sh: no initramfs at $initramfs (scripts/vm/initramfs.sh)" >&2; exit 2; }
 
 image=$kernel
-[ -f "$image" ] || image=$("$root_dir/scripts/vm/kernel.sh" "$kernel")
+[ -f "$image" ] || image=$(PERCPU_VM_ARCH=$arch "$root_dir/scripts/vm/kernel.sh" "$kernel")
 
 # Multi-threaded TCG (one host thread per vCPU): with one host thread for
 # all vCPUs (thread=single) QEMU switches between them only every 100 ms
@@ -69,14 +80,24 @@ cat "$initramfs" "$work/job.cpio" >"$work/initrd.cpio"
 
 # panic=-1 and -no-reboot: a kernel panic ends QEMU at once.  loglevel=5:
 # the console shows warnings and worse (oopses, panics), not the boot chatter.
-cmdline="console=ttyS0 panic=-1 loglevel=5 rdinit=/init $append"
+# The machine of each architecture, and its serial console.  arm64: QEMU's
+# virt board with GICv3 (GICv2 stops at 8 CPUs), the emulator's every CPU
+# feature (-cpu max) but with QEMU's own pointer-authentication cipher
+# (pauth-impdef: the architected one costs TCG much time in every call and
+# return of the pointer-authenticated kernel).
+case "$arch" in
+  amd64) machine=(qemu-system-x86_64 -cpu max) console=ttyS0 ;;
+  arm64) machine=(qemu-system-aarch64 -machine virt,gic-version=3 -cpu max,pauth-impdef=on) console=ttyAMA0 ;;
+esac
+cmdline="console=$console panic=-1 loglevel=5 rdinit=/init $append"
 
 # Kernel lines carry a timestamp; these mean the kernel itself failed.
-crash_pattern='^\[ *[0-9]+\.[0-9]+\] (Kernel panic|Oops|BUG:|general protection fault|kernel BUG|RIP: 0010)'
+# (arm64 says "Unable to handle kernel ..." and "Internal error: Oops".)
+crash_pattern='^\[ *[0-9]+\.[0-9]+\] (Kernel panic|Oops|BUG:|general protection fault|kernel BUG|RIP: 0010|Unable to handle kernel|Internal error)'
 
 boot_once() {
   local rc=0
-  timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel "$accel" -cpu max -m "$mem" -smp "$smp" \
+  timeout -k 10 "$timeout_s" "${machine[@]}" -accel "$accel" -m "$mem" -smp "$smp" \
     -nodefaults -display none -monitor none -serial stdio -no-reboot \
     -kernel "$image" -initrd "$work/initrd.cpio" -append "$cmdline" </dev/null >"$log" 2>&1 || rc=$?
   return $rc
@@ -110,8 +131,13 @@ summarise() {
   awk '/^@@vm begin / { open[$3] = 1 } /^@@vm end / { delete open[$3] }
        END { for (n in open) printf "  %-28s never finished\n", n }' "$log"
   # What a failed command printed last: its failed checks, the kernel's
-  # word on a fatal signal.
-  awk '/^@@vm begin / { n = 0; next }
+  # word on a fatal signal (a hung command's thread dump stays in the log:
+  # scripts/vm/symbolize.sh reads it).
+  awk -v console="$log" '/^@@vm hang / {
+         if (/still running after/) print "  " substr($0, 6) " (the threads: scripts/vm/symbolize.sh " console ")"
+         next
+       }
+       /^@@vm begin / { n = 0; next }
        /^@@vm end / && $4 != "rc=0" {
          printf "  --- %s, last lines:\n", $3
          for (i = (n > 30 ? n - 30 : 0); i < n; i++) print "    " lines[i % 30]

@@ -7,13 +7,14 @@
 # kernels: 6.1 (linux-image-cloud-amd64: no mm_cid, no AT_RSEQ_FEATURE_SIZE)
 # and 6.12 (linux-image-6.12-cloud-amd64: mm_cid, feature size 28).  Neither
 # needs to be installed on the host: the package is fetched with
-# `apt-get download` and only its /boot is unpacked, into a cache under
-# build/ that later runs reuse.  A kernel already installed in /boot is used
-# as it is.
+# `apt-get download` and only its /boot is unpacked (scripts/vm/deb.sh),
+# into a cache under build/ that later runs reuse.  A kernel already
+# installed in /boot is used as it is.
 #
 # Usage: scripts/vm/kernel.sh 6.1|6.12 [CACHE_DIR]   (default build/vm/kernels)
 # Environment: PERCPU_VM_ARCH=amd64 (the package architecture; arm64 for the
-# arm64 guests, which need `dpkg --add-architecture arm64` first).
+# arm64 guests, which need `dpkg --add-architecture arm64` first: the same
+# series, linux-image-cloud-arm64 and linux-image-6.12-cloud-arm64).
 set -euo pipefail
 
 series=${1:?usage: kernel.sh 6.1|6.12 [CACHE_DIR]}
@@ -51,22 +52,20 @@ fi
 dir=$cache/$release
 image=$dir/boot/vmlinuz-$release
 if [ ! -s "$image" ]; then
-  mkdir -p "$dir"
+  mkdir -p "$cache"
   work=$(mktemp -d "$cache/download.XXXXXX")
   trap 'rm -rf "$work"' EXIT
-  chmod 0777 "$work"  # apt-get download writes as the _apt user where it can
   # The signed image of the 6.12 series boots as the unsigned one does (no
   # Secure Boot in these guests); the unsigned package is smaller to unpack.
   candidates=("$package-unsigned:$arch" "$package:$arch")
   fetched=
   for candidate in "${candidates[@]}"; do
-    if (cd "$work" && apt-get download "$candidate" >&2); then
+    if "$(dirname "$0")/deb.sh" "$candidate" "$work" ./boot; then
       fetched=$candidate
       break
     fi
   done
-  [ -n "$fetched" ] || { echo "kernel.sh: apt-get download $package failed" >&2; exit 1; }
-  dpkg-deb --fsys-tarfile "$work"/*.deb | tar -x -C "$work" ./boot
+  [ -n "$fetched" ] || { echo "kernel.sh: apt-get download $package:$arch failed" >&2; exit 1; }
   mkdir -p "$dir/boot"
   cp "$work/boot/vmlinuz-$release" "$work/boot/config-$release" "$dir/boot/"
 fi

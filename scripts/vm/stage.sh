@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The `vm` stage of scripts/test-all.sh: the suite and `percpu stress` on
-# emulated x86-64 machines shaped like the ones users run.
+# The `vm` and `vm-arm64` stages of scripts/test-all.sh: the suite and
+# `percpu stress` on emulated machines shaped like the ones users run.
 #
 # Problem: the host that runs the other stages has one kernel and 2 CPUs,
 # all online.  Users run wide machines that announce far more possible CPUs
@@ -27,33 +27,79 @@
 # kernel brings up 8 (its maxcpus=8).  The sparse machine boots CPUs 0-6 of
 # 16 and takes 1, 2 and 4 offline.
 #
+# The other architecture: users run arm64 too, whose weaker memory model
+# and own sequences the x86-64 host cannot show.  `scripts/vm/stage.sh
+# arm64` (the vm-arm64 stage) boots the aarch64 preset's cross build on
+# QEMU's virt board under Debian's arm64 cloud kernel 6.1:
+#   plain    4 CPUs, all online: `percpu info` and the suite in each of
+#            three configurations (the default: rseq on glibc's
+#            registration; GLIBC_TUNABLES=glibc.pthread.rseq=0: rseq on the
+#            library's own; PERCPU_BACKEND=portable), `percpu info` checked
+#            against each (scripts/vm/init's expect_backend), the debug and
+#            static-initialisation programs, then `percpu stress` with every
+#            PERCPU_ARM64_FAULT_ABORT_RATE-th sequence of each thread
+#            aborted by the library's fault injection (the preset compiles
+#            it in) while CPUs 2 and 3 go offline and online.
+# Any shape can be asked of the x86-64 guests too (PERCPU_VM_SHAPES=plain).
+#
 # Time: TCG runs 10-100x slower than the host, and the stage must fit the
 # CI budget.  The tests whose length only buys confidence (iteration
 # counts, storm durations) honour PERCPU_TEST_SCALE (tests/test_scale.hpp);
 # the guests run them at PERCPU_VM_TEST_SCALE.  The stress runs are sized
-# by PERCPU_VM_STRESS_SECONDS.
+# by PERCPU_VM_STRESS_SECONDS (PERCPU_ARM64_STRESS_SECONDS for arm64).
 #
+# Usage: scripts/vm/stage.sh [amd64|arm64]   (default amd64; arm64 needs
+#        the aarch64 preset built)
 # Environment (defaults in brackets):
-#   PERCPU_VM_KERNELS        kernel series to boot ["6.1 6.12"]
+#   PERCPU_VM_KERNELS        kernel series to boot ["6.1 6.12"; arm64: see
+#                            PERCPU_ARM64_KERNELS]
 #   PERCPU_VM_SHAPES         machine shapes, for every kernel [6.1: "wide
 #                            sparse", 6.12: "wide narrow"; each guest
 #                            costs minutes of the CI budget]
 #   PERCPU_VM_TEST_SCALE     PERCPU_TEST_SCALE in the guests [0.1]
 #   PERCPU_VM_STRESS_SECONDS length of each stress run [120 rseq, half portable]
+#   PERCPU_ARM64_KERNELS     kernel series of the arm64 guests ["6.1"]
+#   PERCPU_ARM64_STRESS_SECONDS  length of the arm64 stress run [120]
+#   PERCPU_ARM64_FAULT_ABORT_RATE  PERCPU_FAULT_ABORT_RATE of that run [1000]
 #   PERCPU_VM_JOBS           guests booted at once [1: one guest's vCPUs
 #                            already use every host CPU; two guests of 8 vCPUs
 #                            on 2 host CPUs starved each other's hand-offs]
+#   PERCPU_VM_COMMAND_TIMEOUT  seconds a guest's command may run before it
+#                            counts as hung: its threads are shown, it is
+#                            killed, the guest goes on [600; a stress run:
+#                            its length and 120]
 #   PERCPU_VM_GTEST_FILTER   narrows the suite while diagnosing [the whole
 #                            suite; CI never sets it]
-# Logs: build/vm/logs/<kernel>-<shape>.log (each guest's serial console).
+# Logs: build/vm/logs/<kernel>-<shape>.log (each guest's serial console;
+# build/vm-arm64/logs/ for arm64).
 set -euo pipefail
 
 root_dir=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root_dir"
-kernels=${PERCPU_VM_KERNELS:-6.1 6.12}
+arch=${1:-amd64}
+case "$arch" in
+  amd64)
+    kernels=${PERCPU_VM_KERNELS:-6.1 6.12}
+    stress_seconds=${PERCPU_VM_STRESS_SECONDS:-120}
+    build=build/release
+    vm_dir=build/vm
+    stage=vm
+    ;;
+  arm64)
+    kernels=${PERCPU_ARM64_KERNELS:-6.1}
+    stress_seconds=${PERCPU_ARM64_STRESS_SECONDS:-120}
+    build=build/aarch64
+    vm_dir=build/vm-arm64
+    stage=vm-arm64
+    ;;
+  *) echo "stage.sh: unknown architecture '$arch' (amd64, arm64)" >&2; exit 2 ;;
+esac
+fault_rate=${PERCPU_ARM64_FAULT_ABORT_RATE:-1000}
 shapes=${PERCPU_VM_SHAPES:-}
 shapes_of() {
-  if [ -n "$shapes" ]; then
+  if [ "$arch" = arm64 ]; then
+    echo plain
+  elif [ -n "$shapes" ]; then
     echo "$shapes"
   else
     case "$1" in
@@ -64,16 +110,18 @@ shapes_of() {
   fi
 }
 scale=${PERCPU_VM_TEST_SCALE:-0.1}
-stress_seconds=${PERCPU_VM_STRESS_SECONDS:-120}
 jobs=${PERCPU_VM_JOBS:-1}
+command_timeout=${PERCPU_VM_COMMAND_TIMEOUT:-600}
+# A stress run ends a few seconds after its time (its threads join, its
+# last fork and plugin load finish); later than this, it hangs.
+stress_slack=120
 filter=${PERCPU_VM_GTEST_FILTER:+--gtest_filter=$PERCPU_VM_GTEST_FILTER}
-vm_dir=build/vm
 logs=$vm_dir/logs
 mkdir -p "$logs"
 
-scripts/vm/initramfs.sh "$vm_dir/initramfs.cpio"
+scripts/vm/initramfs.sh --arch "$arch" --build "$build" "$vm_dir/initramfs.cpio"
 # Fetch the kernels before the guests start, one at a time.
-for kernel in $kernels; do scripts/vm/kernel.sh "$kernel" >/dev/null; done
+for kernel in $kernels; do PERCPU_VM_ARCH=$arch scripts/vm/kernel.sh "$kernel" >/dev/null; done
 
 
 # The guest's job for a shape (see scripts/vm/init for `offline`, `run`
@@ -86,6 +134,11 @@ write_job() {
   local broadcast="run bench.broadcast $tool bench --quick --filter xcall.broadcast"
   {
     echo "export PERCPU_TEST_SCALE=$scale PERCPU_TEST_HOTPLUG=1"
+    echo "RUN_TIMEOUT=$command_timeout"
+    if [ "$shape" = plain ]; then
+      plain_job
+      return
+    fi
     [ "$shape" != sparse ] || echo "offline 1 2 4"
     echo "run info $tool info"
     [ "$shape" != narrow ] || echo "$broadcast"
@@ -100,10 +153,33 @@ write_job() {
       # Four of the online CPUs go offline and come back in turn while
       # stress runs (CPU 0 cannot go offline).
       echo 'HOTPLUG="2 3 5 6"'
+      echo "RUN_TIMEOUT=$((stress_seconds + stress_slack))"
       echo "run stress.rseq.hotplug $tool stress --backend rseq --seconds $stress_seconds"
       echo "run stress.portable.hotplug $tool stress --backend portable --seconds $((stress_seconds / 2))"
     fi
   } >"$job"
+}
+
+# The plain machine's job (write_job's variables): the suite in three of
+# ctest's configurations (tests/CMakeLists.txt: default, own_rseq,
+# portable), each after `percpu info` has shown the backend it must get
+# (expect_backend in scripts/vm/init), then stress with aborts injected
+# while two of the four CPUs go offline and online in turn.  The stress
+# run's name says "faults": the results below then want aborted sequences
+# wherever it ran on the rseq backend.
+plain_job() {
+  local own=GLIBC_TUNABLES=glibc.pthread.rseq=0 portable=PERCPU_BACKEND=portable
+  echo "run info.default expect_backend glibc $tool info"
+  echo "run suite.default $suite $filter"
+  echo "run info.own_rseq expect_backend own env $own $tool info"
+  echo "run suite.own_rseq env $own $suite $filter"
+  echo "run info.portable expect_backend portable env $portable $tool info"
+  echo "run suite.portable env $portable $suite $filter"
+  echo "run debug_checks $(dirname $suite)/percpu_debug_tests"
+  echo "run static_init $(dirname $suite)/percpu_static_init_tests"
+  echo 'HOTPLUG="2 3"'
+  echo "RUN_TIMEOUT=$((stress_seconds + stress_slack))"
+  echo "run stress.faults.hotplug env PERCPU_FAULT_ABORT_RATE=$fault_rate $tool stress --seconds $stress_seconds"
 }
 
 # QEMU's -smp and the kernel's arguments of a shape: KERNEL SHAPE.
@@ -114,11 +190,12 @@ smp_of() {
     sparse:6.1) echo 7,maxcpus=16 ;;
     sparse:*) echo 16 ;;
     narrow:*) echo 8 ;;
+    plain:*) echo 4 ;;
   esac
 }
 append_of() {
   case "$2:$1" in
-    wide:6.1 | sparse:6.1 | narrow:*) echo "" ;;
+    wide:6.1 | sparse:6.1 | narrow:* | plain:*) echo "" ;;
     wide:*) echo maxcpus=8 ;;
     sparse:*) echo maxcpus=7 ;;
   esac
@@ -135,7 +212,7 @@ start_guest() {
   (
     started=$(date +%s)
     rc=0
-    scripts/vm/boot.sh --kernel "$kernel" --smp "$(smp_of "$kernel" "$shape")" \
+    scripts/vm/boot.sh --arch "$arch" --kernel "$kernel" --smp "$(smp_of "$kernel" "$shape")" \
       --append "$(append_of "$kernel" "$shape")" --job "$job" \
       --log "$logs/$name.log" --timeout "${PERCPU_VM_TIMEOUT:-1500}" >"$logs/$name.report" 2>&1 || rc=$?
     echo "$rc $(($(date +%s) - started))" >"$logs/$name.rc"
@@ -155,7 +232,9 @@ finish_guest() {
 }
 
 stage_start=$(date +%s)
-echo "=== vm: kernels $kernels; shapes ${shapes:-6.1: $(shapes_of 6.1), 6.12: $(shapes_of 6.12)}; PERCPU_TEST_SCALE=$scale;" \
+shape_list=${shapes:-6.1: $(shapes_of 6.1), 6.12: $(shapes_of 6.12)}
+[ "$arch" = amd64 ] || shape_list=$(shapes_of "")
+echo "=== $stage: kernels $kernels; shapes $shape_list; PERCPU_TEST_SCALE=$scale;" \
   "stress ${stress_seconds} s; $jobs guest(s) at a time${filter:+; suite $filter}"
 queue=()
 for kernel in $kernels; do
@@ -175,7 +254,7 @@ done
 for name in "${order[@]}"; do finish_guest "$name"; done
 
 # The table: one line per command of every guest.
-echo "=== vm: results"
+echo "=== $stage: results"
 printf '%-14s %-8s %-9s %-8s %-26s %-9s %6s  %s\n' kernel shape possible online command backend seconds result
 failed=0
 for entry in "${results[@]}"; do
@@ -187,24 +266,56 @@ for entry in "${results[@]}"; do
   # a second; taking a CPU down under emulation is slow, the more so on a
   # loaded host (78 in 60 s on a quiet one, 38 in 122 s with the host's
   # load at 14).
+  # The backend column: what the command reported (stress's banner), or
+  # what `percpu info` reported in the command's configuration (info.X for
+  # NAME.X; info or info.default for a name without one), or else what the
+  # name asks for.  A stress run says how many violations it found and, in
+  # a library with fault injection, how many sequences it aborted; a run
+  # named "faults" (PERCPU_FAULT_ABORT_RATE set) that had the rseq backend
+  # must have aborted some.
   awk -v name="$name" '
     /^@@vm machine / {
       for (i = 3; i <= NF; i++) { split($i, kv, "="); m[kv[1]] = kv[2] }
     }
-    /^@@vm begin / { possible[$3] = m["possible"]; online[$3] = m["online"]; kernel = m["kernel"] }
+    /^@@vm begin / {
+      cmd = $3; possible[cmd] = m["possible"]; online[cmd] = m["online"]; kernel = m["kernel"]
+      stress_backend = ""; aborts = ""; violations = ""
+      next
+    }
+    cmd ~ /^info/ && $1 == "backend" { conf = cmd; sub(/^info\.?/, "", conf); reported[conf == "" ? "default" : conf] = $2 }
+    cmd != "" && /^percpu stress: .*, backend / { stress_backend = $0; sub(/.*, backend /, "", stress_backend); sub(/ .*/, "", stress_backend) }
+    cmd != "" && /^faults injected: .* aborted sequences$/ { aborts = $(NF - 2) + 0 }
+    cmd != "" && / s, seed [0-9]+: (PASS|FAIL) \([0-9]+ violations\)$/ { violations = $(NF - 1); sub(/^\(/, "", violations) }
     /^@@vm end / {
-      cmd = $3; rc = $4; secs = $5; sub(/^seconds=/, "", secs)
-      backend = cmd ~ /portable/ ? "portable" : cmd ~ /rseq/ ? "rseq" : "default"
+      rc = $4; secs = $5; sub(/^seconds=/, "", secs)
+      conf = cmd; if (!sub(/^[^.]*\./, "", conf)) conf = "default"
+      backend = stress_backend != "" ? stress_backend : (conf in reported) ? reported[conf] \
+        : cmd ~ /portable/ ? "portable" : cmd ~ /rseq/ ? "rseq" \
+        : ("default" in reported) ? reported["default"] : "default"
       split(name, parts, "-")
       result = rc == "rc=0" ? "pass" : "FAIL (" rc ")"
+      if (violations != "") result = result ", " violations " violations"
+      if (aborts != "") {
+        result = result ", " aborts " aborted sequences"
+        if (cmd ~ /faults/ && backend == "rseq" && aborts == 0) { result = result " (none injected)"; bad = 1 }
+      }
+      if ($NF == "hung") result = result ", hung: killed (the @@vm hang lines say where it was)"
       if ($6 ~ /^hotplug=/) {
         events = substr($6, 9) + 0
         result = result ", " events " hotplug events"
         if (events < secs / 4) { result = result " (too few)"; bad = 1 }
       }
       printf "%-14s %-8s %-9s %-8s %-26s %-9s %6s  %s\n", kernel, parts[2], possible[cmd], online[cmd], cmd, backend, secs, result
+      cmd = ""
     }
-    END { exit bad }' "$log" || failed=1
+    END {
+      if (cmd != "") {
+        split(name, parts, "-")
+        printf "%-14s %-8s %-9s %-8s %-26s %-9s %6s  %s\n", kernel, parts[2], possible[cmd], online[cmd], cmd, "", "", "NEVER FINISHED"
+        bad = 1
+      }
+      exit bad
+    }' "$log" || failed=1
   case "$rc" in
     0) ;;
     2) echo "  $name: the guest kernel crashed twice" ;;
@@ -224,8 +335,8 @@ for kernel in $kernels; do
   wide=$(broadcast_median "$logs/$kernel-wide.log")
   narrow=$(broadcast_median "$logs/$kernel-narrow.log")
   [ -n "$wide" ] && [ -n "$narrow" ] || continue
-  echo "=== vm: xcall.broadcast on $kernel: 64 possible / 8 online $wide ns," \
+  echo "=== $stage: xcall.broadcast on $kernel: 64 possible / 8 online $wide ns," \
     "8 possible / 8 online $narrow ns: $(awk -v w="$wide" -v n="$narrow" 'BEGIN { printf "%.2fx", w / n }')"
 done
-echo "=== vm: stage took $(($(date +%s) - stage_start)) s"
+echo "=== $stage: stage took $(($(date +%s) - stage_start)) s"
 exit $failed
