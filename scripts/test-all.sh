@@ -206,8 +206,12 @@ for stage in "${stages[@]}"; do
       seconds=${PERCPU_STRESS_SECONDS:-60}
       for backend in "--backend rseq" "--backend portable" "--slots 64"; do
         echo "=== stress: $seconds s, $backend"
+        # stderr without the once-a-second progress lines: what is left
+        # describes a violation (a fork child's failed step, a call run
+        # off its CPU, a plugin that failed to load).
         # shellcheck disable=SC2086
-        build/release/tools/percpu stress --seconds "$seconds" $backend 2>/dev/null
+        build/release/tools/percpu stress --seconds "$seconds" $backend \
+          2> >(grep -v -E '^ +[0-9]+ s +[0-9]+ operations' >&2)
       done
       ;;
     fuzz) run_fuzz ;;

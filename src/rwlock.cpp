@@ -111,9 +111,10 @@ thread_local shared_hold held[tracked_locks] = {};
 thread_local int untracked_holds = 0;  // holds that found the table full
 
 std::int64_t load_count(const std::int64_t* p) noexcept {
-  // Acquire: pairs with the reader's release of its "out" count (portable
-  // backend; with rseq, x86-64 loads are acquire), so a reader's section
-  // happens before a writer that saw it leave.
+  // Acquire: pairs with the release of a reader's "out" add
+  // (seq::add_release: stlr on aarch64, any store on x86-64, a release
+  // store in the portable backend), so a reader's section happens before a
+  // writer that saw it leave.
   return std::atomic_ref<const std::int64_t>(*p).load(std::memory_order_acquire);
 }
 
@@ -173,7 +174,8 @@ bool rwlock::enter_slow(bool wait) noexcept {
 
 // Step 4, the reader's side.
 void rwlock::unlock_shared_slow() noexcept {
-  detail::seq::add(counts_.data0() + slow_out_index, counts_.stop_words(), 1);
+  // Release, as unlock_shared()'s fast add: pairs with load_count().
+  detail::seq::add_release(counts_.data0() + slow_out_index, counts_.stop_words(), 1);
   detail::light_barrier();  // pairs with wait_for_readers()'s heavy barrier
   if (writer_sleeping_.load(std::memory_order_relaxed) != 0) {
     drained_.fetch_add(1, std::memory_order_release);

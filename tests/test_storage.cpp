@@ -1,13 +1,17 @@
 // Per-CPU storage: initialisation, destruction, stable addresses, bad input.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -91,6 +95,47 @@ TEST(Storage, ReusedMemoryIsZeroAgain) {
     for (int i = 0; i < 256; ++i) ASSERT_EQ(copy[i], 0) << "cpu " << cpu << " byte " << i;
   }
   percpu::free_raw(again);
+}
+
+// The mapping that holds `address`, as /proc/self/smaps describes it: its
+// VmFlags and AnonHugePages lines ("" when not found).
+struct mapping_flags {
+  std::string vm_flags;
+  std::string huge;
+};
+mapping_flags mapping_of(const void* address) {
+  std::ifstream smaps("/proc/self/smaps");
+  auto at = reinterpret_cast<std::uintptr_t>(address);
+  mapping_flags found;
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long lo = 0;
+    unsigned long hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find('-') < 17) {
+      inside = at >= lo && at < hi;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      found.vm_flags = line;
+    } else if (inside && line.rfind("AnonHugePages:", 0) == 0) {
+      found.huge = line;
+    }
+  }
+  return found;
+}
+
+// Each CPU's unit is 1 MiB and each CPU touches its own: a transparent huge
+// page would back 2 MiB for one CPU's few bytes (1 MiB per CPU per chunk,
+// seen with THP `always`).  Chunks carry MADV_NOHUGEPAGE, which smaps shows
+// as the VmFlags "nh", whatever the system's THP mode.
+TEST(Storage, ChunksAreNeverBackedByHugePages) {
+  if (access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) != 0) {
+    GTEST_SKIP() << "this kernel has no transparent huge pages";
+  }
+  void* p = percpu::allocate_raw(64, 64);
+  std::memset(percpu::raw_on(static_cast<char*>(p), 0), 1, 64);
+  mapping_flags m = mapping_of(p);
+  EXPECT_NE(m.vm_flags.find(" nh"), std::string::npos) << m.vm_flags;
+  EXPECT_NE(m.huge.find(" 0 kB"), std::string::npos) << m.huge;
+  percpu::free_raw(p);
 }
 
 TEST(Storage, AlignmentIsHonoured) {

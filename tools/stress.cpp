@@ -427,6 +427,7 @@ void install_signal_handler() {
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
   sigaction(SIGUSR1, &sa, nullptr);
+  install_stack_dumper();
 }
 
 // The workers, each replaced as it exits.  Their pthread ids feed the

@@ -169,6 +169,8 @@ void on_signal(int);
 void migrate(std::mt19937_64& rng);
 // Forks; the child checks that fresh objects of every kind work there.
 void fork_once(tally& forks_tally);
+// SIGQUIT makes every thread write its call stack to stderr.
+void install_stack_dumper();
 // Loads the plugin, runs it and unloads it (stress_plugin.cpp).
 void load_plugin_once(const std::string& path);
 

@@ -3,9 +3,12 @@
 // forks.
 #include <dirent.h>
 #include <dlfcn.h>
+#include <execinfo.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,6 +29,52 @@
 #include "stress.hpp"
 
 namespace percpu_tool::stress_detail {
+
+// SIGQUIT: every thread writes its call stack (raw return addresses, for
+// addr2line) to stderr, so that a run that stops making progress, in a
+// guest without a debugger, says where each thread is.  The thread that
+// takes SIGQUIT signals the others with dump_signal; both handlers use
+// only system calls and backtrace(), whose first call (which may load its
+// unwinder) install_stack_dumper() makes.
+const int dump_signal = SIGRTMIN + 5;
+
+void dump_own_stack(int) {
+  void* pcs[40];
+  int n = backtrace(pcs, 40);
+  char line[40 * 19 + 32];
+  int len = std::snprintf(line, 32, "stack %ld:", static_cast<long>(syscall(SYS_gettid)));
+  for (int i = 0; i < n && len < static_cast<int>(sizeof line) - 20; ++i)
+    len += std::snprintf(line + len, 20, " %p", pcs[i]);
+  line[len++] = '\n';
+  if (write(STDERR_FILENO, line, static_cast<std::size_t>(len)) < 0) return;
+}
+
+void dump_all_stacks(int) {
+  int dir =
+      static_cast<int>(syscall(SYS_openat, AT_FDCWD, "/proc/self/task", O_RDONLY | O_DIRECTORY));
+  if (dir < 0) return;
+  alignas(8) char buf[4096];
+  long self = syscall(SYS_gettid);
+  for (;;) {
+    long got = syscall(SYS_getdents64, dir, buf, sizeof buf);
+    if (got <= 0) break;
+    for (long at = 0; at < got;) {
+      auto* entry = reinterpret_cast<dirent64*>(buf + at);
+      at += entry->d_reclen;
+      long tid = std::strtol(entry->d_name, nullptr, 10);
+      if (tid > 0 && tid != self) syscall(SYS_tgkill, getpid(), tid, dump_signal);
+    }
+  }
+  close(dir);
+  dump_own_stack(0);
+}
+
+void install_stack_dumper() {
+  void* warm[1];
+  backtrace(warm, 1);
+  signal(dump_signal, dump_own_stack);
+  signal(SIGQUIT, dump_all_stacks);
+}
 
 void on_signal(int) {
   int saved = errno;
@@ -58,20 +107,32 @@ void migrate(std::mt19937_64& rng) {
 
 namespace {
 
-// A child of fork(): fresh objects of every kind must work there.
+// A child of fork(): fresh objects of every kind must work there.  Each
+// step is numbered; a child that hangs (the 20 s alarm) exits with 10 + the
+// step it was in, so that the parent can say where.
+volatile sig_atomic_t child_step = 0;
+
+void child_alarm(int) {
+  _exit(10 + child_step);
+}
+
 int child_checks() {
+  child_step = 1;
   percpu::counter c;
   for (int i = 0; i < 1000; ++i) c.add(1);
   if (c.read() != 1000) return 1;
+  child_step = 2;
   percpu::storage<std::int64_t> s;
   s.add(5);
   std::int64_t sum = 0;
   s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += v; });
   if (sum != 5) return 2;
+  child_step = 3;
   percpu::pool_cache<pooled> pool("stress.child");
   pooled* p = pool.get();
   pool.put(p);
   pool.invalidate();
+  child_step = 4;
   // A call to the child's own CPU.  That CPU may go offline between
   // sched_getcpu() and the call; the call is then refused with
   // cpu_unavailable without running (docs/xcall.md), and the child tries
@@ -128,6 +189,7 @@ void widen_a_service_thread(const std::vector<unsigned>& all_cpus, std::mt19937_
 void fork_once(tally& forks_tally) {
   pid_t pid = fork();
   if (pid == 0) {
+    signal(SIGALRM, child_alarm);
     alarm(20);  // a hang in the child is a failure, not a stuck run
     _exit(child_checks());
   }
@@ -136,7 +198,20 @@ void fork_once(tally& forks_tally) {
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
-  forks_tally.check(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  forks_tally.check(ok);
+  if (!ok) {
+    // Which check failed (child_checks' return value), where it hung, or
+    // which signal ended it.
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+    if (code > 10) {
+      std::fprintf(stderr, "percpu stress: fork child hung for 20 s in its step %d\n", code - 10);
+    } else if (WIFEXITED(status)) {
+      std::fprintf(stderr, "percpu stress: fork child failed its check %d\n", code);
+    } else if (WIFSIGNALED(status)) {
+      std::fprintf(stderr, "percpu stress: fork child killed by signal %d\n", WTERMSIG(status));
+    }
+  }
 }
 
 void load_plugin_once(const std::string& path) {

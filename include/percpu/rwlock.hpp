@@ -107,10 +107,10 @@ class rwlock {
   // waited for.
   void unlock_shared() noexcept {
     debug_track_shared(-1);
-    // The add is the release: the section's accesses happen before it
-    // (x86-64 stores are ordered after earlier loads and stores; the
-    // portable backend stores the count with release order).
-    if (!detail::seq::try_add(counts_.data0() + out_index, gates_.words(), 1)) [[unlikely]]
+    // The add is the release: the section's accesses happen before a writer
+    // that reads the count with acquire (docs/design.md, section 5: on
+    // x86-64 every store is one; aarch64 commits this add with stlr).
+    if (!detail::seq::try_add_release(counts_.data0() + out_index, gates_.words(), 1)) [[unlikely]]
       unlock_shared_slow();
   }
 

@@ -25,18 +25,35 @@ namespace {
 // checks are for debugging, not for speed), inside a no-wait section, so
 // that a signal handler's put on this thread skips the walk rather than
 // wait for a lock this thread holds.  Allocates nothing unless it reports.
+//
+// The registry lock is only tried: a put that finds it taken skips the walk
+// (and checks the header only, as a nested put does).  History: the walk
+// waited for the lock, and the lock is held across fork() (process_wide.hpp)
+// by the forking thread, which then waits in glibc's fork for the malloc
+// locks.  A thread interrupted inside malloc by a signal whose handler put
+// an object waited for the registry lock while holding the malloc lock that
+// fork waited for: `percpu stress` hung with debug checks on (first seen in
+// the arm64 guest, whose slow emulated CPUs widen the window; the x86-64
+// stress stage runs the release build, without these checks).  Every lock a
+// signal handler may take must be one nothing waits for across fork() or
+// malloc; a try-lock takes nothing it could wait for.
 void check_owner(const raw_pool_cache* cache, void* object) noexcept {
   pool_registry& r = process_wide<pool_registry>();
   no_wait_section quiet;
-  std::lock_guard g(r.lock);
+  std::unique_lock g(r.lock, std::try_to_lock);
+  if (!g.owns_lock()) return;
   const raw_pool_cache* owner = nullptr;
   bool at_object_start = false;
+  bool unknown = false;  // a slab lock was taken: that cache was not searched
   for (raw_pool_cache* c : r.caches) {
-    if (pool_core::of(*c).holds(object, at_object_start)) {
+    pool_core::lookup found = pool_core::of(*c).holds(object, at_object_start);
+    if (found == pool_core::lookup::present) {
       owner = c;
       break;
     }
+    unknown |= found == pool_core::lookup::busy;
   }
+  if (owner == nullptr && unknown) return;
   if (owner == nullptr) {
     misuse("put of a pointer no pool_cache handed out (foreign pointer)", cache, object);
   }

@@ -229,7 +229,8 @@ struct pool_core {
   void move(slab* s, int list) noexcept;
   slab* new_slab() noexcept;
   void* take_slot() noexcept;
-  bool holds(void* object, bool& at_object_start) noexcept;
+  enum class lookup : std::uint8_t { absent, present, busy };
+  lookup holds(void* object, bool& at_object_start) noexcept;
   void release_slot(void* object) noexcept;
   std::size_t release_unused_slabs() noexcept;
   void call_destructors(void* const* objects, std::size_t n) const noexcept;

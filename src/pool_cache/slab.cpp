@@ -122,20 +122,23 @@ void* pool_core::take_slot() noexcept {
 }
 
 // Whether `object` lies in one of this cache's slabs; `at_object_start`:
-// exactly where an object begins.  Debug checks only.
-bool pool_core::holds(void* object, bool& at_object_start) noexcept {
+// exactly where an object begins.  Debug checks only, which may run in a
+// signal handler: the slab lock is only tried (`busy`: it was taken), for
+// the reason debug_stats.cpp's check_owner() gives.
+pool_core::lookup pool_core::holds(void* object, bool& at_object_start) noexcept {
   auto address = reinterpret_cast<std::uintptr_t>(object);
-  std::lock_guard g(slab_lock);
+  std::unique_lock g(slab_lock, std::try_to_lock);
+  if (!g.owns_lock()) return lookup::busy;
   for (slab* list : slabs) {
     for (slab* s = list; s != nullptr; s = s->next) {
       auto base = reinterpret_cast<std::uintptr_t>(s);
       if (address < base + slots_offset || address >= base + slab_bytes) continue;
       std::uintptr_t offset = address - base - slots_offset;
       at_object_start = offset % slot_size == object_offset;
-      return true;
+      return lookup::present;
     }
   }
-  return false;
+  return lookup::absent;
 }
 
 void pool_core::release_slot(void* object) noexcept {

@@ -123,6 +123,8 @@ const char* name(status st) {
       return "unregistered";
     case status::aborted:
       return "aborted";
+    case status::moved:
+      return "moved";
   }
   return "?";
 }

@@ -12,11 +12,11 @@
 #include <cstdint>
 #include <vector>
 
-#include "percpu/runtime/detail/arch/aarch64/rseq.hpp"
+#include "percpu/runtime/detail/arch.hpp"
 
 namespace archtest {
 
-namespace rs = percpu::detail::rseq_aarch64;
+namespace rs = percpu::detail::arch;
 using percpu::detail::unit_shift;
 using percpu::detail::unit_size;
 using rs::status;

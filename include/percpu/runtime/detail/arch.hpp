@@ -33,11 +33,14 @@
 //   cpu_id()           int: the rseq area's cpu_id (negative: the area is not
 //                      registered), read as a compiler barrier (fence_cpu's
 //                      own-CPU rule reads it after a compare-and-swap);
-//   the sequences      add, add_return, compare_and_store, push, pop,
-//                      push_batch, pop_batch, push_record<Words>, with the
-//                      signatures of arch/x86_64/rseq.hpp, each returning a
-//                      `status` (below) and honouring the stop-word rule
-//                      (docs/design.md, section 2) and, in debug builds,
+//   the sequences      add, add_release, add_return, compare_and_store,
+//                      push, pop, push_batch, pop_batch, push_record<Words>,
+//                      with the signatures of arch/x86_64/rseq.hpp, each
+//                      returning a `status` (below) and honouring the
+//                      stop-word rule (docs/design.md, section 2), the
+//                      orders of docs/design.md, section 5 (a stop word read
+//                      with acquire; add_release and push_record commit with
+//                      release) and, in builds with it,
 //                      PERCPU_FAULT_INJECTION.
 //
 // Nothing outside this folder tree contains inline assembly
@@ -74,6 +77,8 @@ enum class status : std::uint8_t {
 #include "percpu/runtime/detail/arch/generic/rseq.hpp"
 #elif defined(__x86_64__)
 #include "percpu/runtime/detail/arch/x86_64/rseq.hpp"
+#elif defined(__aarch64__)
+#include "percpu/runtime/detail/arch/aarch64/rseq.hpp"
 #else
 #include "percpu/runtime/detail/arch/generic/rseq.hpp"
 #endif

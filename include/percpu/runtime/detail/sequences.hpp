@@ -182,6 +182,18 @@ inline void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexc
   portable::add(slot0, stop0, v);
 }
 
+// add() with release order: every load and store the thread made before
+// the call happens before any thread that reads the new value with acquire
+// (rwlock's "out" counts: the read section is over before the count shows
+// it).  The portable backend stores every add with release anyway.
+inline void add_release(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
+  if (run<arch::add_release>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v) !=
+      outcome::portable) [[likely]] {
+    return;
+  }
+  portable::add(slot0, stop0, v);
+}
+
 // *slot += v on the current CPU unless that CPU is stopped (stop.hpp);
 // returns whether it added.  The same sequence as add(), without the wait:
 // a structure that stops its CPUs to say "take the slow path"
@@ -190,6 +202,15 @@ inline void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexc
 // so a slot that another operation holds at that moment also fails.
 inline bool try_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
   outcome o = run<arch::add, false>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v);
+  if (o != outcome::portable) [[likely]]
+    return o == outcome::committed;
+  return portable::try_add(slot0, stop0, v);
+}
+
+// try_add() with release order, as add_release() is add()'s.
+inline bool try_add_release(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept {
+  outcome o =
+      run<arch::add_release, false>(stop0, slot0, static_cast<const std::uint32_t*>(stop0), v);
   if (o != outcome::portable) [[likely]]
     return o == outcome::committed;
   return portable::try_add(slot0, stop0, v);

@@ -24,12 +24,13 @@
 //    discards a duplicate copy of an inline function, that copy's descriptor
 //    and handler go with it;
 //  - precedes each abort handler with the signature glibc registers (below);
-//  - finds the rseq area at tpidr_el0 + runtime.rseq_offset, writes only its
+//  - finds the rseq area at tpidr_el0 + rseq_offset_now(), writes only its
 //    rseq_cs field and reads only cpu_id;
 //  - leaves through `unregistered` when cpu_id is negative, through `stopped`
-//    when the structure's stop word for this CPU is set, through `failed`
-//    when its own condition fails (full, empty, moved, guard), exactly as
-//    the x86-64 sequences do, with the same `status` values;
+//    when the structure's stop word for this CPU is set, through `moved`
+//    when a sequence bound to one CPU runs on another, and through `failed`
+//    when its own condition fails (full, empty, guard), exactly as the
+//    x86-64 sequences do, with the status values of arch.hpp;
 //  - uses x9-x15 as scratch and clobbers x16/x17 (the fault-injection hook's
 //    registers, and the ones a linker veneer may use for the branch from
 //    __rseq_failure back into the function);
@@ -51,45 +52,46 @@
 //    (add_release, push_record);
 //  - nothing else: the rseq_cs store and the cpu_id load concern only this
 //    thread and the kernel on this CPU, which sees them in program order.
+//
+// Included by runtime/detail/arch.hpp only (the interface this file
+// implements is described there).
 #pragma once
-
-#if defined(__aarch64__)
 
 #include <linux/rseq.h>
 
 #include <cstddef>
 #include <cstdint>
 
+#include "percpu/runtime/detail/arch/aarch64/machine.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 
-namespace percpu::detail::rseq_aarch64 {
+namespace percpu::detail::arch {
+
+inline constexpr bool has_sequences = true;
+// A seq_cst read-modify-write (an LSE `ldaddal`/`casal`, or an
+// ldaxr/stlxr loop) orders the plain accesses around it only as far as its
+// acquire and release halves go: a plain store before it may still be
+// performed after a plain load after it.  fence.hpp adds a `dmb ish`.
+inline constexpr bool rmw_is_full_barrier = false;
 
 // glibc's RSEQ_SIG for aarch64 (sysdeps/unix/sysv/linux/aarch64/bits/rseq.h,
 // also the kernel's rseq selftests and librseq): the instruction
-// BRK #0x45E0, encoded 0xd428bc00 (0xd4200000 | 0x45e0 << 5).  The kernel
-// compares the 32-bit word before the abort handler, read as data, with the
+// BRK #0x45E0, encoded 0xd428bc00 (0xd4200000 | 0x45e0 << 5), which
+// PERCPU_RSEQ_END emits before every abort handler.  The kernel compares
+// the 32-bit word before the abort handler, read as data, with the
 // registered value.  aarch64 instructions are little-endian even on a
 // big-endian system, so `.inst` emits the same bytes everywhere, and the
-// registered value is those bytes read in the data byte order.  A stray jump
-// onto the word traps instead of running on.
+// registered value is those bytes read in the data byte order.  A stray
+// jump onto the word traps instead of running on.
 #if defined(__AARCH64EB__)
-inline constexpr std::uint32_t signature = 0x00bc28d4;
+inline constexpr std::uint32_t rseq_signature = 0x00bc28d4;
 #else
-inline constexpr std::uint32_t signature = 0xd428bc00;
+inline constexpr std::uint32_t rseq_signature = 0xd428bc00;
 #endif
 
 // The assembly addresses these fields by offset.
 static_assert(offsetof(struct rseq, cpu_id) == 4 && offsetof(struct rseq, rseq_cs) == 8,
               "the rseq sequences hard-code the rseq area's layout");
-
-// Outcome of one attempt at a sequence (the same values as on x86-64).
-enum class status : std::uint8_t {
-  committed,     // the operation took effect
-  failed,        // the sequence's own condition failed (full, empty, moved)
-  stopped,       // a remote visitor holds this CPU: wait, then retry
-  unregistered,  // this thread has no rseq registration yet: register, retry
-  aborted,       // preempted/migrated/signalled before the commit: retry
-};
 
 // Start of every sequence: the descriptor, its publication in rseq_cs, the
 // start label, and the CPU id in w9 (x9 zero-extended).
@@ -156,8 +158,8 @@ enum class status : std::uint8_t {
   "b %l[aborted]\n\t"                        \
   ".popsection\n\t"
 
-// Fault injection (debug builds, unless PERCPU_NO_FAULT_INJECTION), the
-// hook of the x86-64 file: just before its commit, each sequence decrements
+// Fault injection (PERCPU_FAULT_INJECTION, decided at the library's build:
+// arch.hpp), the hook of the x86-64 file: just before its commit, each sequence decrements
 // this thread's countdown (runtime.hpp) and, when it reaches zero, leaves
 // through its own abort handler as a kernel abort would, its speculative
 // stores done and its commit not.  The decrement is a plain load and store:
@@ -168,8 +170,7 @@ enum class status : std::uint8_t {
 //
 //   t = &percpu_fault_countdown
 //   if (--*t == 0) goto abort_handler
-#if !defined(NDEBUG) && !defined(PERCPU_NO_FAULT_INJECTION)
-#define PERCPU_FAULT_INJECTION 1
+#if PERCPU_FAULT_INJECTION
 #define PERCPU_RSEQ_INJECT                                     \
   "mrs x16, tpidr_el0\n\t"                                     \
   "adrp x17, :gottprel:percpu_fault_countdown\n\t"             \
@@ -182,7 +183,6 @@ enum class status : std::uint8_t {
   "b 4f\n\t"                                                   \
   "7:\n\t"
 #else
-#define PERCPU_FAULT_INJECTION 0
 #define PERCPU_RSEQ_INJECT
 #endif
 #define PERCPU_RSEQ_CLOBBERS "memory", "cc", "x9", "x10", "x11", "x16", "x17"
@@ -203,8 +203,13 @@ enum class status : std::uint8_t {
   failed:                               \
   return status::failed;
 
+#define PERCPU_RSEQ_RETURNS_WITH_MOVED \
+  PERCPU_RSEQ_RETURNS_WITH_FAILED      \
+  moved:                               \
+  return status::moved;
+
 #define PERCPU_RSEQ_COMMON_INPUTS \
-  [rseq_off] "r"(runtime.rseq_offset), [shift] "i"(unit_shift), [stop0] "r"(stop0)
+  [rseq_off] "r"(rseq_offset_now()), [shift] "i"(unit_shift), [stop0] "r"(stop0)
 
 // The body of add() and add_release(), which differ in the commit only.
 //
@@ -292,9 +297,11 @@ inline status add_return(std::int64_t* slot0, const std::uint32_t* stop0, std::i
 }
 
 // If the thread runs on `cpu` and its slot holds `expected`, store `desired`.
-// failed: the slot held another value, or the thread is not on `cpu`.
+// moved: the thread is not on `cpu`; failed: the slot held another value.
+// (PERCPU_RSEQ_BEGIN has already left through `unregistered` for a negative
+// cpu_id, so a thread without registration is never reported as moved.)
 //
-//   if (cpu_id != cpu) goto failed
+//   if (cpu_id != cpu) goto moved
 //   p = slot0 + off
 //   if (*p != expected) goto failed
 //   *p = desired              (commit)
@@ -307,7 +314,7 @@ inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
                                 std::int64_t expected, std::int64_t desired) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN
            "cmp w9, %w[cpu]\n\t"
-           "b.ne %l[failed]\n\t" PERCPU_RSEQ_CHECK_STOP
+           "b.ne %l[moved]\n\t" PERCPU_RSEQ_CHECK_STOP
            "add x12, %[slot0], x10\n\t"
            "ldr x13, [x12]\n\t"
            "cmp x13, %[expected]\n\t"
@@ -316,8 +323,8 @@ inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [cpu] "r"(cpu),
              [expected] "r"(expected), [desired] "r"(desired)
            : PERCPU_RSEQ_CLOBBERS, "x12", "x13"
-           : unregistered, stopped, aborted, failed);
-  PERCPU_RSEQ_RETURNS_WITH_FAILED
+           : unregistered, stopped, aborted, failed, moved);
+  PERCPU_RSEQ_RETURNS_WITH_MOVED
 }
 
 // Per-CPU array layout (cpu_array in sequences.hpp): items at offset 0,
@@ -545,6 +552,12 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
 // The rseq area's cpu_id: the CPU this thread runs on, or a negative value
 // when the area is not registered.  A plain read of a field the kernel keeps
 // current on every return to user space.
+//
+// The "memory" clobber makes the read a compiler barrier: fence_cpu's
+// own-CPU rule reads cpu_id after a compare-and-swap and relies on that
+// order (the x86-64 file says why nothing else would keep it there;
+// docs/design.md, section 5, why a compiler barrier is all aarch64 needs
+// as well).
 inline int cpu_id() noexcept {
   int cpu;
   char* tp;
@@ -552,8 +565,9 @@ inline int cpu_id() noexcept {
       "mrs %[tp], tpidr_el0\n\t"
       "ldr %w[cpu], [%[tp], %[cpu_id_off]]"
       : [cpu] "=r"(cpu), [tp] "=&r"(tp)
-      : [cpu_id_off] "r"(runtime.rseq_offset +
-                         static_cast<std::ptrdiff_t>(offsetof(struct rseq, cpu_id))));
+      : [cpu_id_off] "r"(rseq_offset_now() +
+                         static_cast<std::ptrdiff_t>(offsetof(struct rseq, cpu_id)))
+      : "memory");
   return cpu;
 }
 
@@ -566,8 +580,6 @@ inline int cpu_id() noexcept {
 #undef PERCPU_RSEQ_COMMON_INPUTS
 #undef PERCPU_RSEQ_RETURNS
 #undef PERCPU_RSEQ_RETURNS_WITH_FAILED
+#undef PERCPU_RSEQ_RETURNS_WITH_MOVED
 
-}  // namespace percpu::detail::rseq_aarch64
-
-#define PERCPU_HAVE_RSEQ_SEQUENCES 1
-#endif  // __aarch64__
+}  // namespace percpu::detail::arch

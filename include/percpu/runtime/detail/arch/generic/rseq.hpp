@@ -39,6 +39,9 @@ inline int cpu_id() noexcept {
 inline status add(std::int64_t*, const std::uint32_t*, std::int64_t) noexcept {
   return status::unregistered;
 }
+inline status add_release(std::int64_t*, const std::uint32_t*, std::int64_t) noexcept {
+  return status::unregistered;
+}
 inline status add_return(std::int64_t*, const std::uint32_t*, std::int64_t, unsigned*,
                          std::int64_t*) noexcept {
   return status::unregistered;

@@ -187,6 +187,16 @@ inline status add(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t 
   PERCPU_RSEQ_RETURNS
 }
 
+// add() whose commit also orders every earlier load and store of the thread
+// before it (a release): for a count whose reader on another CPU must see
+// that what the thread did before the add is over (rwlock's "out" counts).
+// x86-64 keeps each store after the loads and stores before it in program
+// order, so it is add() itself; aarch64 commits with stlr.
+inline status add_release(std::int64_t* slot0, const std::uint32_t* stop0,
+                          std::int64_t v) noexcept {
+  return add(slot0, stop0, v);
+}
+
 // *slot += v on the current CPU, like add(), and reports where and what:
 // *cpu_out = the CPU, *value_out = the slot's value read right after the
 // add committed (exactly what the add left, unless the thread was

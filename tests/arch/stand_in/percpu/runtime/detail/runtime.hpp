@@ -21,4 +21,8 @@ struct runtime_state {
 };
 extern runtime_state runtime;
 
+inline std::ptrdiff_t rseq_offset_now() noexcept {
+  return runtime.rseq_offset;
+}
+
 }  // namespace percpu::detail
