@@ -3,13 +3,17 @@
 #   cmake --preset aarch64            (CMakePresets.json)
 #   cmake -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake ...
 #
-# Libraries for the target come the Debian multiarch way: glibc from
-# libc6-dev-arm64-cross (a dependency of the compiler), anything else as
+# Libraries for the target come the Debian multiarch way: glibc and the
+# compiler's runtime from libc6-dev-arm64-cross and its siblings (under
+# /usr/aarch64-linux-gnu, dependencies of the compiler), anything else as
 # PACKAGE:arm64 after `dpkg --add-architecture arm64`, installed under
 # /usr/lib/aarch64-linux-gnu, which CMAKE_LIBRARY_ARCHITECTURE makes
-# find_library and find_package search before the host's directories.  The
-# programs run on an arm64 machine or in QEMU (scripts/vm/arm64-run.sh); the
-# aarch64 preset links them statically so that a bare initramfs can run them.
+# find_library and find_package search instead of the host's
+# /usr/lib/x86_64-linux-gnu.  GoogleTest needs no arm64 package: with no
+# target gtest installed, tests/CMakeLists.txt builds it from Debian's
+# sources (/usr/src/googletest).  The programs are linked dynamically and
+# run on an arm64 machine or in QEMU (scripts/vm/stage.sh arm64 copies the
+# target's shared libraries from /usr/aarch64-linux-gnu/lib into its guest).
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
 set(CMAKE_LIBRARY_ARCHITECTURE aarch64-linux-gnu)

@@ -4,14 +4,17 @@
 # Problem: when a guest's command outlives RUN_TIMEOUT, the guest's init
 # (scripts/vm/init, hung) prints each thread's system call, its kernel
 # stack's top, and the words of its user stack that point into mapped code
-# ("@@vm hang stack TID FILE+OFFSET..."): the guest has no debugger, and
-# the host has the programs with their symbols.  This script looks each
-# word up with addr2line in the host's copy of the file: the build tree's
-# programs, the target's libraries for arm64 guests
-# (/usr/aarch64-linux-gnu/lib), the host's own for x86-64 guests.  The words
-# are a scan, not an unwinding: the frames of calls that already returned
-# show up too, so read each list from the top (the innermost frame) and
-# trust a caller only where it calls the frame above it.
+# ("@@vm hang stack TID FILE+OFFSET..."), then sends SIGQUIT, on which
+# `percpu stress` writes each thread's call stack ("stack TID: ADDRESS...");
+# the guest has no debugger, and the host has the programs with their
+# symbols.  This script looks each word up with addr2line in the host's
+# copy of the file: the build tree's programs, the target's libraries for
+# arm64 guests (/usr/aarch64-linux-gnu/lib), the host's own for x86-64
+# guests.  The words
+# of the init's scan are not an unwinding: the frames of calls that already
+# returned show up too, so read each list from the top (the innermost
+# frame) and trust a caller only where it calls the frame above it; a
+# program's own call stack is exact.
 #
 # Usage: scripts/vm/symbolize.sh LOG [BUILD_DIR...]
 #        (default build/aarch64 for an arm64 guest's log, else build/release
@@ -45,9 +48,46 @@ host_file() {
   esac
 }
 
-tr -d '\r' <"$log" | grep '^@@vm hang \(task\|stack\)' | while read -r _ _ kind id rest; do
-  if [ "$kind" = task ]; then
-    echo "thread ${id##*/}: ${rest%% allowed=*}"
+# The log's threads as "thread TID: ..." headers and FILE+OFFSET words:
+# the init's scan of each stack, then the call stacks a program wrote
+# itself on SIGQUIT ("stack TID: ADDRESS..."), whose addresses the map lines
+# turn into FILE+OFFSET.
+threads() {
+  tr -d '\r' <"$log" | awk '
+    function hex(s,   i, n) {
+      s = tolower(s); sub(/^0x/, "", s); n = 0
+      for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1
+      return n
+    }
+    $1 == "@@vm" && $2 == "hang" && $3 == "map" && $6 ~ /x/ && $NF ~ /^[\/[]/ {
+      split($5, r, "-"); n++; lo[n] = hex(r[1]); hi[n] = hex(r[2]); off[n] = hex($7); file[n] = $NF
+      next
+    }
+    $1 == "@@vm" && $2 == "hang" && $3 == "task" {
+      line = $0; sub(/^@@vm hang task [^ ]*\//, "", line); sub(/ allowed=.*/, "", line)
+      sub(/ /, ": ", line)
+      print "thread " line; next
+    }
+    $1 == "@@vm" && $2 == "hang" && $3 == "stack" {
+      out = ""; for (i = 5; i <= NF; i++) out = out " " $i
+      print "words" out; next
+    }
+    $1 == "stack" && $2 ~ /^[0-9]+:$/ {
+      print "thread " substr($2, 1, length($2) - 1) ": its own call stack (SIGQUIT)"
+      out = ""
+      for (i = 3; i <= NF; i++) {
+        a = hex($i)
+        for (k = 1; k <= n; k++) {
+          if (a >= lo[k] && a < hi[k]) { out = out " " file[k] "+" sprintf("0x%x", a - lo[k] + off[k]); break }
+        }
+      }
+      print "words" out
+    }'
+}
+
+threads | while read -r kind rest; do
+  if [ "$kind" = thread ]; then
+    echo "thread $rest"
     continue
   fi
   for word in $rest; do
