@@ -5,7 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -109,9 +109,12 @@ mapping_flags mapping_of(const void* address) {
   mapping_flags found;
   bool inside = false;
   for (std::string line; std::getline(smaps, line);) {
-    unsigned long lo = 0;
-    unsigned long hi = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find('-') < 17) {
+    // A mapping's first line: "LO-HI perms ...", both in hex.
+    char* dash = nullptr;
+    unsigned long lo = std::strtoul(line.c_str(), &dash, 16);
+    char* space = nullptr;
+    unsigned long hi = *dash == '-' ? std::strtoul(dash + 1, &space, 16) : 0;
+    if (*dash == '-' && space != nullptr && *space == ' ') {
       inside = at >= lo && at < hi;
     } else if (inside && line.rfind("VmFlags:", 0) == 0) {
       found.vm_flags = line;
