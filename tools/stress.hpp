@@ -171,6 +171,8 @@ void migrate(std::mt19937_64& rng);
 void fork_once(tally& forks_tally);
 // SIGQUIT makes every thread write its call stack to stderr.
 void install_stack_dumper();
+// on_signal for SIGUSR1, and the stack dumper.
+void install_signal_handler();
 // Loads the plugin, runs it and unloads it (stress_plugin.cpp).
 void load_plugin_once(const std::string& path);
 

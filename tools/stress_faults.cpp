@@ -76,6 +76,15 @@ void install_stack_dumper() {
   signal(SIGQUIT, dump_all_stacks);
 }
 
+void install_signal_handler() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGUSR1, &sa, nullptr);
+  install_stack_dumper();
+}
+
 void on_signal(int) {
   int saved = errno;
   state->slots.add(1);
