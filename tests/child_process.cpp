@@ -16,9 +16,42 @@ extern char** environ;
 
 namespace percpu_test {
 
+namespace {
+
+// Whether `env` asks the child for the portable backend, or leads it there
+// (simulated slots, a pretended kernel without rseq or its fence).
+bool may_run_portable(const std::vector<std::string>& env) {
+  const std::string pretend = "PERCPU_PRETEND_MISSING=";
+  for (const auto& e : env) {
+    if (e.rfind("PERCPU_SLOTS=", 0) == 0 && e.size() > 13) return true;
+    if (e == "PERCPU_BACKEND=portable") return true;
+    if (e.rfind(pretend, 0) == 0) {
+      std::string names = "," + e.substr(pretend.size()) + ",";
+      if (names.find(",rseq,") != std::string::npos ||
+          names.find(",membarrier_rseq,") != std::string::npos) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+bool names(const std::vector<std::string>& env, const std::string& var) {
+  for (const auto& e : env) {
+    if (e.rfind(var + "=", 0) == 0) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 child_result run_self(const std::string& filter, const std::vector<std::string>& env) {
   std::vector<std::string> entries = env;
   entries.emplace_back("PERCPU_TEST_CHILD=1");
+  // The suite runs once with PERCPU_INDEX=mm_cid (tests/CMakeLists.txt),
+  // which start-up refuses beside the portable backend: a child that asks
+  // for that backend gets its index mode chosen for it, unless it names one.
+  if (may_run_portable(env) && !names(env, "PERCPU_INDEX")) entries.emplace_back("PERCPU_INDEX=");
   for (char** e = environ; *e != nullptr; ++e) {
     std::string entry = *e;
     std::string name = entry.substr(0, entry.find('='));

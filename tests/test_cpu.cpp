@@ -93,14 +93,21 @@ TEST(Backend, FollowsTheEnvironment) {
   }
 }
 
-// With rseq the CPU comes from the kernel: pinned, it must be exact.
+// With rseq the CPU comes from the kernel: pinned, it must be exact.  With
+// slots indexed by mm_cid the slot is a concurrency id instead, within the
+// slots wherever the thread runs.
 TEST(Backend, RseqCpuMatchesSchedGetcpuWhenPinned) {
   if (percpu::backend().kind != percpu::backend_kind::rseq) GTEST_SKIP() << "portable backend";
+  bool by_mm_cid = percpu::backend().index == percpu::slot_index::mm_cid;
   auto allowed = percpu::allowed_cpus();
   for (unsigned cpu : allowed) {
-    std::thread([cpu] {
+    std::thread([cpu, by_mm_cid] {
       ASSERT_TRUE(percpu_test::pin(cpu));
-      EXPECT_EQ(percpu::current_cpu(), cpu);
+      if (by_mm_cid) {
+        EXPECT_LT(percpu::current_cpu(), percpu::cpu_count());
+      } else {
+        EXPECT_EQ(percpu::current_cpu(), cpu);
+      }
       EXPECT_EQ(sched_getcpu(), static_cast<int>(cpu));
     }).join();
   }
@@ -145,8 +152,9 @@ TEST(Backend, SlotsSimulateWideMachines) {
 }
 
 TEST(Backend, MissingSysfsStillWorks) {
-  auto r = percpu_test::run_self("BackendChild.*", {"PERCPU_SYSFS_CPU_DIR=/nonexistent/percpu",
-                                                    "PERCPU_BACKEND=", "PERCPU_SLOTS="});
+  auto r = percpu_test::run_self("BackendChild.*",
+                                 {"PERCPU_SYSFS_CPU_DIR=/nonexistent/percpu",
+                                  "PERCPU_BACKEND=", "PERCPU_SLOTS=", "PERCPU_INDEX="});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("kind=portable"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("sysfs=0"), std::string::npos) << r.output;

@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -31,6 +32,11 @@
 #include "percpu/runtime/detail/fence.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 #include "test_scale.hpp"
+
+// glibc's registration (glibc >= 2.35); weak, as in the library.
+extern "C" {
+extern const std::ptrdiff_t __rseq_offset __attribute__((weak));
+}
 
 namespace {
 
@@ -184,6 +190,54 @@ TEST(Startup, ThreadRegisteredByAnotherRseqUserFallsBack) {
   percpu_test::expect_child_passes("StartupChild.ThreadRegisteredByAnotherRseqUserFallsBack",
                                    {"GLIBC_TUNABLES=glibc.pthread.rseq=0",
                                     "PERCPU_BACKEND=", "PERCPU_SLOTS=", "PERCPU_PRETEND_MISSING="});
+}
+
+// A thread whose glibc rseq area another component unregistered: the
+// kernel then sets cpu_id to -1 and mm_cid to 0, and stops aborting its
+// sequences.  Its operations must take the portable path, whichever word
+// indexes the slots (in mm_cid mode a sequence that read mm_cid 0 as its
+// slot raced the thread that holds id 0 and lost adds: 0.5 to 1.2 million
+// of 20 million before the sequences tested cpu_id there too).  Pinned to
+// different CPUs, so that the other thread runs at the same time.
+TEST(Startup, ThreadWhoseAreaWasUnregisteredFallsBack) {
+  const auto& b = percpu::backend();
+  if (b.kind != percpu::backend_kind::rseq || b.source != percpu::rseq_source::glibc) {
+    GTEST_SKIP() << "needs glibc's rseq registration";
+  }
+  auto allowed = percpu::allowed_cpus();
+  if (allowed.size() < 2) GTEST_SKIP() << "needs two CPUs";
+  percpu::storage<std::int64_t> s;
+  const long adds = percpu_test::scaled(2'000'000, 50'000);
+  std::atomic<int> ready{0};
+  auto run = [&](unsigned cpu, bool unregister) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    EXPECT_EQ(sched_setaffinity(0, sizeof one, &one), 0);
+    if (unregister) {
+      // Unregistration names the length glibc registered: 32, the original
+      // struct rseq (glibc 2.36's __rseq_size says 20, the features used).
+      char* area = detail::arch::thread_pointer() + __rseq_offset;
+      constexpr int rseq_flag_unregister = 1;
+      constexpr unsigned registered_length = 32;
+      EXPECT_EQ(syscall(__NR_rseq, area, registered_length, rseq_flag_unregister,
+                        detail::arch::rseq_signature),
+                0)
+          << std::strerror(errno);
+      EXPECT_LT(detail::arch::slot_index(), 0);
+    }
+    ready.fetch_add(1);
+    while (ready.load() < 2) {
+    }
+    for (long i = 0; i < adds; ++i) s.add(1);
+  };
+  std::thread a(run, allowed[0], false);
+  std::thread c(run, allowed[1], true);
+  a.join();
+  c.join();
+  std::int64_t sum = 0;
+  s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += v; });
+  EXPECT_EQ(sum, 2 * adds);
 }
 
 // ---- membarrier failing at run time --------------------------------------------

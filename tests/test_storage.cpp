@@ -1,9 +1,12 @@
 // Per-CPU storage: initialisation, destruction, stable addresses, bad input.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -98,10 +101,12 @@ TEST(Storage, ReusedMemoryIsZeroAgain) {
 }
 
 // The mapping that holds `address`, as /proc/self/smaps describes it: its
-// VmFlags and AnonHugePages lines ("" when not found).
+// VmFlags and AnonHugePages lines ("" when not found), and its Rss in kB
+// (-1 when not found; pages mapped to the kernel's zero page do not count).
 struct mapping_flags {
   std::string vm_flags;
   std::string huge;
+  long rss_kb = -1;
 };
 mapping_flags mapping_of(const void* address) {
   std::ifstream smaps("/proc/self/smaps");
@@ -120,6 +125,8 @@ mapping_flags mapping_of(const void* address) {
       found.vm_flags = line;
     } else if (inside && line.rfind("AnonHugePages:", 0) == 0) {
       found.huge = line;
+    } else if (inside && line.rfind("Rss:", 0) == 0) {
+      found.rss_kb = std::strtol(line.c_str() + 4, nullptr, 10);
     }
   }
   return found;
@@ -138,6 +145,90 @@ TEST(Storage, ChunksAreNeverBackedByHugePages) {
   mapping_flags m = mapping_of(p);
   EXPECT_NE(m.vm_flags.find(" nh"), std::string::npos) << m.vm_flags;
   EXPECT_NE(m.huge.find(" 0 kB"), std::string::npos) << m.huge;
+  percpu::free_raw(p);
+}
+
+// A reused range is zeroed in the slots that wrote it, and costs no memory
+// in those that never did (64 simulated slots, two of them written): the
+// reuse used to write zeros into every slot, a page each.
+TEST(StorageChild, ReuseTouchesOnlyTheSlotsThatWrote) {
+  if (!percpu_test::in_child()) GTEST_SKIP() << "runs in a child process";
+  ASSERT_EQ(percpu::cpu_count(), 64u);
+  constexpr std::size_t page = 4096;
+  void* first = percpu::allocate_raw(page, page);
+  std::memset(percpu::raw_on(static_cast<char*>(first), 0), 1, page);
+  std::memset(percpu::raw_on(static_cast<char*>(first), 40), 1, page);
+  long before = mapping_of(first).rss_kb;
+  percpu::free_raw(first);
+  void* again = percpu::allocate_raw(page, page);
+  ASSERT_EQ(again, first) << "the freed range is the first that fits";
+  long after = mapping_of(again).rss_kb;
+  EXPECT_LE(after - before, 0) << "kB of Rss the reuse added (" << before << " -> " << after << ")";
+  for (unsigned slot : {0u, 40u, 63u}) {
+    const char* copy = percpu::raw_on(static_cast<char*>(again), slot);
+    for (std::size_t i = 0; i < page; ++i)
+      ASSERT_EQ(copy[i], 0) << "slot " << slot << " byte " << i;
+  }
+  percpu::free_raw(again);
+}
+
+TEST(Storage, ReuseTouchesOnlyTheSlotsThatWrote) {
+  percpu_test::expect_child_passes("StorageChild.ReuseTouchesOnlyTheSlotsThatWrote",
+                                   {"PERCPU_BACKEND=portable", "PERCPU_SLOTS=64"});
+}
+
+// The NUMA nodes this process may allocate from (/proc/self/status).
+std::vector<unsigned> allowed_mems() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("Mems_allowed_list:", 0) == 0) {
+      std::string list = line.substr(line.find_first_not_of(" \t", 18));
+      return percpu::parse_cpu_list(list);
+    }
+  }
+  return {};
+}
+
+// On a machine of several NUMA nodes, each CPU's copy lives on that CPU's
+// node, even when one thread on one node touches them all first (as a
+// constructor of every copy does).  move_pages with no target nodes only
+// reports where each page is.  The vm stage's `four` guest has two nodes.
+TEST(Storage, CopiesLiveOnTheirCpusNode) {
+  if (percpu::numa_nodes().size() < 2) GTEST_SKIP() << "one NUMA node";
+  const auto& b = percpu::backend();
+  if (b.kind != percpu::backend_kind::rseq || b.index != percpu::slot_index::cpu) {
+    GTEST_SKIP() << "slots are not CPUs here";
+  }
+  constexpr std::size_t page = 4096;
+  void* p = percpu::allocate_raw(page, page);
+  std::vector<void*> pages;
+  std::vector<int> want;
+  for (unsigned cpu = 0; cpu < percpu::cpu_count(); ++cpu) {
+    int node = percpu::numa_node_of(cpu);
+    if (node < 0) continue;
+    char* copy = percpu::raw_on(static_cast<char*>(p), cpu);
+    std::memset(copy, 1, page);
+    pages.push_back(copy);
+    want.push_back(node);
+  }
+  ASSERT_GE(pages.size(), 2u);
+  std::vector<int> status(pages.size(), -1);
+  if (syscall(SYS_move_pages, 0, pages.size(), pages.data(), nullptr, status.data(), 0) != 0) {
+    int err = errno;
+    percpu::free_raw(p);
+    if (err == EPERM || err == ENOSYS) GTEST_SKIP() << "move_pages refused: " << std::strerror(err);
+    FAIL() << "move_pages: " << std::strerror(err);
+  }
+  // Only nodes this process may take memory from (a cpuset's mems) can
+  // hold a copy; the others fall back, as MPOL_PREFERRED allows.
+  std::vector<unsigned> mems = allowed_mems();
+  for (std::size_t i = 0; i < pages.size(); ++i) {
+    bool allowed =
+        std::find(mems.begin(), mems.end(), static_cast<unsigned>(want[i])) != mems.end();
+    if (allowed) {
+      EXPECT_EQ(status[i], want[i]) << "the copy of the " << i << "th CPU with a node";
+    }
+  }
   percpu::free_raw(p);
 }
 
@@ -250,7 +341,7 @@ TEST(StorageChild, ExhaustedAddressSpace) {
 }
 
 TEST(Storage, ExhaustedAddressSpaceIsReportedAndRecoverable) {
-  auto r = percpu_test::run_self("StorageChild.*", {});
+  auto r = percpu_test::run_self("StorageChild.ExhaustedAddressSpace", {});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("exhausted-ok"), std::string::npos) << r.output;
 }

@@ -10,5 +10,6 @@ namespace percpu_tool {
 int info(const std::vector<std::string>& args);
 int bench(const std::vector<std::string>& args);
 int stress(const std::vector<std::string>& args);
+int memory(const std::vector<std::string>& args);
 
 }  // namespace percpu_tool

@@ -1,4 +1,5 @@
 // percpu info - what this machine and kernel give, and what the library chose.
+#include <sched.h>
 #include <sys/utsname.h>
 
 #include <cstdio>
@@ -61,14 +62,18 @@ int info(const std::vector<std::string>& args) {
   if (!b.pretend_missing.empty()) {
     std::printf("pretend missing   %s (PERCPU_PRETEND_MISSING)\n", b.pretend_missing.c_str());
   }
+  std::printf("index             %s (%s)\n",
+              b.index == percpu::slot_index::mm_cid ? "mm_cid" : "cpu", b.index_reason.c_str());
   std::printf("slots             %u%s\n", b.slots,
               b.sysfs_possible ? "" : " (possible CPUs guessed: /sys unreadable)");
   std::printf("possible CPUs     %s\n", cpu_list(percpu::possible_cpus()).c_str());
   std::printf("online CPUs       %s\n", cpu_list(percpu::online_cpus()).c_str());
   std::printf("allowed CPUs      %s\n", cpu_list(percpu::allowed_cpus()).c_str());
   std::printf("NUMA nodes        %s\n", cpu_list(percpu::numa_nodes()).c_str());
-  std::printf("current CPU       %u (node %d)\n", percpu::current_cpu(),
-              percpu::numa_node_of(percpu::current_cpu()));
+  int cpu = sched_getcpu();
+  std::printf("current CPU       %d (node %d), slot %u\n", cpu,
+              cpu >= 0 ? percpu::numa_node_of(static_cast<unsigned>(cpu)) : -1,
+              percpu::current_cpu());
   std::printf("under valgrind    %s\n", yes_no(b.under_valgrind));
   return 0;
 }

@@ -33,12 +33,18 @@ void usage(std::FILE* out) {
       "      --threads N          workers (default: 2 per CPU, at least 4)\n"
       "      --plugin PATH|none   the plugin loaded and unloaded as a fault\n"
       "                           (default: libpercpu_stress_plugin.so beside the command)\n"
+      "  memory [options]         resident memory of per-CPU counters and a pool_cache\n"
+      "      --counters N         counters (default 1000)\n"
+      "      --objects N          pool_cache objects of 64 bytes (default 100000)\n"
+      "      --threads N          workers (default: one per allowed CPU)\n"
+      "      --compare-thp        with and without transparent huge pages; exit 1 above 1.25x\n"
       "\n"
       "environment:\n"
       "  PERCPU_BACKEND=rseq|portable   force a backend\n"
       "  PERCPU_SLOTS=N                 portable backend simulating N CPUs\n"
       "  PERCPU_PRETEND_MISSING=LIST    behave as without rseq, membarrier_rseq,\n"
-      "                                 membarrier_fence (comma-separated)\n");
+      "                                 membarrier_fence (comma-separated)\n"
+      "  PERCPU_INDEX=cpu|mm_cid|auto   what indexes the slots (default auto)\n");
 }
 
 }  // namespace
@@ -55,6 +61,7 @@ int main(int argc, char** argv) {
     if (command == "bench") return percpu_tool::bench(args);
     if (command == "bench-child") return percpu_bench::child_main(args);
     if (command == "stress") return percpu_tool::stress(args);
+    if (command == "memory") return percpu_tool::memory(args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "percpu %s: %s\n", command.c_str(), e.what());
     return 1;

@@ -422,9 +422,9 @@ int reexec_with(const options& o, const std::vector<std::string>& args) {
 void print_banner(const options& o, const percpu::backend_info& b, unsigned threads,
                   std::size_t cpus) {
   std::printf("percpu stress: %.0f s, seed %" PRIu64
-              ", backend %s (%u slots), %u workers, %zu CPUs\n",
+              ", backend %s (%u slots, index %s), %u workers, %zu CPUs\n",
               o.seconds, o.seed, b.kind == percpu::backend_kind::rseq ? "rseq" : "portable",
-              b.slots, threads, cpus);
+              b.slots, b.index == percpu::slot_index::mm_cid ? "mm_cid" : "cpu", threads, cpus);
   std::fflush(stdout);
 }
 

@@ -13,13 +13,15 @@
 # Usage: scripts/vm/boot.sh --kernel 6.1|6.12|PATH --smp SPEC --job FILE
 #          --log FILE [--arch amd64|arm64] [--initramfs FILE]
 #          [--timeout SECONDS] [--mem SIZE] [--append KERNEL_ARGS]
-#          [--accel QEMU_ACCEL]
+#          [--accel QEMU_ACCEL] [--numa CPUS,CPUS,...]
 #   --arch     amd64 (default): qemu-system-x86_64; arm64:
 #              qemu-system-aarch64's virt board with -cpu max (the kernel
 #              named by series is then Debian's arm64 cloud kernel)
 #   --smp      QEMU's -smp value, for example 8,maxcpus=64
 #   --job      a shell fragment the guest's init sources (see scripts/vm/init)
 #   --log      the serial console log; a failed try's log is kept as LOG.1
+#   --numa     one NUMA node per CPU range (0-1,2-3: two nodes), the memory
+#              shared out evenly
 # Prints one line per command ("  NAME  rc=0  12 s  PASS") and the machine
 # line.  Exit status: 0 all passed, 1 a command failed, 2 the kernel
 # crashed twice, 3 time-out, 4 the guest ended without its final marker.
@@ -27,7 +29,7 @@ set -euo pipefail
 
 root_dir=$(cd "$(dirname "$0")/../.." && pwd)
 kernel='' smp='' job='' log='' arch=amd64 initramfs=
-timeout_s=1200 mem=2G append='' accel=
+timeout_s=1200 mem=2G append='' accel= numa=
 while [ $# -gt 0 ]; do
   case "$1" in
     --kernel) kernel=$2 ;;
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
     --mem) mem=$2 ;;
     --append) append=$2 ;;
     --accel) accel=$2 ;;
+    --numa) numa=$2 ;;
     *) echo "boot.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -91,6 +94,21 @@ case "$arch" in
   arm64) machine=(qemu-system-aarch64 -machine virt,gic-version=3 -cpu max,pauth-impdef=on) console=ttyAMA0 ;;
 esac
 cmdline="console=$console panic=-1 loglevel=5 rdinit=/init $append"
+# --numa A-B,C-D,...: one NUMA node per CPU range, the memory shared out
+# evenly (in MiB: -m must then be given in G or M).
+numa_args=()
+if [ -n "$numa" ]; then
+  IFS=, read -r -a ranges <<<"$numa"
+  case $mem in
+    *G) total_mb=$((${mem%G} * 1024)) ;;
+    *M) total_mb=${mem%M} ;;
+    *) echo "boot.sh: --numa wants --mem in G or M, not $mem" >&2; exit 2 ;;
+  esac
+  for i in "${!ranges[@]}"; do
+    numa_args+=(-object "memory-backend-ram,id=m$i,size=$((total_mb / ${#ranges[@]}))M"
+      -numa "node,nodeid=$i,cpus=${ranges[$i]},memdev=m$i")
+  done
+fi
 
 # Kernel lines carry a timestamp; these mean the kernel itself failed.
 # (arm64 says "Unable to handle kernel ..." and "Internal error: Oops".)
@@ -98,7 +116,7 @@ crash_pattern='^\[ *[0-9]+\.[0-9]+\] (Kernel panic|Oops|BUG:|general protection 
 
 boot_once() {
   local rc=0
-  timeout -k 10 "$timeout_s" "${machine[@]}" -accel "$accel" -m "$mem" -smp "$smp" \
+  timeout -k 10 "$timeout_s" "${machine[@]}" "${numa_args[@]}" -accel "$accel" -m "$mem" -smp "$smp" \
     -nodefaults -display none -monitor none -serial stdio -no-reboot \
     -kernel "$image" -initrd "$work/initrd.cpio" -append "$cmdline" </dev/null >"$log" 2>&1 || rc=$?
   return $rc

@@ -17,10 +17,16 @@
 #   narrow   8 possible CPUs, all online: `percpu info` and the broadcast
 #            row of the bench, which the wide machine runs too, so that
 #            the stage prints what 56 absent CPUs add to a broadcast;
+#   four     4 CPUs, all online, on two NUMA nodes (CPUs 0-1 and 2-3):
+#            `percpu memory`, the figures the wide machine's program
+#            confined to 4 CPUs is held against, and the test that each
+#            CPU's copy of per-CPU memory is on its node;
 # the wide machine on each of Debian 12's two kernels, 6.1 (no mm_cid, no
-# AT_RSEQ_FEATURE_SIZE) and 6.12 (both), the sparse one on 6.1 and the
-# narrow one on 6.12 (beside the 6.12 wide machine, whose 56 absent CPUs
-# are present but offline).  The wide machine is made two ways, both common in
+# AT_RSEQ_FEATURE_SIZE: `percpu info` must show the index mode fall back,
+# and PERCPU_INDEX=mm_cid be refused) and 6.12 (both: the suite and stress
+# run with slots indexed by mm_cid there), the sparse one on 6.1 and the
+# narrow and four ones on 6.12 (beside the 6.12 wide machine, whose 56
+# absent CPUs are present but offline).  The wide machine is made two ways, both common in
 # clouds: under 6.1, CPUs that are possible but not present (QEMU's
 # maxcpus: slots for vCPUs plugged in later); under 6.12, which counts only
 # present CPUs as possible under QEMU 7.2, 64 present CPUs of which the
@@ -104,7 +110,7 @@ shapes_of() {
   else
     case "$1" in
       6.1) echo wide sparse ;;
-      6.12) echo wide narrow ;;
+      6.12) echo wide narrow four ;;
       *) echo wide ;;
     esac
   fi
@@ -139,11 +145,36 @@ write_job() {
       plain_job
       return
     fi
+    if [ "$shape" = four ]; then
+      echo "run info $tool info"
+      echo "run memory $tool memory"
+      echo "run numa $suite --gtest_filter=Storage.CopiesLiveOnTheirCpusNode"
+      return
+    fi
     [ "$shape" != sparse ] || echo "offline 1 2 4"
     echo "run info $tool info"
     [ "$shape" != narrow ] || echo "$broadcast"
+    # The index modes (docs/design.md, section 6): on 6.1 auto falls back
+    # to CPU numbers and mm_cid is refused; on 6.12's wide machine (8 of
+    # 64 possible CPUs usable) auto picks mm_cid, and the suite runs in
+    # that mode, as does the stress run under hotplug below.
+    local index=
+    if [ "$shape" = wide ] && [ "$kernel" = 6.1 ]; then
+      echo "run index.auto expect_index cpu $tool info"
+      echo "run index.mm_cid expect_index refused env PERCPU_INDEX=mm_cid $tool info"
+    elif [ "$shape" = wide ]; then
+      echo "run index.auto expect_index mm_cid $tool info"
+      index=.mm_cid
+      # Memory (issue: bounded by the parallelism): a program confined to
+      # 4 of the 64 possible CPUs, in each index mode, beside the `four`
+      # guest's whole machine of 4; and huge pages (6.12's THP is `always`)
+      # against none, which fails above 1.25x.
+      echo "run memory.thp $tool memory --compare-thp"
+      echo "run memory.mm_cid env PERCPU_INDEX=mm_cid taskset -c 0-3 $tool memory"
+      echo "run memory.cpu env PERCPU_INDEX=cpu taskset -c 0-3 $tool memory"
+    fi
     if [ "$shape" != narrow ]; then
-      echo "run suite.rseq env PERCPU_BACKEND=rseq $suite $filter"
+      echo "run suite.rseq$index env PERCPU_BACKEND=rseq ${index:+PERCPU_INDEX=mm_cid }$suite $filter"
       echo "run suite.portable env PERCPU_BACKEND=portable $suite $filter"
       echo "run debug_checks $(dirname $suite)/percpu_debug_tests"
       echo "run static_init $(dirname $suite)/percpu_static_init_tests"
@@ -154,7 +185,7 @@ write_job() {
       # stress runs (CPU 0 cannot go offline).
       echo 'HOTPLUG="2 3 5 6"'
       echo "RUN_TIMEOUT=$((stress_seconds + stress_slack))"
-      echo "run stress.rseq.hotplug $tool stress --backend rseq --seconds $stress_seconds"
+      echo "run stress.rseq$index.hotplug $tool stress --backend rseq --seconds $stress_seconds"
       echo "run stress.portable.hotplug $tool stress --backend portable --seconds $((stress_seconds / 2))"
     fi
   } >"$job"
@@ -190,14 +221,22 @@ smp_of() {
     sparse:6.1) echo 7,maxcpus=16 ;;
     sparse:*) echo 16 ;;
     narrow:*) echo 8 ;;
-    plain:*) echo 4 ;;
+    plain:* | four:*) echo 4 ;;
   esac
 }
 append_of() {
   case "$2:$1" in
-    wide:6.1 | sparse:6.1 | narrow:* | plain:*) echo "" ;;
+    wide:6.1 | sparse:6.1 | narrow:* | plain:* | four:*) echo "" ;;
     wide:*) echo maxcpus=8 ;;
     sparse:*) echo maxcpus=7 ;;
+  esac
+}
+
+# The NUMA nodes of a shape, as boot.sh's --numa ("": one).
+numa_of() {
+  case "$1" in
+    four) echo 0-1,2-3 ;;
+    *) echo "" ;;
   esac
 }
 
@@ -213,7 +252,7 @@ start_guest() {
     started=$(date +%s)
     rc=0
     scripts/vm/boot.sh --arch "$arch" --kernel "$kernel" --smp "$(smp_of "$kernel" "$shape")" \
-      --append "$(append_of "$kernel" "$shape")" --job "$job" \
+      --append "$(append_of "$kernel" "$shape")" --numa "$(numa_of "$shape")" --job "$job" \
       --log "$logs/$name.log" --timeout "${PERCPU_VM_TIMEOUT:-1500}" >"$logs/$name.report" 2>&1 || rc=$?
     echo "$rc $(($(date +%s) - started))" >"$logs/$name.rc"
   ) &

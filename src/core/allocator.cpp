@@ -9,12 +9,17 @@
 // base + c * unit_size.  Allocations are offsets in the unit, handed out by
 // first fit from a free list (coalesced on free), or from the never-used
 // space above the chunk's high-water mark.  Never-used space is still the
-// kernel's zero pages; reused space is zeroed on every CPU when handed out
-// again.  Chunks are never backed by transparent huge pages (add_chunk).
+// kernel's zero pages; reused space is zeroed in every slot that wrote it
+// when handed out again.  Chunks are never backed by transparent huge pages,
+// and on a machine of several NUMA nodes each CPU's unit prefers that CPU's
+// node (add_chunk).
 // Chunks are never unmapped, so no address ever becomes invalid
 // behind a reader's back.  One mutex guards the bookkeeping: allocation is
 // not a fast path.
+#include <linux/mempolicy.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -28,6 +33,7 @@
 
 #include "core/process_wide.hpp"
 #include "percpu/core/detail/alloc.hpp"
+#include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 #include "percpu/runtime/error.hpp"
 #include "runtime/runtime_internal.hpp"
@@ -56,7 +62,39 @@ struct live_allocation {
 struct allocator_state : held_across_fork {
   std::vector<std::unique_ptr<chunk>> chunks;
   std::map<std::uintptr_t, live_allocation> live;  // CPU-0 address -> allocation
+  bool placed = false;                             // unit_nodes found (on the first chunk)
+  std::vector<int> unit_nodes;                     // per slot: its CPU's node; empty: no placement
 };
+
+// Where each slot's unit should live: its CPU's NUMA node, when slots are
+// CPUs (rseq backend, CPU mode) and the machine has more than one node.  An
+// mm_cid slot has no node (its id moves with its threads), nor has a slot
+// of the portable backend; one node needs nothing.
+std::vector<int> find_unit_nodes() {
+  std::vector<int> nodes;
+  if (!slots_are_cpus()) return nodes;
+  if (numa_nodes().size() < 2) return nodes;
+  nodes.resize(runtime.slots, -1);
+  for (unsigned cpu = 0; cpu < runtime.slots; ++cpu) nodes[cpu] = numa_node_of(cpu);
+  return nodes;
+}
+
+// Asks the kernel to back each slot's unit of the chunk at `base` from its
+// CPU's node (MPOL_PREFERRED: another node when that one is full), so that
+// a copy lands there whichever thread touches it first - a constructor
+// that builds every CPU's copy, a reuse that zeroes them.  Advice: a kernel
+// without NUMA support, or a sandbox that refuses mbind, leaves the
+// default (first touch), which is where the CPU's own sequences put it.
+void place_units(std::uintptr_t base, const std::vector<int>& nodes) noexcept {
+  constexpr unsigned long max_node = 1024;
+  for (std::size_t slot = 0; slot < nodes.size(); ++slot) {
+    int node = nodes[slot];
+    if (node < 0 || static_cast<unsigned long>(node) >= max_node) continue;
+    unsigned long mask[max_node / (8 * sizeof(unsigned long))] = {};
+    mask[node / (8 * sizeof(unsigned long))] = 1UL << (node % (8 * sizeof(unsigned long)));
+    syscall(SYS_mbind, base + (slot << unit_shift), unit_size, MPOL_PREFERRED, mask, max_node, 0);
+  }
+}
 
 std::size_t align_up(std::size_t value, std::size_t alignment) {
   return (value + alignment - 1) & ~(alignment - 1);
@@ -68,8 +106,13 @@ chunk* add_chunk() {
   // Everything that can throw besides mmap happens first, so a failure
   // leaves no mapping behind.
   auto c = std::make_unique<chunk>();
-  auto& chunks = process_wide<allocator_state>().chunks;
+  allocator_state& st = process_wide<allocator_state>();
+  auto& chunks = st.chunks;
   chunks.reserve(chunks.size() + 1);
+  if (!st.placed) {
+    st.unit_nodes = find_unit_nodes();
+    st.placed = true;
+  }
   std::size_t bytes = static_cast<std::size_t>(runtime.slots) * unit_size;
   // Over-reserve by one unit so the chunk can start on a unit boundary
   // (allocations may ask for alignments up to unit_size).
@@ -96,6 +139,7 @@ chunk* add_chunk() {
   // resident, against 968 KB with THP off).  Advice only: a kernel without
   // THP refuses it (EINVAL), and that is the behaviour asked for anyway.
   madvise(reinterpret_cast<void*>(base), bytes, MADV_NOHUGEPAGE);
+  place_units(base, st.unit_nodes);
   c->base = base;
   chunks.push_back(std::move(c));
   return chunks.back().get();
@@ -120,6 +164,18 @@ std::size_t carve(chunk& c, std::size_t size, std::size_t alignment, bool& reuse
   c.high_water = start + size;
   reused = false;
   return start;
+}
+
+// Zeroes a reused range of one slot, unless it is zero already.  Most
+// slots of a wide machine's chunk are never touched - the CPUs the process
+// may not use, the ids beyond its parallelism in mm_cid mode - and reading
+// such a range maps the kernel's shared zero page, which costs no memory,
+// where writing it would allocate a page per slot (64 possible CPUs, 64
+// pages per reuse).  The check reads the range once with memcmp against
+// itself shifted by one byte: all bytes equal, and the first is zero.
+void clear_unless_zero(unsigned char* p, std::size_t size) noexcept {
+  if (p[0] == 0 && (size == 1 || std::memcmp(p, p + 1, size - 1) == 0)) return;
+  std::memset(p, 0, size);
 }
 
 void release_range(chunk& c, std::size_t offset, std::size_t size) {
@@ -172,8 +228,9 @@ void* allocate_percpu(std::size_t size, std::size_t alignment) {
   std::uintptr_t p0 = owner->base + offset;
   if (reused) {
     for (unsigned cpu = 0; cpu < runtime.slots; ++cpu) {
-      std::memset(reinterpret_cast<void*>(p0 + (static_cast<std::uintptr_t>(cpu) << unit_shift)), 0,
-                  size);
+      clear_unless_zero(
+          reinterpret_cast<unsigned char*>(p0 + (static_cast<std::uintptr_t>(cpu) << unit_shift)),
+          size);
     }
   }
   try {

@@ -8,6 +8,9 @@
 // the period saw; the cache has no thread of its own.
 #include <algorithm>
 #include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
 #include <mutex>
 
 #include "pool_core.hpp"
@@ -101,13 +104,53 @@ void pool_core::trim_and_adapt() noexcept {
 // with a plain store, without stopping the CPU: every array has room for
 // two of the biggest magazines, and a count above a lowered capacity only
 // makes pushes fail until gets or the next overflow bring it down.
+//
+// An array not armed yet (arm_array) keeps its capacity of 0: a store here
+// would give it room before it has memory, and would touch the slot's page.
+// An arming that read the old size meanwhile leaves that size, which the
+// next resize corrects.
 void pool_core::set_magazine_size(unsigned size) noexcept {
   cache.magazine_size_.store(size, std::memory_order_relaxed);
   for (unsigned cpu = 0; cpu < cache.parts_.cpus(); ++cpu) {
-    std::atomic_ref<std::uint32_t>(part_on(cpu)->array.capacity)
-        .store(2 * size, std::memory_order_relaxed);
+    cpu_array& a = part_on(cpu)->array;
+    if (std::atomic_ref<void**>(a.items).load(std::memory_order_relaxed) == nullptr) continue;
+    std::atomic_ref<std::uint32_t>(a.capacity).store(2 * size, std::memory_order_relaxed);
   }
   resizes.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Problem: a cache has a slot for every possible CPU (or concurrency id),
+// and arming every slot's array when the cache is made wrote one page per
+// slot: 64 pages for a cache on a 64-CPU host, whichever CPUs the program
+// ran on.  So a slot's array starts as the allocator left it, all zero:
+// capacity 0 (every push finds it full, every pop empty, and both take the
+// slow path) and no memory.  The slow paths arm the slot the thread runs on
+// with two compare-and-stores bound to it, the memory first and the
+// capacity after, so that no sequence ever sees room without memory.
+// Returns true when this call armed it.
+bool pool_core::arm_array() noexcept {
+  static_assert(std::endian::native == std::endian::little &&
+                    offsetof(cpu_array, capacity) == offsetof(cpu_array, count) + 4,
+                "count and capacity share one 64-bit word, capacity in its high half");
+  for (;;) {
+    unsigned slot = seq::current_cpu();
+    cpu_part* part = part_on(slot);
+    if (std::atomic_ref<std::uint32_t>(part->array.capacity).load(std::memory_order_relaxed) != 0) {
+      return false;
+    }
+    cpu_array* arrays0 = cache.arrays0();
+    auto* items0 = reinterpret_cast<std::int64_t*>(&arrays0->items);
+    auto items = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(part->items));
+    cas_result r = seq::compare_and_store(items0, stop0(), slot, 0, items);
+    if (r == cas_result::moved) continue;
+    if (r == cas_result::busy) return false;
+    // count 0, capacity 0 -> count 0, capacity two magazines.
+    auto* sizes0 = reinterpret_cast<std::int64_t*>(&arrays0->count);
+    auto sizes = static_cast<std::int64_t>(std::uint64_t{2 * cache.magazine_size()} << 32);
+    r = seq::compare_and_store(sizes0, stop0(), slot, 0, sizes);
+    if (r == cas_result::moved) continue;
+    return r == cas_result::stored;
+  }
 }
 
 std::size_t pool_core::reclaim() {

@@ -99,6 +99,9 @@ void pool_core::give(magazine* m) noexcept {
 void* pool_core::get_slow() noexcept {
   count(&cpu_part::misses);
   if (nested()) return take_deferred();
+  // A first get on this slot arms its array (arm_array, depot.cpp), which
+  // then takes the rest of the magazine below.
+  arm_array();
   magazine* m = take_full();
   if (m == nullptr) {
     maybe_maintain();
@@ -130,6 +133,11 @@ void pool_core::put_slow(void* object) noexcept {
   }
   if (header(object)->generation != generation()) {
     destroy(&object, 1);  // constructed before an invalidate(): never cached again
+    return;
+  }
+  // A first put on this slot found no room because the array had none yet.
+  if (arm_array() && seq::push(cache.arrays0(), stop0(), object,
+                               seq::guard{&cache.generation_, header(object)->generation})) {
     return;
   }
   count(&cpu_part::overflows);

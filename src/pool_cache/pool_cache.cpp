@@ -47,11 +47,7 @@ raw_pool_cache::raw_pool_cache(pool_options options)
   c.slab_bytes = std::bit_ceil(std::max(detail::min_slab_bytes, c.slots_offset + 8 * c.slot_size));
   c.slots_per_slab = static_cast<std::uint32_t>((c.slab_bytes - c.slots_offset) / c.slot_size);
 
-  for (unsigned cpu = 0; cpu < parts_.cpus(); ++cpu) {
-    detail::cpu_part* part = parts_.on(cpu);
-    part->array.items = part->items;
-    part->array.capacity = 2 * magazine;
-  }
+  // Each slot's array is armed on its first use (pool_core::arm_array).
   detail::pool_registry& r = detail::process_wide<detail::pool_registry>();
   // The registry lock is one a handler's put may take (pool_check_put):
   // held only inside a no-wait section, like every pool lock.

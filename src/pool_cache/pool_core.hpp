@@ -245,6 +245,7 @@ struct pool_core {
   void maybe_maintain() noexcept;
   void trim_and_adapt() noexcept;
   void set_magazine_size(unsigned size) noexcept;
+  bool arm_array() noexcept;
   std::size_t reclaim();
 
   // ---- invalidate.cpp: the generation protocol ------------------------------

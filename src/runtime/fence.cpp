@@ -136,6 +136,17 @@ int membarrier_failure() noexcept {
 
 void fence_cpu(unsigned cpu) noexcept {
   if (backend_now() != backend_code::rseq) return;
+  // mm_cid mode: slot `cpu` is a concurrency id, which the thread holding
+  // it may use on any CPU, and which may pass to another thread at any
+  // context switch.  Only the broadcast fence reaches it (one membarrier
+  // that interrupts every CPU running a thread of the process, instead of
+  // one; docs/design.md, section 6).  The own-CPU rule below has no
+  // counterpart: holding the id now says nothing of where its last holder
+  // ran.
+  if (indexed_by_mm_cid()) {
+    fence(-1);
+    return;
+  }
   // No fence when the caller itself runs on `cpu` after setting the word.
   // A sequence there that read the word as clear did so before the word was
   // set, on `cpu`; the caller runs on `cpu` now, so that thread was switched

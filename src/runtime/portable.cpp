@@ -231,10 +231,14 @@ cas_result compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned
   // sequence, instead of locking a word outside the structure.
   if (cpu >= runtime.slots) return cas_result::moved;
   return locked_on(stop0, cpu, cas_result::busy, [&](unsigned slot) {
-    // Every writer holds the lock, so the read may be plain; the store is
-    // atomic for the readers that do not take it (see add_to_slot).
+    // Every writer of the whole word holds the lock; the read is atomic all
+    // the same, since a part of some words is stored without it (a
+    // pool_cache array's capacity, pool_core::set_magazine_size).  The
+    // store is atomic for the readers that do not take it (see add_to_slot).
     std::int64_t* value = copy_on(slot0, slot);
-    if (*value != expected) return cas_result::changed;
+    if (std::atomic_ref<std::int64_t>(*value).load(std::memory_order_relaxed) != expected) {
+      return cas_result::changed;
+    }
     std::atomic_ref<std::int64_t>(*value).store(desired, std::memory_order_release);
     return cas_result::stored;
   });

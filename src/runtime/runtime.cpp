@@ -39,6 +39,7 @@
 #endif
 #endif
 
+#include "index_mode.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/runtime/detail/arch.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
@@ -93,10 +94,12 @@ struct alignas(own_area_alignment) own_rseq_area {
   std::uint64_t rseq_cs = 0;
   std::uint32_t flags = 0;
   std::uint32_t node_id = 0;
-  std::uint32_t mm_cid = 0;
+  std::uint32_t mm_cid = cpu_id_uninitialized;  // likewise: negative until registered
   unsigned char rest[own_area_size - 28] = {};
 };
 static_assert(sizeof(own_rseq_area) == own_area_size);
+static_assert(offsetof(own_rseq_area, mm_cid) - offsetof(own_rseq_area, cpu_id) == mm_cid_shift,
+              "runtime.rseq_offset's mm_cid mode names mm_cid where cpu_id was");
 
 // Constant-initialised, initial-exec: every thread's copy sits at the same
 // offset from the thread pointer, and exists from the thread's first
@@ -284,6 +287,13 @@ std::string probe_rseq(bool sysfs_ok) {
   if (glibc_registered()) {
     info().source = rseq_source::glibc;
     found_rseq_offset = __rseq_offset;
+    // The sequences tell the index modes apart by the offset's low bits
+    // (runtime.hpp): an rseq area is 32-byte aligned, and so is the thread
+    // pointer wherever glibc runs (x86-64: 64; aarch64: the offset is -32).
+    if ((found_rseq_offset & 31) != 0) {
+      return "glibc's rseq area is at offset " + std::to_string(found_rseq_offset) +
+             " from the thread pointer, not a multiple of 32";
+    }
     auto* cpu_id = reinterpret_cast<volatile std::int32_t*>(thread_pointer() + __rseq_offset + 4);
     if (*cpu_id < 0) return "glibc's rseq registration failed for this thread";
   } else {
@@ -335,9 +345,28 @@ unsigned rseq_slots() {
   return kernel;
 }
 
+// PERCPU_INDEX (index_mode.hpp), once the backend is known: true for mm_cid.
+bool choose_index_mode(unsigned possible_count) {
+  index_inputs in;
+  in.requested = std::getenv("PERCPU_INDEX");
+  in.rseq_backend = info().kind == backend_kind::rseq;
+  in.kernel_has_mm_cid = info().mm_cid;
+  in.allowed_cpus = allowed_cpu_count();
+  in.possible_cpus = possible_count;
+  index_choice c = choose_index(in);
+  if (!c.error.empty()) throw refusal{c.error};
+  info().index = c.mm_cid ? slot_index::mm_cid : slot_index::cpu;
+  info().index_reason = c.why;
+  return c.mm_cid;
+}
+
 void start_locked() {
   read_fault_rate();
   read_pretend();
+  // A malformed PERCPU_INDEX is refused before anything is registered.
+  if (std::string e = index_request_error(std::getenv("PERCPU_INDEX")); !e.empty()) {
+    throw refusal{e};
+  }
   const char* forced = std::getenv("PERCPU_BACKEND");
   std::string want = forced != nullptr ? forced : "";
   if (!want.empty() && want != "rseq" && want != "portable") {
@@ -391,10 +420,14 @@ void start_locked() {
   // With the portable backend the sequences' own test sends every operation
   // to the portable code: portable_area is never registered, so its cpu_id
   // stays negative.
+  // In mm_cid mode the offset names mm_cid where it named cpu_id
+  // (runtime.hpp).
+  bool mm_cid = choose_index_mode(static_cast<unsigned>(possible.cpus.size()));
   if constexpr (arch::has_sequences) {
-    runtime.rseq_offset.store(
-        info().kind == backend_kind::rseq ? found_rseq_offset : offset_of(portable_area),
-        std::memory_order_relaxed);
+    runtime.rseq_offset.store(info().kind == backend_kind::rseq
+                                  ? found_rseq_offset + (mm_cid ? mm_cid_shift : 0)
+                                  : offset_of(portable_area),
+                              std::memory_order_relaxed);
   }
   info().slots = runtime.slots;
   runtime.light_barrier_is_compiler_barrier = info().kind == backend_kind::rseq;

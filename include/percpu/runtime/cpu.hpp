@@ -19,7 +19,8 @@
 // PERCPU_BACKEND=rseq|portable forces one; PERCPU_SLOTS=N makes the portable
 // backend simulate N CPUs, so that wide machines can be exercised anywhere;
 // PERCPU_PRETEND_MISSING=rseq,membarrier_rseq,membarrier_fence makes the
-// library behave as on a kernel without those features (src/runtime/runtime.cpp).
+// library behave as on a kernel without those features (src/runtime/runtime.cpp);
+// PERCPU_INDEX=cpu|mm_cid|auto chooses what indexes the slots (slot_index).
 #pragma once
 
 #include <cstdint>
@@ -38,6 +39,13 @@ namespace percpu {
 
 enum class backend_kind : std::uint8_t { rseq, portable };
 
+// What indexes the slots of every structure: CPU numbers, or the kernel's
+// per-process concurrency ids (rseq's mm_cid, Linux 6.3+), which keep the
+// memory a structure touches bounded by the threads that run at once, not
+// by the host's CPUs.  PERCPU_INDEX=cpu|mm_cid|auto chooses (docs/design.md,
+// section 6).
+enum class slot_index : std::uint8_t { cpu, mm_cid };
+
 // Where the rseq area the library reads comes from.
 enum class rseq_source : std::uint8_t { none, glibc, own };
 
@@ -55,7 +63,9 @@ struct backend_info {
   bool under_valgrind = false;
   bool under_sanitizer = false;  // built with ThreadSanitizer
   unsigned slots = 0;            // per-CPU slots every structure has
-  std::string pretend_missing;   // PERCPU_PRETEND_MISSING, as given
+  slot_index index = slot_index::cpu;
+  std::string index_reason;     // why this index ("auto: 4 of 64 CPUs allowed", ...)
+  std::string pretend_missing;  // PERCPU_PRETEND_MISSING, as given
 };
 
 // Starts the library if needed and describes the active backend.
@@ -66,8 +76,10 @@ const backend_info& backend();
 // backend, PERCPU_SLOTS when set.  Starts the library if needed.
 unsigned cpu_count();
 
-// The CPU (slot) the calling thread runs on.  A hint: the thread may move
-// right after.  Async-signal-safe once the library has started.
+// The slot the calling thread uses: the CPU it runs on, or, when slots are
+// indexed by mm_cid, the concurrency id it holds.  A hint: the thread may
+// move (or its id change) right after.  Async-signal-safe once the library
+// has started.
 inline unsigned current_cpu() noexcept {
   return detail::seq::current_cpu();
 }

@@ -28,14 +28,21 @@
 //                      architecture, so that glibc's registration accepts the
 //                      same handlers);
 //   thread_pointer()   char*: the calling thread's thread pointer, from which
-//                      the rseq area sits at runtime.rseq_offset;
+//                      the rseq area sits at runtime.rseq_offset (less
+//                      mm_cid_shift in mm_cid mode, runtime.hpp);
 //   cpu_relax()        one spin-wait hint (x86 pause, arm yield, or nothing);
 //   cpu_id()           int: the rseq area's cpu_id (negative: the area is not
 //                      registered), read as a compiler barrier (fence_cpu's
 //                      own-CPU rule reads it after a compare-and-swap);
+//   slot_index()       int: the word the sequences index by (cpu_id, or
+//                      mm_cid in mm_cid mode), the same way, negative when
+//                      the area is not registered in either mode;
 //   the sequences      add, add_release, add_return, compare_and_store,
 //                      push, pop, push_batch, pop_batch, push_record<Words>,
 //                      with the signatures of arch/x86_64/rseq.hpp, each
+//                      reading the slot index 4 bytes past rseq_offset
+//                      inside its critical section (and cpu_id's sign too
+//                      in mm_cid mode),
 //                      returning a `status` (below) and honouring the
 //                      stop-word rule (docs/design.md, section 2), the
 //                      orders of docs/design.md, section 5 (a stop word read

@@ -45,6 +45,11 @@ enum class backend_code : std::uint8_t { uninitialized = 0, rseq = 1, portable =
 inline constexpr unsigned unit_shift = 20;
 inline constexpr std::size_t unit_size = std::size_t{1} << unit_shift;
 
+// The slot index is the rseq area's cpu_id (CPU mode) or its mm_cid
+// (mm_cid mode), 20 bytes further (struct rseq: cpu_id at 4, mm_cid at 24,
+// fixed since Linux 4.18 and 6.3).
+inline constexpr std::ptrdiff_t mm_cid_shift = 20;
+
 struct runtime_state {
   // Atomic, since a thread may read them while another starts the library
   // (current_cpu() on a new thread, an operation before start-up).  Fast
@@ -54,7 +59,15 @@ struct runtime_state {
   // with release).
   std::atomic<backend_code> backend{backend_code::uninitialized};
   // Offset of the calling thread's rseq area from the thread pointer (%fs
-  // base on x86-64); the same for every thread (static TLS).
+  // base on x86-64); the same for every thread (static TLS).  In mm_cid
+  // mode, mm_cid_shift more: 4 bytes past it is then mm_cid, where it is
+  // cpu_id in CPU mode, and the sequences tell the modes apart by the low
+  // bits (an rseq area is 32-byte aligned, and start-up checks that its
+  // offset is too).  Both index words of an area that is not registered
+  // read negative to the sequences (arch/<arch>/rseq.hpp), and a sequence
+  // reads its index inside its critical section, where a change of either
+  // (migration, preemption) aborts it.  Set at start-up
+  // (src/runtime/index_mode.cpp chooses the mode).
   std::atomic<std::ptrdiff_t> rseq_offset{0};
   // Whether light_barrier() (fence.hpp) may be a compiler barrier alone
   // (rseq: the heavy side interrupts every CPU) rather than a full fence.
@@ -81,6 +94,19 @@ inline backend_code backend_acquire() noexcept {
 // Where the sequences find the rseq area.
 inline std::ptrdiff_t rseq_offset_now() noexcept {
   return runtime.rseq_offset.load(std::memory_order_relaxed);
+}
+
+// Whether slots are concurrency ids rather than CPUs: a fence must then
+// reach every CPU, since a thread holding any id can run on any CPU.
+inline bool indexed_by_mm_cid() noexcept {
+  return (rseq_offset_now() & 31) == mm_cid_shift;
+}
+
+// Whether slot c is CPU c: the rseq backend indexing by CPU number (not
+// mm_cid, not the portable backend's slot mapping).  What NUMA placement of
+// a slot's memory needs.
+inline bool slots_are_cpus() noexcept {
+  return backend_now() == backend_code::rseq && !indexed_by_mm_cid();
 }
 
 // Performs start-up if it has not happened; throws percpu::error

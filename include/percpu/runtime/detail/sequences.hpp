@@ -154,15 +154,16 @@ inline outcome run(const std::uint32_t* stop0, Args... args) noexcept {
   }
 }
 
-// The CPU (slot) the calling thread runs on now.  A hint.
+// The slot the calling thread uses now: its CPU, or its concurrency id in
+// mm_cid mode.  A hint.
 inline unsigned current_cpu() noexcept {
   if constexpr (arch::has_sequences) {
     if (backend_now() == backend_code::rseq) [[likely]] {
-      int cpu = arch::cpu_id();
-      if (cpu >= 0) [[likely]] {
-        return static_cast<unsigned>(cpu);
+      int slot = arch::slot_index();
+      if (slot >= 0) [[likely]] {
+        return static_cast<unsigned>(slot);
       }
-      if (slow::use_sequences()) return static_cast<unsigned>(arch::cpu_id());
+      if (slow::use_sequences()) return static_cast<unsigned>(arch::slot_index());
     }
   }
   return portable::current_cpu();

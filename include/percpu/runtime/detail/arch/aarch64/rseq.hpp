@@ -25,8 +25,8 @@
 //    and handler go with it;
 //  - precedes each abort handler with the signature glibc registers (below);
 //  - finds the rseq area at tpidr_el0 + rseq_offset_now(), writes only its
-//    rseq_cs field and reads only cpu_id;
-//  - leaves through `unregistered` when cpu_id is negative, through `stopped`
+//    rseq_cs field and reads only the slot index (cpu_id or mm_cid);
+//  - leaves through `unregistered` when that is negative, through `stopped`
 //    when the structure's stop word for this CPU is set, through `moved`
 //    when a sequence bound to one CPU runs on another, and through `failed`
 //    when its own condition fails (full, empty, guard), exactly as the
@@ -38,9 +38,7 @@
 //  - branches to the C++ exit labels with tbnz (reach 32 KiB), cbnz and
 //    b.cond (1 MiB): GCC keeps asm goto targets in the function's own
 //    section, never in its .cold part, so the reach is the function's size.
-//
-// Per-CPU addressing: CPU c's copy is at p0 + (c << unit_shift), so one
-// shift of cpu_id gives the byte offset for every operand.
+// CPU c's copy is at p0 + (c << unit_shift): one shift serves every operand.
 //
 // Memory ordering (docs/design.md, "aarch64: the ordering argument"):
 //  - the stop word is read with ldar before any data the sequence commits
@@ -50,11 +48,9 @@
 //    single-copy atomicity of an aligned store), and stlr where a reader
 //    that sees the committed word must also see what preceded it
 //    (add_release, push_record);
-//  - nothing else: the rseq_cs store and the cpu_id load concern only this
+//  - nothing else: the rseq_cs store and the index load concern only this
 //    thread and the kernel on this CPU, which sees them in program order.
-//
-// Included by runtime/detail/arch.hpp only (the interface this file
-// implements is described there).
+// Included by runtime/detail/arch.hpp only (which describes the interface).
 #pragma once
 
 #include <linux/rseq.h>
@@ -68,14 +64,13 @@
 namespace percpu::detail::arch {
 
 inline constexpr bool has_sequences = true;
-// A seq_cst read-modify-write (an LSE `ldaddal`/`casal`, or an
-// ldaxr/stlxr loop) orders the plain accesses around it only as far as its
-// acquire and release halves go: a plain store before it may still be
-// performed after a plain load after it.  fence.hpp adds a `dmb ish`.
+// A seq_cst read-modify-write (LSE `ldaddal`/`casal`, or ldaxr/stlxr)
+// orders the plain accesses around it only as far as its acquire and
+// release halves go: a plain store before it may still be performed after
+// a plain load after it.  fence.hpp adds a `dmb ish`.
 inline constexpr bool rmw_is_full_barrier = false;
 
-// glibc's RSEQ_SIG for aarch64 (sysdeps/unix/sysv/linux/aarch64/bits/rseq.h,
-// also the kernel's rseq selftests and librseq): the instruction
+// glibc's RSEQ_SIG for aarch64 (also the kernel's selftests' and librseq's):
 // BRK #0x45E0, encoded 0xd428bc00 (0xd4200000 | 0x45e0 << 5), which
 // PERCPU_RSEQ_END emits before every abort handler.  The kernel compares
 // the 32-bit word before the abort handler, read as data, with the
@@ -94,31 +89,43 @@ static_assert(offsetof(struct rseq, cpu_id) == 4 && offsetof(struct rseq, rseq_c
               "the rseq sequences hard-code the rseq area's layout");
 
 // Start of every sequence: the descriptor, its publication in rseq_cs, the
-// start label, and the CPU id in w9 (x9 zero-extended).
+// start label, and the slot index in w9 (x9 zero-extended), as on x86-64
+// (which says why mm_cid mode is told by rseq_offset's low bits):
 //
-//   rs = tpidr_el0 + rseq_offset
-//   rs->rseq_cs = &descriptor
+//   rs = tpidr_el0 + rseq_offset    // mm_cid mode: 20 past the area
+//   if (rseq_offset % 32 == 0) rs->rseq_cs = &descriptor
+//   else if (area->cpu_id < 0) goto unregistered
+//   else area->rseq_cs = &descriptor
 // 1:
-//   cpu = rs->cpu_id
-//   if (cpu < 0) goto unregistered
+//   index = *(int32_t*)(rs + 4)    // cpu_id or mm_cid
+//   if (index < 0) goto unregistered
 //
-// No ordering needed: the kernel reads rseq_cs and writes cpu_id on this
-// CPU, on this thread's behalf, and sees its loads and stores in program
-// order.  The rseq_cs store is a single 64-bit store, as the kernel requires.
-#define PERCPU_RSEQ_BEGIN               \
-  ".pushsection __rseq_cs, \"aw?\"\n\t" \
-  ".balign 32\n\t"                      \
-  "3:\n\t"                              \
-  ".long 0x0, 0x0\n\t"                  \
-  ".quad 1f, (2f - 1f), 4f\n\t"         \
-  ".popsection\n\t"                     \
-  "adrp x9, 3b\n\t"                     \
-  "add x9, x9, :lo12:3b\n\t"            \
-  "mrs x10, tpidr_el0\n\t"              \
-  "add x10, x10, %[rseq_off]\n\t"       \
-  "str x9, [x10, #8]\n\t" /* rseq_cs */ \
-  "1:\n\t"                              \
-  "ldr w9, [x10, #4]\n\t" /* cpu_id */  \
+// The mm_cid branch is inline (another section may be out of a conditional
+// branch's range): CPU mode takes one branch over it.  No ordering needed:
+// the kernel reads rseq_cs and writes the index on this CPU, on this
+// thread's behalf, and sees its loads and stores in program order.  The
+// rseq_cs store is a single 64-bit store, as the kernel requires.
+#define PERCPU_RSEQ_BEGIN                        \
+  ".pushsection __rseq_cs, \"aw?\"\n\t"          \
+  ".balign 32\n\t"                               \
+  "3:\n\t"                                       \
+  ".long 0x0, 0x0\n\t"                           \
+  ".quad 1f, (2f - 1f), 4f\n\t"                  \
+  ".popsection\n\t"                              \
+  "adrp x9, 3b\n\t"                              \
+  "add x9, x9, :lo12:3b\n\t"                     \
+  "mrs x10, tpidr_el0\n\t"                       \
+  "add x10, x10, %[rseq_off]\n\t"                \
+  "tst %[rseq_off], #31\n\t"                     \
+  "b.eq 8f\n\t"                                  \
+  "ldur w11, [x10, #-16]\n\t" /* cpu_id */       \
+  "tbnz w11, #31, %l[unregistered]\n\t"          \
+  "stur x9, [x10, #-12]\n\t" /* rseq_cs */       \
+  "b 1f\n\t"                                     \
+  "8:\n\t"                                       \
+  "str x9, [x10, #8]\n\t" /* rseq_cs */          \
+  "1:\n\t"                                       \
+  "ldr w9, [x10, #4]\n\t" /* cpu_id or mm_cid */ \
   "tbnz w9, #31, %l[unregistered]\n\t"
 
 // The CPU's byte offset in x10; leaves through `stopped` if the structure's
@@ -550,14 +557,10 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
 }
 
 // The rseq area's cpu_id: the CPU this thread runs on, or a negative value
-// when the area is not registered.  A plain read of a field the kernel keeps
-// current on every return to user space.
-//
-// The "memory" clobber makes the read a compiler barrier: fence_cpu's
-// own-CPU rule reads cpu_id after a compare-and-swap and relies on that
-// order (the x86-64 file says why nothing else would keep it there;
-// docs/design.md, section 5, why a compiler barrier is all aarch64 needs
-// as well).
+// when the area is not registered.  The "memory" clobber makes the read a
+// compiler barrier: fence_cpu's own-CPU rule reads cpu_id after a
+// compare-and-swap and relies on that order (x86-64's file says why nothing
+// else would; docs/design.md, section 5, why aarch64 needs no more).
 inline int cpu_id() noexcept {
   int cpu;
   char* tp;
@@ -565,10 +568,22 @@ inline int cpu_id() noexcept {
       "mrs %[tp], tpidr_el0\n\t"
       "ldr %w[cpu], [%[tp], %[cpu_id_off]]"
       : [cpu] "=r"(cpu), [tp] "=&r"(tp)
-      : [cpu_id_off] "r"(rseq_offset_now() +
+      : [cpu_id_off] "r"((rseq_offset_now() & ~std::ptrdiff_t{31}) +
                          static_cast<std::ptrdiff_t>(offsetof(struct rseq, cpu_id)))
       : "memory");
   return cpu;
+}
+
+// The slot index (cpu_id or mm_cid), the same way; negative when the area
+// is not registered, whichever the mode.
+inline int slot_index() noexcept {
+  int index;
+  char* tp;
+  asm volatile("mrs %[tp], tpidr_el0\n\tldr %w[index], [%[tp], %[off]]"
+               : [index] "=r"(index), [tp] "=&r"(tp)
+               : [off] "r"(rseq_offset_now() + 4)
+               : "memory");
+  return cpu_id() < 0 ? -1 : index;
 }
 
 #undef PERCPU_RSEQ_BEGIN

@@ -35,6 +35,9 @@ inline void cpu_relax() noexcept {}
 inline int cpu_id() noexcept {
   return -1;
 }
+inline int slot_index() noexcept {
+  return -1;
+}
 
 inline status add(std::int64_t*, const std::uint32_t*, std::int64_t) noexcept {
   return status::unregistered;

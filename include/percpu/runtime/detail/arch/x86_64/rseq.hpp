@@ -23,9 +23,10 @@
 //    descriptors pointing into those copies are discarded with them;
 //    1: start, 2: post-commit, 3: descriptor (in __rseq_cs), 4: abort handler
 //    (in __rseq_failure, preceded by the RSEQ_SIG signature glibc registered);
-//  - reads cpu_id (never writes any kernel-owned field; the only field it
-//    writes, rseq_cs, belongs to user space);
-//  - leaves the sequence through `unregistered` when cpu_id is negative (a
+//  - reads the slot index, cpu_id or mm_cid (runtime.hpp), and never
+//    writes any kernel-owned field (the only field it writes, rseq_cs,
+//    belongs to user space);
+//  - leaves the sequence through `unregistered` when that is negative (a
 //    thread whose private rseq area is not registered yet, or the area of
 //    the portable backend, which is never registered), through `stopped`
 //    when the structure's stop word for this CPU is non-zero (a remote
@@ -64,7 +65,7 @@ inline constexpr bool rmw_is_full_barrier = true;
 inline constexpr std::uint32_t rseq_signature = 0x53053053;
 
 // Start of every sequence: the descriptor, its publication in rseq_cs, the
-// start label, and the CPU id in %rax, sign-extended: negative means the
+// start label, and the slot index in %rax, sign-extended: negative means the
 // area is not registered (a thread not yet registered in own-registration
 // mode, or the portable backend's area, which never is).  The sign is tested
 // by PERCPU_RSEQ_CHECK_STOP, from the flags of the shift that follows (a CPU
@@ -72,22 +73,53 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 // PERCPU_RSEQ_CHECK_REGISTERED where the sequence compares the CPU id before
 // the shift.  Clobbers %rax.
 //
-// Why the shift's flags and not a separate `test`: on the development VM's
-// AMD EPYC the time of a sequence in a loop follows its instruction count
-// more than anything else: `percpu bench`'s slot.add took 1.24 ns with the
-// test and 0.92 ns without it, and the minimal sequence of bench/rseq_raw.hpp
-// (no stop word, no registration test) 0.55 ns.
-#define PERCPU_RSEQ_BEGIN               \
-  ".pushsection __rseq_cs, \"aw?\"\n\t" \
-  ".balign 32\n\t"                      \
-  "3:\n\t"                              \
-  ".long 0x0, 0x0\n\t"                  \
-  ".quad 1f, (2f - 1f), 4f\n\t"         \
-  ".popsection\n\t"                     \
-  "leaq 3b(%%rip), %%rax\n\t"           \
-  "movq %%rax, %%fs:8(%[rseq_off])\n\t" \
-  "1:\n\t"                              \
-  "movslq %%fs:4(%[rseq_off]), %%rax\n\t"
+// The slot index is cpu_id, or mm_cid in mm_cid mode (runtime.hpp), and
+// runtime.rseq_offset says which: the area's offset (a multiple of 32) in
+// CPU mode, 20 more in mm_cid mode, so that 4 bytes past it is cpu_id or
+// mm_cid alike.  Only the rseq_cs store and the registration test differ,
+// and mm_cid mode does both out of line (label 7, beside the abort
+// handler): there cpu_id is 16 bytes below the offset and rseq_cs 12.
+// mm_cid mode must test cpu_id, since an area that is not registered, or
+// no longer (the kernel clears it on unregistration), holds mm_cid 0.
+//
+//   if (rseq_offset % 32 != 0) goto 7      // mm_cid mode
+//   rs->rseq_cs = &descriptor
+// 1:
+//   index = *(int32_t*)(tp + rseq_offset + 4)
+//   ...
+// 7:
+//   if (rs->cpu_id < 0) goto unregistered
+//   rs->rseq_cs = &descriptor
+//   goto 1
+//
+// Why the shift's flags and not a separate `test`, and why one test of the
+// offset's low bits rather than a second offset loaded from memory: on the
+// development VM's cores the time of a sequence in a loop follows its
+// instruction count, loads above all (slot.add, AMD EPYC: 1.24 ns with a
+// separate test, 0.92 ns without; Intel Xeon: 0.85 ns at first, 0.93 ns
+// with the index's offset as a second load, 0.86 with the bit test).  The
+// minimal sequence of bench/rseq_raw.hpp (no stop word, no registration
+// test) takes 0.55-0.68 ns.
+#define PERCPU_RSEQ_BEGIN                    \
+  ".pushsection __rseq_cs, \"aw?\"\n\t"      \
+  ".balign 32\n\t"                           \
+  "3:\n\t"                                   \
+  ".long 0x0, 0x0\n\t"                       \
+  ".quad 1f, (2f - 1f), 4f\n\t"              \
+  ".popsection\n\t"                          \
+  "leaq 3b(%%rip), %%rax\n\t"                \
+  "testb $31, %b[rseq_off]\n\t"              \
+  "jnz 7f\n\t"                               \
+  "movq %%rax, %%fs:8(%[rseq_off])\n\t"      \
+  "1:\n\t"                                   \
+  "movslq %%fs:4(%[rseq_off]), %%rax\n\t"    \
+  ".pushsection __rseq_failure, \"ax?\"\n\t" \
+  "7:\n\t"                                   \
+  "cmpl $0, %%fs:-16(%[rseq_off])\n\t"       \
+  "js %l[unregistered]\n\t"                  \
+  "movq %%rax, %%fs:-12(%[rseq_off])\n\t"    \
+  "jmp 1b\n\t"                               \
+  ".popsection\n\t"
 
 // Leaves through `unregistered` if the CPU id in %rax is negative: for the
 // sequences that compare the CPU id with an expected one before anything
@@ -309,18 +341,17 @@ inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std:
       "subl %%edx, %%ecx\n\t"  // new count
       "movq (%%rax), %%r8\n\t"
       "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first item to move
-      "xorl %%r9d, %%r9d\n\t"
-      "5:\n\t"
-      "cmpq %%rdx, %%r9\n\t"
-      "jae 6f\n\t"
-      "movq (%%r8, %%r9, 8), %%r10\n\t"
-      "movq %%r10, (%[out], %%r9, 8)\n\t"
-      "addq $1, %%r9\n\t"
+      "5:\n\t"                           // copies items k-1 down to 0
+      "testq %%rdx, %%rdx\n\t"
+      "jz 6f\n\t"
+      "subq $1, %%rdx\n\t"
+      "movq (%%r8, %%rdx, 8), %%r10\n\t"
+      "movq %%r10, (%[out], %%rdx, 8)\n\t"
       "jmp 5b\n\t"
       "6:\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
       :
       : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [out] "r"(out), [n] "rm"(n), [moved] "r"(moved)
-      : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
+      : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r10"
       : unregistered, stopped, aborted);
   PERCPU_RSEQ_RETURNS
 }
@@ -332,11 +363,13 @@ inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std:
 inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in, std::size_t n,
                          std::size_t* moved, const std::uint64_t* guard,
                          std::uint64_t expected) noexcept {
-  // `expected` may live in memory and `moved` is a memory output: with the
-  // seven scratch registers the loop needs, a build that keeps the frame
-  // pointer and a base register (clang's ASan) has too few left for eight
-  // register operands ("inline assembly requires more registers than
-  // available", the fuzz stage's build).  This is not a fast path.
+  // `expected` may live in memory and `moved` is a memory output, and the
+  // copy loop counts down in the register that holds k: a build that keeps
+  // the frame pointer and a base register (clang's ASan) has too few
+  // registers left otherwise ("inline assembly requires more registers than
+  // available", the fuzz stage's build; GCC's debug build, "impossible
+  // constraints", once the slot index's field took a register).  This is
+  // not a fast path.
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "movq %[expected], %%r10\n\t"
            "cmpq %%r10, (%[guard])\n\t"
@@ -352,20 +385,19 @@ inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in
            "movq %%rdx, %[moved]\n\t"
            "movq (%%rax), %%r8\n\t"
            "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first free item
-           "xorl %%r9d, %%r9d\n\t"
-           "5:\n\t"
-           "cmpq %%rdx, %%r9\n\t"
-           "jae 6f\n\t"
-           "movq (%[in], %%r9, 8), %%r10\n\t"
-           "movq %%r10, (%%r8, %%r9, 8)\n\t"
-           "addq $1, %%r9\n\t"
+           "addl %%edx, %%ecx\n\t"            // new count
+           "5:\n\t"                           // copies items k-1 down to 0
+           "testq %%rdx, %%rdx\n\t"
+           "jz 6f\n\t"
+           "subq $1, %%rdx\n\t"
+           "movq (%[in], %%rdx, 8), %%r10\n\t"
+           "movq %%r10, (%%r8, %%rdx, 8)\n\t"
            "jmp 5b\n\t"
-           "6:\n\t"
-           "addl %%edx, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+           "6:\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
            : [moved] "+m"(*moved)
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "rm"(n),
              [guard] "r"(guard), [expected] "rm"(expected)
-           : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r9", "r10"
+           : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r10"
            : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
@@ -423,7 +455,8 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
 
 // The rseq area's cpu_id: the CPU this thread runs on, or a negative value
 // when the area is not registered.  A plain read of a field the kernel keeps
-// current on every return to user space.
+// current on every return to user space.  (The area's own offset: the low
+// bits of runtime.rseq_offset are the index mode's, see PERCPU_RSEQ_BEGIN.)
 //
 // The "memory" clobber makes the read a compiler barrier.  fence_cpu's
 // own-CPU rule reads cpu_id after a compare-and-swap and relies on that
@@ -433,11 +466,23 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
 // themselves says nothing about ordinary accesses).
 inline int cpu_id() noexcept {
   int cpu;
-  asm volatile("movl %%fs:4(%[rseq_off]), %[cpu]"
+  asm volatile("movl %%fs:4(%[area_off]), %[cpu]"
                : [cpu] "=r"(cpu)
-               : [rseq_off] "r"(rseq_offset_now())
+               : [area_off] "r"(rseq_offset_now() & ~std::ptrdiff_t{31})
                : "memory");
   return cpu;
+}
+
+// The slot index the sequences use: cpu_id, or mm_cid in mm_cid mode
+// (runtime.hpp), negative when the area is not registered (cpu_id
+// negative, whichever the mode).  A compiler barrier like cpu_id().
+inline int slot_index() noexcept {
+  int index;
+  asm volatile("movl %%fs:4(%[rseq_off]), %[index]"
+               : [index] "=r"(index)
+               : [rseq_off] "r"(rseq_offset_now())
+               : "memory");
+  return cpu_id() < 0 ? -1 : index;
 }
 
 #undef PERCPU_RSEQ_BEGIN

@@ -1,0 +1,204 @@
+// percpu memory - what per-CPU structures cost in resident memory here.
+//
+// A per-CPU structure reserves a slot for every possible CPU; what it costs
+// is the slots its threads touch.  This command builds the two workloads of
+// docs/design.md, section 6 (many counters; a pool_cache holding many
+// objects), runs them on one unpinned thread per CPU the process may use,
+// and prints how much resident memory each added.  Run it confined
+// (`taskset -c 0-3 percpu memory`) under PERCPU_INDEX=cpu and =mm_cid, and
+// with transparent huge pages `always` and `never` (--compare-thp runs
+// both and fails above 1.25x), to see what the index mode and the
+// huge-page advice bound.
+#include <sched.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "commands.hpp"
+#include "percpu/counter.hpp"
+#include "percpu/pool_cache.hpp"
+#include "percpu/runtime/cpu.hpp"
+
+namespace percpu_tool {
+
+namespace {
+
+struct options {
+  std::size_t counters = 1000;
+  std::size_t objects = 100'000;
+  unsigned threads = 0;       // 0: one per allowed CPU
+  bool compare_thp = false;   // --compare-thp
+  bool numbers_only = false;  // --numbers (the children of --compare-thp)
+};
+
+options parse(const std::vector<std::string>& args) {
+  options o;
+  for (std::size_t i = 0; i < args.size(); i += 2) {
+    const std::string& a = args[i];
+    if (a == "--compare-thp" || a == "--numbers") {
+      (a == "--numbers" ? o.numbers_only : o.compare_thp) = true;
+      --i;
+      continue;
+    }
+    if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
+    std::size_t used = 0;
+    unsigned long long n = std::stoull(args[i + 1], &used);
+    if (used != args[i + 1].size() || n == 0 || n > 10'000'000) {
+      throw std::invalid_argument(a + " wants a number from 1 to 10000000, not " + args[i + 1]);
+    }
+    if (a == "--counters") {
+      o.counters = n;
+    } else if (a == "--objects") {
+      o.objects = n;
+    } else if (a == "--threads" && n <= 1024) {
+      o.threads = static_cast<unsigned>(n);
+    } else {
+      throw std::invalid_argument("unknown option " + a + " (or --threads above 1024)");
+    }
+  }
+  return o;
+}
+
+// Resident memory of the process, kB (/proc/self/statm's second field).
+long resident_kb() {
+  std::ifstream statm("/proc/self/statm");
+  long size = 0;
+  long resident = 0;
+  statm >> size >> resident;
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+std::string thp_mode() {
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string line;
+  std::getline(f, line);
+  return line.empty() ? "(none)" : line;
+}
+
+template <class F>
+void on_threads(unsigned threads, F f) {
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t) pool.emplace_back(f, t);
+  for (auto& t : pool) t.join();
+}
+
+struct object64 {
+  char bytes[64];
+};
+
+// `counters` counters, each added to 16 times by every thread, a yield
+// between rounds so that the threads move between CPUs as a busy program's
+// do.  Returns the kB they added; checks that no add was lost.
+long counters_kb(const options& o, unsigned threads) {
+  constexpr int rounds = 16;
+  long before = resident_kb();
+  std::vector<std::unique_ptr<percpu::counter>> all;
+  for (std::size_t i = 0; i < o.counters; ++i) all.push_back(std::make_unique<percpu::counter>());
+  on_threads(threads, [&](unsigned) {
+    for (int r = 0; r < rounds; ++r) {
+      for (auto& c : all) c->add(1);
+      sched_yield();
+    }
+  });
+  long added = resident_kb() - before;
+  for (auto& c : all) {
+    if (c->read() != std::int64_t{rounds} * threads)
+      throw std::runtime_error("a counter lost adds");
+  }
+  return added;
+}
+
+// A pool_cache of 64-byte objects: the threads take `objects` in all, then
+// put every one back, where the cache keeps them constructed.
+long pool_kb(const options& o, unsigned threads) {
+  long before = resident_kb();
+  auto cache = std::make_unique<percpu::pool_cache<object64>>("memory");
+  on_threads(threads, [&](unsigned t) {
+    std::size_t mine = o.objects / threads + (t < o.objects % threads ? 1 : 0);
+    std::vector<object64*> held;
+    held.reserve(mine);
+    for (std::size_t i = 0; i < mine; ++i) held.push_back(cache->get());
+    sched_yield();
+    for (object64* p : held) cache->put(p);
+  });
+  long added = resident_kb() - before;
+  if (cache->stats().objects_cached == 0) throw std::runtime_error("the pool_cache kept no object");
+  return added;
+}
+
+// Runs this command again with --numbers, transparent huge pages disabled
+// for it or not (PR_SET_THP_DISABLE, which a child inherits: as THP
+// `never`), and returns its two figures.
+std::pair<long, long> run_child(const options& o, bool thp_disabled) {
+  char self[4096] = {};
+  if (readlink("/proc/self/exe", self, sizeof self - 1) <= 0) throw std::runtime_error("no exe");
+  std::string command = std::string(self) + " memory --numbers --counters " +
+                        std::to_string(o.counters) + " --objects " + std::to_string(o.objects) +
+                        (o.threads != 0 ? " --threads " + std::to_string(o.threads) : "");
+  if (thp_disabled && prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0) {
+    throw std::runtime_error("prctl(PR_SET_THP_DISABLE) failed");
+  }
+  std::FILE* child = popen(command.c_str(), "r");
+  if (thp_disabled) prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0);
+  if (child == nullptr) throw std::runtime_error("cannot run " + command);
+  long counters = -1;
+  long pool = -1;
+  int got = std::fscanf(child, "%ld %ld", &counters, &pool);
+  if (pclose(child) != 0 || got != 2) throw std::runtime_error(command + " failed");
+  return {counters, pool};
+}
+
+// --compare-thp: both workloads with huge pages as the system has them and
+// without; exit status 1 when either costs more than 1.25x (+ 64 kB, the
+// noise of one run's malloc) with them.
+int compare_thp(const options& o) {
+  auto [c_thp, p_thp] = run_child(o, false);
+  auto [c_none, p_none] = run_child(o, true);
+  bool ok = true;
+  for (auto [what, with, without] :
+       {std::tuple{"counters", c_thp, c_none}, std::tuple{"pool_cache", p_thp, p_none}}) {
+    bool fits = static_cast<double>(with) <= 1.25 * static_cast<double>(without) + 64;
+    std::printf("%-11s %8ld kB with THP %s, %8ld kB without: %.2fx%s\n", what, with,
+                thp_mode().c_str(), without,
+                static_cast<double>(with) / static_cast<double>(without > 0 ? without : 1),
+                fits ? "" : "  OVER 1.25x");
+    ok = ok && fits;
+  }
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
+int memory(const std::vector<std::string>& args) {
+  options o = parse(args);
+  if (o.compare_thp) return compare_thp(o);
+  const percpu::backend_info& b = percpu::backend();
+  unsigned threads =
+      o.threads != 0 ? o.threads : static_cast<unsigned>(percpu::allowed_cpus().size());
+  if (threads == 0) threads = 1;
+  if (o.numbers_only) {
+    long counters = counters_kb(o, threads);
+    std::printf("%ld %ld\n", counters, pool_kb(o, threads));
+    return 0;
+  }
+  std::printf("percpu memory: backend %s, index %s (%s), %u slots, %u threads, THP %s\n",
+              b.kind == percpu::backend_kind::rseq ? "rseq" : "portable",
+              b.index == percpu::slot_index::mm_cid ? "mm_cid" : "cpu", b.index_reason.c_str(),
+              b.slots, threads, thp_mode().c_str());
+  std::printf("counters    %8zu x 8 B, 16 adds per thread each: %8ld kB resident\n", o.counters,
+              counters_kb(o, threads));
+  std::printf("pool_cache  %8zu x 64 B objects, all cached:    %8ld kB resident\n", o.objects,
+              pool_kb(o, threads));
+  return 0;
+}
+
+}  // namespace percpu_tool
