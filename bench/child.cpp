@@ -13,6 +13,9 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <vector>
+
+#include "percpu/runtime/cpu.hpp"
 
 extern char** environ;
 
@@ -56,7 +59,7 @@ std::string find_library(const char* file_name) {
 }
 
 child_body::child_body(const std::string& row_name, std::size_t size, unsigned threads,
-                       const std::string& preload) {
+                       const std::string& preload, const std::vector<std::string>& env) {
   int down[2];
   int up[2];
   if (pipe2(down, O_CLOEXEC) != 0 || pipe2(up, O_CLOEXEC) != 0) {
@@ -71,10 +74,12 @@ child_body::child_body(const std::string& row_name, std::size_t size, unsigned t
     if (std::strncmp(*e, "LD_PRELOAD=", 11) != 0) env_strings.emplace_back(*e);
   }
   if (!preload.empty()) env_strings.push_back("LD_PRELOAD=" + preload);
-  std::vector<char*> env;
-  env.reserve(env_strings.size() + 1);
-  for (auto& s : env_strings) env.push_back(s.data());
-  env.push_back(nullptr);
+  // getenv finds the first entry of a name: `env` goes before the inherited.
+  env_strings.insert(env_strings.begin(), env.begin(), env.end());
+  std::vector<char*> envp;
+  envp.reserve(env_strings.size() + 1);
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
   std::string exe = "/proc/self/exe";
   std::string command = "bench-child";
   std::string size_arg = std::to_string(size);
@@ -82,7 +87,7 @@ child_body::child_body(const std::string& row_name, std::size_t size, unsigned t
   std::string name = row_name;
   char* argv[] = {exe.data(),      command.data(),     name.data(),
                   size_arg.data(), threads_arg.data(), nullptr};
-  int rc = posix_spawn(&pid_, exe.c_str(), &actions, nullptr, argv, env.data());
+  int rc = posix_spawn(&pid_, exe.c_str(), &actions, nullptr, argv, envp.data());
   posix_spawn_file_actions_destroy(&actions);
   close(down[0]);
   close(up[1]);
@@ -118,6 +123,30 @@ void child_body::run(unsigned thread, std::uint64_t iterations) {
   last_ns_ = std::strtod(reply.c_str(), nullptr);
 }
 
+std::vector<index_peer> index_peers() {
+  const percpu::backend_info& b = percpu::backend();
+  if (b.kind != percpu::backend_kind::rseq || !b.mm_cid) return {};
+  return {{"cpu", "percpu_cpu"}, {"mm_cid", "percpu_mm_cid"}};
+}
+
+std::function<std::unique_ptr<body>(unsigned)> index_maker(const index_peer& peer,
+                                                           const std::string& row_name,
+                                                           std::size_t size) {
+  std::vector<std::string> env = {"PERCPU_BENCH_CHILD_BODY=percpu", "PERCPU_INDEX=" + peer.index};
+  return [row_name, size, env](unsigned t) -> std::unique_ptr<body> {
+    return std::make_unique<child_body>(row_name, size, t, "", env);
+  };
+}
+
+namespace {
+
+std::unique_ptr<body> make_percpu_body(const std::string& row_name, std::size_t size) {
+  if (row_name == "slot.add") return make_slot_percpu_body();
+  return make_pool_percpu_body(row_name, size);
+}
+
+}  // namespace
+
 int child_main(const std::vector<std::string>& args) {
   if (args.size() != 3) {
     std::fprintf(stderr, "usage: percpu bench-child ROW SIZE THREADS (used by percpu bench)\n");
@@ -125,7 +154,10 @@ int child_main(const std::vector<std::string>& args) {
   }
   std::size_t size = std::strtoull(args[1].c_str(), nullptr, 10);
   auto threads = static_cast<unsigned>(std::strtoul(args[2].c_str(), nullptr, 10));
-  std::unique_ptr<body> b = make_malloc_body(args[0], size);
+  const char* own = std::getenv("PERCPU_BENCH_CHILD_BODY");
+  std::unique_ptr<body> b = own != nullptr && std::string(own) == "percpu"
+                                ? make_percpu_body(args[0], size)
+                                : make_malloc_body(args[0], size);
   if (!b || threads == 0) {
     std::fprintf(stderr, "percpu bench-child: no body for %s\n", args[0].c_str());
     return 2;

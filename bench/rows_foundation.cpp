@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "child.hpp"
 #include "harness.hpp"
 #include "peers.hpp"
 #include "percpu/core/storage.hpp"
@@ -67,6 +68,10 @@ class slot_add_rseq_raw final : public body {
 
 }  // namespace
 
+std::unique_ptr<body> make_slot_percpu_body() {
+  return std::make_unique<slot_add_percpu>();
+}
+
 void add_foundation_rows(std::vector<row>& rows) {
   rows.push_back(make_row<current_cpu_percpu>("cpu.current", "percpu", {1}));
   rows.push_back(make_row<current_cpu_sched_getcpu>("cpu.current", "sched_getcpu", {1}));
@@ -78,6 +83,10 @@ void add_foundation_rows(std::vector<row>& rows) {
     rows.push_back(make_row<slot_add_rseq_raw>("slot.add", "rseq_raw", {1, 2}));
   }
 #endif
+  // Each index mode, in a child process (docs/design.md, section 6).
+  for (const index_peer& peer : index_peers()) {
+    rows.push_back(row{"slot.add", peer.impl, {1, 2}, index_maker(peer, "slot.add", 0)});
+  }
   rows.push_back(make_row<thread_local_add>("slot.add", "thread_local", {1, 2}));
   rows.push_back(make_row<atomic_shared_add>("slot.add", "atomic_shared", {1, 2}));
 }

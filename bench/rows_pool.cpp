@@ -352,6 +352,11 @@ void add_allocator_rows(std::vector<row>& rows, std::vector<missing_peer>& missi
     rows.push_back(row{name, "percpu", threads,
                        [name, size](unsigned) { return allocator_body<percpu_source>(name, size); },
                        size});
+    // Each index mode, in a child process (docs/design.md, section 6).
+    for (const index_peer& peer :
+         name == "pool.get_put" ? index_peers() : std::vector<index_peer>{}) {
+      rows.push_back(row{name, peer.impl, threads, index_maker(peer, name, size), size});
+    }
 #if defined(PERCPU_BENCH_HAVE_RSEQ_RAW)
     // The floor of the cache-hit path (objects that change CPU are not its case).
     if (name == "pool.get_put" && rseq_raw::available()) {
@@ -384,6 +389,10 @@ void add_allocator_rows(std::vector<row>& rows, std::vector<missing_peer>& missi
 
 std::unique_ptr<body> make_malloc_body(const std::string& row_name, std::size_t size) {
   return allocator_body<malloc_source>(row_name, size);
+}
+
+std::unique_ptr<body> make_pool_percpu_body(const std::string& row_name, std::size_t size) {
+  return allocator_body<percpu_source>(row_name, size);
 }
 
 void add_pool_rows(std::vector<row>& rows, std::vector<missing_peer>& missing) {

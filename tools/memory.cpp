@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <stdexcept>
@@ -150,10 +151,13 @@ std::pair<long, long> run_child(const options& o, bool thp_disabled) {
   std::FILE* child = popen(command.c_str(), "r");
   if (thp_disabled) prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0);
   if (child == nullptr) throw std::runtime_error("cannot run " + command);
-  long counters = -1;
-  long pool = -1;
-  int got = std::fscanf(child, "%ld %ld", &counters, &pool);
-  if (pclose(child) != 0 || got != 2) throw std::runtime_error(command + " failed");
+  char line[128] = {};
+  bool read = std::fgets(line, sizeof line, child) != nullptr;
+  if (pclose(child) != 0 || !read) throw std::runtime_error(command + " failed");
+  char* end = nullptr;
+  long counters = std::strtol(line, &end, 10);
+  long pool = std::strtol(end, &end, 10);
+  if (*end != '\n') throw std::runtime_error(command + " printed '" + line + "'");
   return {counters, pool};
 }
 

@@ -146,7 +146,7 @@ bool pool_core::arm_array() noexcept {
     if (r == cas_result::busy) return false;
     // count 0, capacity 0 -> count 0, capacity two magazines.
     auto* sizes0 = reinterpret_cast<std::int64_t*>(&arrays0->count);
-    auto sizes = static_cast<std::int64_t>(std::uint64_t{2 * cache.magazine_size()} << 32);
+    auto sizes = static_cast<std::int64_t>(std::uint64_t{2} * cache.magazine_size() << 32);
     r = seq::compare_and_store(sizes0, stop0(), slot, 0, sizes);
     if (r == cas_result::moved) continue;
     return r == cas_result::stored;
