@@ -80,7 +80,8 @@ valgrind_filter='Storage.*:Sequences.*:Stop.*:Counter.*:CounterArray.*:Rwlock.*:
 ':Sequences.AddsAreExactUnderContentionAndSignals:Rwlock.ReadersNeverSeeAWriterHalfway*'\
 ':Rwlock.WriterIsNotStarvedByAStreamOfReaders:Xcall.VisitAllStopsEveryListedStructure'\
 ':Storage.ExhaustedAddressSpace*:Xcall.ProgramExit*:Xcall.ForkDuring*'\
-':PoolCache.SignalHandlersGetAndPutOnTheirOwnThread'
+':PoolCache.SignalHandlersGetAndPutOnTheirOwnThread'\
+':Storage.ReuseTouchesOnlyTheSlotsThatWrote:PoolCache.SlotsNoThreadUsedCostNoMemory'
 
 run_fuzz() {
   local seconds=${PERCPU_FUZZ_SECONDS:-60}
