@@ -486,16 +486,18 @@ long growth_with_slots(const char* slots) {
 }
 
 // A slot no thread used costs no memory: 16 caches with 64 slots, two of
-// them used, grow the process as much as with 2 slots, within 256 kB (runs
-// of the same child differ by up to 100 kB).  Arming every slot's array
-// when a cache was made cost 2 MB more with 64 (336 kB against 2336).
+// them used, grow the process about as much as with 2 slots.  Arming every
+// slot's array when a cache was made cost 2 MB more with 64 (336 kB against
+// 2336 on the development VM); the margin, 1 MB, is for noise (runs of the
+// same child differ by up to 100 kB here, and by 288 kB between the two
+// children in an emulated 64-CPU guest).
 TEST(PoolCache, SlotsNoThreadUsedCostNoMemory) {
   if (percpu::backend().under_sanitizer) {
     GTEST_SKIP() << "ThreadSanitizer's shadow memory follows every read of an unused slot";
   }
   long two = growth_with_slots("PERCPU_SLOTS=2");
   long wide = growth_with_slots("PERCPU_SLOTS=64");
-  EXPECT_LE(wide, two + 256) << "kB grown with 64 slots against 2";
+  EXPECT_LE(wide, two + 1024) << "kB grown with 64 slots against 2";
 }
 
 }  // namespace
