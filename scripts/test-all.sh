@@ -21,7 +21,7 @@
 #   5. TSan build: the same suite (TSan builds always use the portable backend);
 #   6. install: `cmake --install`, then a consumer built with
 #      find_package(percpu CONFIG) and one built with pkg-config;
-#   7. stress: `percpu stress` for PERCPU_STRESS_SECONDS (default 60) on each
+#   7. stress: `percpu stress` for PERCPU_STRESS_SECONDS (default 45) on each
 #      backend, and on the portable backend simulating 64 CPUs;
 #   8. fuzz: the libFuzzer target (preset `fuzz`, clang 14, ASan + UBSan)
 #      over the committed corpus and the committed crash reproducers, half
@@ -204,7 +204,7 @@ for stage in "${stages[@]}"; do
     install) run_install ;;
     stress)
       ensure_release_build
-      seconds=${PERCPU_STRESS_SECONDS:-60}
+      seconds=${PERCPU_STRESS_SECONDS:-45}
       for backend in "--backend rseq" "--backend portable" "--slots 64"; do
         echo "=== stress: $seconds s, $backend"
         # stderr without the once-a-second progress lines: what is left

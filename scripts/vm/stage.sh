@@ -65,7 +65,7 @@
 #   PERCPU_VM_TEST_SCALE     PERCPU_TEST_SCALE in the guests [0.1]
 #   PERCPU_VM_STRESS_SECONDS length of each stress run [90 rseq, half portable]
 #   PERCPU_ARM64_KERNELS     kernel series of the arm64 guests ["6.1"]
-#   PERCPU_ARM64_STRESS_SECONDS  length of the arm64 stress run [120]
+#   PERCPU_ARM64_STRESS_SECONDS  length of the arm64 stress run [90]
 #   PERCPU_ARM64_FAULT_ABORT_RATE  PERCPU_FAULT_ABORT_RATE of that run [1000]
 #   PERCPU_VM_JOBS           guests booted at once [1: one guest's vCPUs
 #                            already use every host CPU; two guests of 8 vCPUs
@@ -93,7 +93,7 @@ case "$arch" in
     ;;
   arm64)
     kernels=${PERCPU_ARM64_KERNELS:-6.1}
-    stress_seconds=${PERCPU_ARM64_STRESS_SECONDS:-120}
+    stress_seconds=${PERCPU_ARM64_STRESS_SECONDS:-90}
     build=build/aarch64
     vm_dir=build/vm-arm64
     stage=vm-arm64
