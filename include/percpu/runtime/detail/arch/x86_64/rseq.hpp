@@ -208,6 +208,12 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 // orders it: x86-64 keeps loads in program order, so a sequence that sees
 // the word clear also sees what the visitor wrote (an aarch64 version must
 // read the word with ldar for the same reason).
+//
+// The slot's address is formed apart (leaq) and the add uses it alone: the
+// development VM's Xeon hands a store on to the next load of the same
+// base-only address without the store-to-load latency, not to an indexed
+// one.  `addq %[v], (%[slot0], %%rax)`, one instruction fewer, made
+// slot.add 2.12 ns against 0.91 in a loop that adds to one slot.
 inline status add(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t v) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "leaq (%[slot0], %%rax), %%rdx\n\t" PERCPU_RSEQ_INJECT
@@ -244,10 +250,10 @@ inline status add_return(std::int64_t* slot0, const std::uint32_t* stop0, std::i
   std::uint64_t offset;
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "leaq (%[slot0], %%rax), %%rdx\n\t" PERCPU_RSEQ_INJECT
-           "addq %[v], (%%rdx)\n\t" PERCPU_RSEQ_END "movq (%%rdx), %[value]\n\t"
-           : [value] "=r"(value), "=&a"(offset)
+           "addq %[v], (%%rdx)\n\t" PERCPU_RSEQ_END "movq (%%rdx), %%rdx\n\t"
+           : "=&d"(value), "=&a"(offset)
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "er"(v)
-           : PERCPU_RSEQ_CLOBBERS, "rdx"
+           : PERCPU_RSEQ_CLOBBERS
            : unregistered, stopped, aborted);
   *value_out = value;
   *cpu_out = static_cast<unsigned>(offset >> unit_shift);
