@@ -116,22 +116,16 @@ long counters_kb(const options& o, unsigned threads) {
   return added;
 }
 
-// A pool_cache of 64-byte objects: the threads take `objects` in all, then
-// (when all have taken theirs: otherwise a thread that finished early
-// would hand its objects to the others, and the count that ever existed
-// would depend on the threads' timing) put every one back, where the cache
-// keeps them constructed.  Its
-// magazines are the largest from the start: a magazine's memory does not
-// depend on its size, so a cache that adapted to contention holds the same
-// objects in up to 32 times as many magazines (128 of 1 kB for every 16 kB
-// of objects at size 4), and a figure that moves with the run's timing
-// cannot be held against another.
+// A pool_cache of 64-byte objects, its options the defaults: the threads
+// take `objects` in all, then (when all have taken theirs: otherwise a
+// thread that finished early would hand its objects to the others, and the
+// count that ever existed would depend on the threads' timing) put every
+// one back, where the cache keeps them constructed.
 long pool_kb(const options& o, unsigned threads) {
   long before = resident_kb();
   percpu::pool_options po;
   po.size = 64;
   po.name = "memory";
-  po.magazine_size = 128;
   auto cache = std::make_unique<percpu::raw_pool_cache>(std::move(po));
   std::latch all_taken(threads);
   on_threads(threads, [&](unsigned t) {

@@ -81,9 +81,10 @@ struct pool_stats {
   std::uint64_t objects_cached = 0;  // constructed, in a CPU array or the depot
   std::uint64_t objects_in_use = 0;  // constructed and handed out
   std::uint64_t slabs = 0;
-  std::uint64_t bytes_in_use = 0;    // object bytes handed out
-  std::uint64_t bytes_cached = 0;    // object bytes constructed and cached
-  std::uint64_t bytes_reserved = 0;  // slab memory held from the system
+  std::uint64_t bytes_in_use = 0;     // object bytes handed out
+  std::uint64_t bytes_cached = 0;     // object bytes constructed and cached
+  std::uint64_t bytes_reserved = 0;   // slab memory held from the system
+  std::uint64_t bytes_magazines = 0;  // magazine memory held from the system
   std::uint64_t invalidations = 0;
   std::uint64_t trims = 0;
   std::uint64_t magazine_resizes = 0;

@@ -138,6 +138,11 @@ pool_stats raw_pool_cache::stats() const {
     std::lock_guard g(c.slab_lock);
     s.slabs = c.slab_count;
   }
+  {
+    detail::no_wait_section quiet;
+    std::lock_guard g(c.magazine_lock);
+    s.bytes_magazines = std::uint64_t{c.chunk_count} * detail::magazine_chunk_bytes;
+  }
   s.depot_visits = c.depot_visits.load(std::memory_order_relaxed);
   s.depot_contended = c.depot_contended.load(std::memory_order_relaxed);
   s.constructions = c.constructions.load(std::memory_order_relaxed);

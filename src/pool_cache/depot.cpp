@@ -33,7 +33,10 @@ magazine* pool_core::take_full() noexcept {
   });
 }
 
-magazine* pool_core::take_empty() noexcept {
+// An empty magazine with room for `size` objects and one more: the depot's,
+// or a new one.  One the depot kept from when magazines were smaller goes
+// back to its size class's free list.
+magazine* pool_core::take_empty(unsigned size) noexcept {
   magazine* m = locked(depot_lock, [&]() -> magazine* {
     magazine* e = empty;
     if (e != nullptr) {
@@ -42,7 +45,11 @@ magazine* pool_core::take_empty() noexcept {
     }
     return e;
   });
-  if (m == nullptr) m = alloc_magazine();
+  if (m != nullptr && m->capacity < size + 1) {
+    free_magazine(m);
+    m = nullptr;
+  }
+  if (m == nullptr) m = alloc_magazine(size);
   if (m != nullptr) m->count = 0;
   return m;
 }

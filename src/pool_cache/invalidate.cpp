@@ -78,10 +78,10 @@ void pool_core::give(magazine* m) noexcept {
     std::uint64_t g = generation();
     std::uint32_t kept = 0;
     for (std::uint32_t i = 0; i < m->count; ++i) {
-      void* object = m->items[i];
+      void* object = m->items()[i];
       if (header(object)->generation == g) {
         header(object)->state = pool_object_state::cached;
-        m->items[kept++] = object;
+        m->items()[kept++] = object;
       } else {
         stale[stale_count++] = object;
       }
@@ -110,16 +110,16 @@ void* pool_core::get_slow() noexcept {
   // This get began before any invalidate() that has not yet drained the
   // depot returned, so it may hand out the magazine's top object whatever
   // its generation.
-  void* object = m->items[--m->count];
+  void* object = m->items()[--m->count];
   // Load the rest into this CPU's array, but only while their generation
   // is current (the push's guard): objects of an older generation, or of
   // one an invalidate() ends meanwhile, must not reach a CPU array after
   // that invalidate's visit.  What does not fit, or was refused, goes back
   // through give(), which destructs stale objects.
-  std::uint64_t g = m->count != 0 ? header(m->items[0])->generation : 0;
-  std::size_t moved = seq::push_batch(cache.arrays0(), stop0(), m->items, m->count,
+  std::uint64_t g = m->count != 0 ? header(m->items()[0])->generation : 0;
+  std::size_t moved = seq::push_batch(cache.arrays0(), stop0(), m->items(), m->count,
                                       seq::guard{&cache.generation_, g});
-  std::memmove(m->items, m->items + moved, (m->count - moved) * sizeof(void*));
+  std::memmove(m->items(), m->items() + moved, (m->count - moved) * sizeof(void*));
   m->count -= static_cast<std::uint32_t>(moved);
   give(m);
   header(object)->state = pool_object_state::in_use;
@@ -143,14 +143,15 @@ void pool_core::put_slow(void* object) noexcept {
   count(&cpu_part::overflows);
   // The array is full: move a magazine's worth off its top into a
   // magazine, add this object, and give the magazine to the depot.
-  magazine* m = take_empty();
+  unsigned size = cache.magazine_size();
+  magazine* m = take_empty(size);
   if (m == nullptr) {
     destroy(&object, 1);  // no memory for a magazine: a put never fails
     return;
   }
   m->count = static_cast<std::uint32_t>(
-      seq::pop_batch(cache.arrays0(), stop0(), m->items, cache.magazine_size()));
-  m->items[m->count++] = object;
+      seq::pop_batch(cache.arrays0(), stop0(), m->items(), std::min(size, m->capacity - 1)));
+  m->items()[m->count++] = object;
   give(m);
 }
 

@@ -18,31 +18,35 @@ namespace percpu::detail {
 
 // ---- magazine memory --------------------------------------------------------
 
-magazine* pool_core::alloc_magazine() noexcept {
+magazine* pool_core::alloc_magazine(unsigned size) noexcept {
+  unsigned c = magazine_class(size);
   return locked(magazine_lock, [&]() -> magazine* {
-    if (magazine* m = free_magazines) {
-      free_magazines = m->next;
+    if (magazine* m = free_magazines[c]) {
+      free_magazines[c] = m->next;
       return m;
     }
-    constexpr std::size_t step = round_up(sizeof(magazine), alignof(magazine));
+    std::size_t step = sizeof(magazine) + std::size_t{class_capacity(c)} * sizeof(void*);
     if (chunks == nullptr || chunk_used + step > magazine_chunk_bytes) {
       void* chunk = mmap(nullptr, magazine_chunk_bytes, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (chunk == MAP_FAILED) return nullptr;
       std::memcpy(chunk, &chunks, sizeof(void*));
       chunks = chunk;
-      chunk_used = alignof(magazine) > sizeof(void*) ? alignof(magazine) : sizeof(void*);
+      ++chunk_count;
+      chunk_used = round_up(sizeof(void*), alignof(magazine));
     }
     auto* m = reinterpret_cast<magazine*>(static_cast<char*>(chunks) + chunk_used);
     chunk_used += step;
+    m->capacity = class_capacity(c);
     return m;
   });
 }
 
 void pool_core::free_magazine(magazine* m) noexcept {
+  unsigned c = magazine_class(m->capacity - 1);
   locked(magazine_lock, [&] {
-    m->next = free_magazines;
-    free_magazines = m;
+    m->next = free_magazines[c];
+    free_magazines[c] = m;
   });
 }
 
@@ -52,6 +56,7 @@ void pool_core::release_magazine_memory() noexcept {
     std::memcpy(&chunks, chunk, sizeof(void*));
     munmap(chunk, magazine_chunk_bytes);
   }
+  chunk_count = 0;
 }
 
 // ---- slabs (slab_lock held) ---------------------------------------------
@@ -95,7 +100,7 @@ slab* pool_core::new_slab() noexcept {
 
 void* pool_core::take_slot() noexcept {
   if (magazine* m = unconstructed) {
-    void* object = m->items[--m->count];
+    void* object = m->items()[--m->count];
     if (m->count == 0) {
       unconstructed = m->next;
       free_magazine(m);
@@ -158,7 +163,7 @@ std::size_t pool_core::release_unused_slabs() noexcept {
     emptied = unconstructed;
     unconstructed = nullptr;
     for (magazine* m = emptied; m != nullptr; m = m->next) {
-      for (std::uint32_t i = 0; i < m->count; ++i) release_slot(m->items[i]);
+      for (std::uint32_t i = 0; i < m->count; ++i) release_slot(m->items()[i]);
     }
     while (slab* s = slabs[unused]) {
       unlink(s);
@@ -218,7 +223,7 @@ void pool_core::retire(magazine* list) noexcept {
     // up over hundreds of them.
     in_callback scope(&cache);
     for (magazine* m = list; m != nullptr; m = m->next) {
-      call_destructors(m->items, m->count);
+      call_destructors(m->items(), m->count);
       destructed += m->count;
       last = m;
     }
