@@ -1,7 +1,9 @@
 // counter.cpp - reads, folds and exchanges of percpu::counter(_array).
 #include "percpu/counter.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <bit>
 #include <string>
 
 #include "percpu/runtime/detail/runtime.hpp"
@@ -27,8 +29,13 @@ std::size_t checked_size(std::size_t n) {
 
 }  // namespace
 
-// 64-byte aligned: a CPU's counters start on their own cache line.
-counter_array::counter_array(std::size_t n) : slots_(checked_size(n), 64) {}
+// Aligned to their size up to a cache line: an array of 8 or more starts a
+// line of its own, a smaller one shares its line with other structures'
+// data of the same CPU.  Every counter_array was once 64-byte aligned: a
+// percpu::counter took 64 bytes of each CPU's unit for its 8, and 1000
+// counters touched 60 kB of the CPU their thread ran on, 8 kB after.
+counter_array::counter_array(std::size_t n)
+    : slots_(checked_size(n), std::min<std::size_t>(64, std::bit_ceil(n * sizeof(std::int64_t)))) {}
 
 counter_array::~counter_array() = default;
 

@@ -23,6 +23,7 @@
 #include "cpu_mask.hpp"
 #include "expect_error.hpp"
 #include "percpu/core/storage.hpp"
+#include "percpu/counter.hpp"
 #include "percpu/runtime/cpu.hpp"
 
 namespace {
@@ -146,6 +147,27 @@ TEST(Storage, ChunksAreNeverBackedByHugePages) {
   EXPECT_NE(m.vm_flags.find(" nh"), std::string::npos) << m.vm_flags;
   EXPECT_NE(m.huge.find(" 0 kB"), std::string::npos) << m.huge;
   percpu::free_raw(p);
+}
+
+// A percpu::counter takes its 8 bytes of a CPU's unit (and 4 for its stop
+// word), not a cache line: every counter_array was once 64-byte aligned, and
+// 4000 counters added to on one CPU touched 248 kB of the chunk against
+// 44 kB since.
+TEST(Storage, SmallCountersShareTheirCpusCacheLines) {
+  constexpr int n = 4000;
+  void* probe = percpu::allocate_raw(8, 8);  // in the chunk the counters fill
+  long before = mapping_of(probe).rss_kb;
+  ASSERT_GE(before, 0);
+  std::vector<std::unique_ptr<percpu::counter>> all;
+  std::thread([&] {
+    ASSERT_TRUE(percpu_test::pin(percpu::allowed_cpus().front()));
+    for (int i = 0; i < n; ++i) all.push_back(std::make_unique<percpu::counter>());
+    for (auto& c : all) c->add(1);
+  }).join();
+  long after = mapping_of(probe).rss_kb;
+  EXPECT_LE(after - before, 96) << "kB of the chunk " << n << " counters touched";
+  for (auto& c : all) EXPECT_EQ(c->read(), 1);
+  percpu::free_raw(probe);
 }
 
 // A reused range is zeroed in the slots that wrote it, and costs no memory
