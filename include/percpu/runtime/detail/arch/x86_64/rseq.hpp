@@ -99,7 +99,12 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 // separate test, 0.92 ns without; Intel Xeon: 0.85 ns at first, 0.93 ns
 // with the index's offset as a second load, 0.86 with the bit test).  The
 // minimal sequence of bench/rseq_raw.hpp (no stop word, no registration
-// test) takes 0.55-0.68 ns.
+// test) takes 0.55-0.68 ns.  One prologue for both modes (rseq_cs stored
+// through the offset rounded down to 32, cpu_id tested there, the index read
+// at the offset: no branch on the mode) made the modes even at the cost of
+// CPU mode: slot.add 1.01 ns in both against 0.90 (CPU) and 1.04 (mm_cid)
+// with the bit test, counter.add 1.34 against 1.19, rwlock.read 1.94
+// against 1.81 (Xeon VM, the same quick runs).
 #define PERCPU_RSEQ_BEGIN                    \
   ".pushsection __rseq_cs, \"aw?\"\n\t"      \
   ".balign 32\n\t"                           \
