@@ -27,15 +27,21 @@ std::size_t checked_size(std::size_t n) {
   return n;
 }
 
-}  // namespace
-
 // Aligned to their size up to a cache line: an array of 8 or more starts a
 // line of its own, a smaller one shares its line with other structures'
 // data of the same CPU.  Every counter_array was once 64-byte aligned: a
 // percpu::counter took 64 bytes of each CPU's unit for its 8, and 1000
-// counters touched 60 kB of the CPU their thread ran on, 8 kB after.
-counter_array::counter_array(std::size_t n)
-    : slots_(checked_size(n), std::min<std::size_t>(64, std::bit_ceil(n * sizeof(std::int64_t)))) {}
+// counters touched 60 kB of the CPU their thread ran on, 8 kB after.  (The
+// alignment is computed without multiplying a huge n: the constructor's
+// arguments are evaluated in either order, so checked_size() may not have
+// refused it yet, and bit_ceil of a product above 2^63 is undefined.)
+std::size_t alignment_for(std::size_t n) noexcept {
+  return n >= 8 ? 64 : std::bit_ceil(n * sizeof(std::int64_t));
+}
+
+}  // namespace
+
+counter_array::counter_array(std::size_t n) : slots_(checked_size(n), alignment_for(n)) {}
 
 counter_array::~counter_array() = default;
 

@@ -64,8 +64,7 @@ constexpr std::size_t magazine_chunk_bytes = std::size_t{64} * 1024;
 // moves off the CPU's array.  Magazines once all had room for the largest
 // size (1 kB each): a cache of 10^5 64-byte objects at the default size 32
 // held them in 3.3 MB of magazines beside 6.4 MB of objects (`percpu
-// memory`, issue of memory bounded by parallelism); sized to their class,
-// 0.9 MB.
+// memory`); sized to their class, in whole cache lines (slab.cpp), 1 MB.
 struct magazine {
   magazine* next;
   std::uint32_t count;

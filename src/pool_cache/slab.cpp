@@ -25,7 +25,10 @@ magazine* pool_core::alloc_magazine(unsigned size) noexcept {
       free_magazines[c] = m->next;
       return m;
     }
-    std::size_t step = sizeof(magazine) + std::size_t{class_capacity(c)} * sizeof(void*);
+    // Whole cache lines: magazines filled by different CPUs at once (each
+    // overflowing put fills its own) must not share one.
+    std::size_t step =
+        round_up(sizeof(magazine) + std::size_t{class_capacity(c)} * sizeof(void*), 64);
     if (chunks == nullptr || chunk_used + step > magazine_chunk_bytes) {
       void* chunk = mmap(nullptr, magazine_chunk_bytes, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -33,7 +36,7 @@ magazine* pool_core::alloc_magazine(unsigned size) noexcept {
       std::memcpy(chunk, &chunks, sizeof(void*));
       chunks = chunk;
       ++chunk_count;
-      chunk_used = round_up(sizeof(void*), alignof(magazine));
+      chunk_used = 64;  // after the next chunk's address, on a line of its own
     }
     auto* m = reinterpret_cast<magazine*>(static_cast<char*>(chunks) + chunk_used);
     chunk_used += step;
