@@ -78,7 +78,8 @@ valgrind_filter='Storage.*:Sequences.*:Stop.*:Counter.*:CounterArray.*:Rwlock.*:
 ':Xcall.*:CpuList.*:Topology.*:Backend.CurrentCpuIsBelowCount'\
 '-PoolCache.Torture*:Counter.ExactUnder*:Counter.ApproximateReadStaysInsideItsBound'\
 ':Sequences.AddsAreExactUnderContentionAndSignals:Rwlock.ReadersNeverSeeAWriterHalfway*'\
-':Rwlock.WriterIsNotStarvedByAStreamOfReaders:Xcall.VisitAllStopsEveryListedStructure'\
+':Rwlock.WriterIsNotStarved*:Rwlock.ExclusionHoldsWhileTheBias*'\
+':Xcall.VisitAllStopsEveryListedStructure'\
 ':Storage.ExhaustedAddressSpace*:Xcall.ProgramExit*:Xcall.ForkDuring*'\
 ':PoolCache.SignalHandlersGetAndPutOnTheirOwnThread'\
 ':Storage.ReuseTouchesOnlyTheSlotsThatWrote:PoolCache.SlotsNoThreadUsedCostNoMemory'
