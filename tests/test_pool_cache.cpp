@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <set>
@@ -477,11 +478,9 @@ TEST(PoolCache, TortureWithMigrationSignalsInvalidatesAndReclaims) {
 long resident_kb() {
   long size = 0;
   long resident = 0;
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  if (f == nullptr) return -1;
-  int got = std::fscanf(f, "%ld %ld", &size, &resident);
-  std::fclose(f);
-  return got == 2 ? resident * (sysconf(_SC_PAGESIZE) / 1024) : -1;
+  std::ifstream statm("/proc/self/statm");
+  if (!(statm >> size >> resident)) return -1;
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
 // 16 caches used by one thread, then all their objects put back: what the
@@ -496,6 +495,7 @@ TEST(PoolCacheChild, ResidentGrowth) {
   for (int c = 0; c < 16; ++c) {
     caches.push_back(std::make_unique<percpu::pool_cache<std::uint64_t>>("growth"));
     std::vector<std::uint64_t*> held;
+    held.reserve(100);
     for (int i = 0; i < 100; ++i) held.push_back(caches.back()->get());
     for (auto* p : held) caches.back()->put(p);
   }

@@ -238,8 +238,9 @@ TEST(Storage, CopiesLiveOnTheirCpusNode) {
   if (syscall(SYS_move_pages, 0, pages.size(), pages.data(), nullptr, status.data(), 0) != 0) {
     int err = errno;
     percpu::free_raw(p);
-    if (err == EPERM || err == ENOSYS) GTEST_SKIP() << "move_pages refused: " << std::strerror(err);
-    FAIL() << "move_pages: " << std::strerror(err);
+    std::string why = std::system_category().message(err);
+    if (err == EPERM || err == ENOSYS) GTEST_SKIP() << "move_pages refused: " << why;
+    FAIL() << "move_pages: " << why;
   }
   // Only nodes this process may take memory from (a cpuset's mems) can
   // hold a copy; the others fall back, as MPOL_PREFERRED allows.
