@@ -1,7 +1,6 @@
 // counter.cpp - reads, folds and exchanges of percpu::counter(_array).
 #include "percpu/counter.hpp"
 
-#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <string>
