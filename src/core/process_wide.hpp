@@ -12,54 +12,112 @@
 // program's objects: the README's own example (`percpu::counter requests;`
 // at namespace scope) crashed in std::map before main().  And fork() copies
 // a registry in whatever state another thread left it: a lock held by a
-// thread that does not exist in the child, service threads that are gone.
+// thread that does not exist in the child, service threads that are gone,
+// a registry half built.
 //
-// Mechanism: process_wide<T>() builds T with `new` on first use (a
-// function-local static, thread-safe) and never deletes it.  When it builds
-// T it registers T's fork hooks with pthread_atfork, each where T has it:
-// prepare_fork() before fork() in the forking thread, after_fork_parent()
-// and after_fork_child() after it.  A registry guarded by one lock derives
-// from held_across_fork: the lock is held across fork(), so the child finds
-// it free and the bookkeeping as the parent's last holder left it.
+// Mechanism: process_wide<T>() builds T with `new` on first use and never
+// deletes it.  One word says where T stands (runtime_internal.hpp's
+// once_claim): not built, being built by a thread of process P, or T's
+// address.  A thread that finds T being built by its own process waits; one
+// that finds it being built by another process is in a fork() child whose
+// parent forked while a thread built T: that thread does not exist here, so
+// this one builds T afresh (the half-built copy is leaked).  Before T is built, its fork hooks join
+// the library's (process_wide.cpp): prepare_fork() before fork() in the forking thread,
+// after_fork_parent() and after_fork_child() after it, each where T has it,
+// and only for a T already built when fork() began.  A registry guarded by
+// one lock derives from held_across_fork: the lock is held across fork(), so
+// the child finds it free and the bookkeeping as the parent's last holder
+// left it.
+//
+// History: T used to be a function-local static whose initialiser also
+// called pthread_atfork().  That call waits while another thread is inside
+// fork(), so a fork() that began while a thread built T always left the
+// C++ guard of T "being initialised" in the child, whose first use of T
+// then waited forever: `percpu stress` saw a fork child hang in its first
+// cross-CPU call when the parent's first one ran at the same moment
+// (emulated 6.12 guest, 64 possible CPUs).  Now nothing waits for fork()
+// while T is being built, and the child notices a build it inherited.
+//
+// Rule: T's constructor takes no lock of the library and never reaches
+// process_wide<T>() itself (that would wait for itself).  What is left: a T
+// whose build ends while fork() runs its hooks is copied without its
+// prepare_fork(); a thread of the parent that changes it in those
+// microseconds may leave it half changed in the child.
 #pragma once
 
-#include <pthread.h>
-
+#include <atomic>
+#include <cstdint>
 #include <mutex>
+
+#include "runtime/runtime_internal.hpp"
 
 namespace percpu::detail {
 
+// The word of each process-wide T (runtime_internal.hpp's once_claim):
+// once_idle before it is built, else T's address.
 template <class T>
-T& process_wide();
+struct process_wide_state {
+  static inline std::atomic<std::uintptr_t> word{once_idle};
+};
+
+// One process-wide object's fork hooks; each is null where T has none.
+// `object` is T's address.
+struct fork_hooks {
+  const std::atomic<std::uintptr_t>* word = nullptr;
+  void (*prepare)(void* object) noexcept = nullptr;
+  void (*parent)(void* object) noexcept = nullptr;
+  void (*child)(void* object) noexcept = nullptr;
+};
+
+// Adds the hooks of one T (once per word) to those the library runs around
+// every fork() (process_wide.cpp).
+void add_fork_hooks(const fork_hooks& hooks) noexcept;
 
 template <class T>
-void register_fork_hooks() {
-  void (*prepare)() = nullptr;
-  void (*parent)() = nullptr;
-  void (*child)() = nullptr;
+fork_hooks fork_hooks_of() noexcept {
+  fork_hooks h;
+  h.word = &process_wide_state<T>::word;
   if constexpr (requires(T & t) { t.prepare_fork(); }) {
-    prepare = [] { process_wide<T>().prepare_fork(); };
+    h.prepare = [](void* object) noexcept { static_cast<T*>(object)->prepare_fork(); };
   }
   if constexpr (requires(T & t) { t.after_fork_parent(); }) {
-    parent = [] { process_wide<T>().after_fork_parent(); };
+    h.parent = [](void* object) noexcept { static_cast<T*>(object)->after_fork_parent(); };
   }
   if constexpr (requires(T & t) { t.after_fork_child(); }) {
-    child = [] { process_wide<T>().after_fork_child(); };
+    h.child = [](void* object) noexcept { static_cast<T*>(object)->after_fork_child(); };
   }
-  if (prepare != nullptr || parent != nullptr || child != nullptr) {
-    pthread_atfork(prepare, parent, child);
+  return h;
+}
+
+// The first use of T (out of line and cold): builds it, or waits for the
+// thread of this process that does (see the file comment).
+template <class T>
+[[gnu::noinline, gnu::cold]] T& build_process_wide() {
+  std::atomic<std::uintptr_t>& word = process_wide_state<T>::word;
+  std::uintptr_t seen = once_claim(word);
+  if ((seen & 1) == 0) return *reinterpret_cast<T*>(seen);
+  add_fork_hooks(fork_hooks_of<T>());
+  T* made = nullptr;
+  try {
+    made = new T;
+  } catch (...) {
+    word.store(once_idle, std::memory_order_release);
+    throw;
   }
+  // Release: pairs with the acquire loads of once_claim() and
+  // process_wide(): T is whole before any thread sees its address.
+  word.store(reinterpret_cast<std::uintptr_t>(made), std::memory_order_release);
+  return *made;
 }
 
 // The process's one T (see the file comment).
 template <class T>
 T& process_wide() {
-  static T* const object = [] {
-    auto* made = new T;
-    register_fork_hooks<T>();
-    return made;
-  }();
-  return *object;
+  // Acquire: pairs with build_process_wide's release store.
+  std::uintptr_t seen = process_wide_state<T>::word.load(std::memory_order_acquire);
+  if ((seen & 1) == 0) [[likely]]
+    return *reinterpret_cast<T*>(seen);
+  return build_process_wide<T>();
 }
 
 // A registry's lock, held across fork().

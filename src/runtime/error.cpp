@@ -1,8 +1,11 @@
 // error.cpp - percpu's error category and the out-of-range error (see
-// percpu/runtime/error.hpp).
+// percpu/runtime/error.hpp); error_text (runtime_internal.hpp).
 #include "percpu/runtime/error.hpp"
 
+#include <cstring>
 #include <string>
+
+#include "runtime_internal.hpp"
 
 namespace percpu {
 
@@ -81,6 +84,21 @@ void throw_out_of_range(const char* where, const char* what, std::uint64_t value
   throw error(errc::out_of_range, std::string(where) + ": " + what + " " + std::to_string(value) +
                                       " is out of range (" + limit_name + " is " +
                                       std::to_string(limit) + ")");
+}
+
+namespace {
+// strerror_r is the XSI one (returns int) or the GNU one (returns the
+// message, which need not be in the buffer); these pick whichever it is.
+[[maybe_unused]] const char* strerror_r_result(int rc, const char* buf) noexcept {
+  return rc == 0 ? buf : "unknown error";
+}
+[[maybe_unused]] const char* strerror_r_result(const char* message, const char*) noexcept {
+  return message;
+}
+}  // namespace
+
+const char* error_text(int err, char* buf, std::size_t size) noexcept {
+  return strerror_r_result(strerror_r(err, buf, size), buf);
 }
 
 }  // namespace detail

@@ -29,7 +29,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
+#include <new>
 #include <string>
 
 #if defined(__has_include)
@@ -139,22 +139,28 @@ std::ptrdiff_t offset_of(own_rseq_area& area) noexcept {
 
 std::ptrdiff_t found_rseq_offset = 0;  // start-up's finding, see probe_rseq
 
-std::mutex start_mutex;  // constant-initialised
-std::atomic<bool> started{false};
+// Where start-up stands (runtime_internal.hpp's once_claim): once_idle,
+// claimed, started, or refused (start_error() says why, to every caller).
+constexpr std::uintptr_t start_done = 2;
+constexpr std::uintptr_t start_refused = 4;
+std::atomic<std::uintptr_t> start_state{once_idle};
 
-// Start-up's findings, and its error (non-empty: start-up failed with this
-// message).  Built on first use and never destroyed, like every library
-// global a user's object at namespace scope can reach: that object may start
-// the library from its static initialiser, before this file's initialisers
-// ran, or ask from its destructor, after this file's destructors ran.
+// Start-up's findings and its error, built by each start-up afresh with
+// placement new: no initialiser or destructor of this file runs around a
+// user's objects at namespace scope, and no C++ guard that fork() could copy
+// half done.
+struct start_record {
+  backend_info info;
+  std::string error;
+};
+alignas(start_record) unsigned char record_storage[sizeof(start_record)];
 backend_info& info() {
-  static backend_info* const i = new backend_info;
-  return *i;
+  return std::launder(reinterpret_cast<start_record*>(record_storage))->info;
 }
 std::string& start_error() {
-  static std::string* const e = new std::string;
-  return *e;
+  return std::launder(reinterpret_cast<start_record*>(record_storage))->error;
 }
+
 // Why start-up refuses the environment; ensure_started() reports it as a
 // percpu::error (errc::configuration).
 struct refusal {
@@ -440,18 +446,32 @@ void start_locked() {
 
 }  // namespace
 
+// Start-up runs once per process.  A thread that finds it started goes
+// on; one that finds another thread of this process starting waits; one
+// that finds a start-up left half done by the process it was forked from
+// starts afresh (runtime_internal.hpp's once_claim).
 void ensure_started() {
-  if (started.load(std::memory_order_acquire)) return;
-  std::lock_guard<std::mutex> lock(start_mutex);
-  if (started.load(std::memory_order_relaxed)) return;
-  if (!start_error().empty()) throw error(errc::configuration, start_error());
+  if (start_state.load(std::memory_order_acquire) == start_done) [[likely]]
+    return;
+  std::uintptr_t state = once_claim(start_state);
+  if (state == start_done) return;
+  if (state == start_refused) throw error(errc::configuration, start_error());
+  // Claimed: start from nothing (a start-up abandoned by fork() left a
+  // record half filled, which is leaked).
+  new (record_storage) start_record;
   try {
     start_locked();
   } catch (const refusal& r) {
     start_error() = "percpu: " + r.why;
+    // Release: pairs with once_claim's acquire; the message first.
+    start_state.store(start_refused, std::memory_order_release);
     throw error(errc::configuration, start_error());
+  } catch (...) {
+    start_state.store(once_idle, std::memory_order_release);
+    throw;
   }
-  started.store(true, std::memory_order_release);
+  // Release: pairs with the acquire loads above; every finding first.
+  start_state.store(start_done, std::memory_order_release);
 }
 
 void start_from_an_operation() noexcept {
@@ -537,21 +557,6 @@ void wait_while_stopped(const std::uint32_t* stop0) noexcept {
 }
 
 }  // namespace slow
-
-namespace {
-// strerror_r is the XSI one (returns int) or the GNU one (returns the
-// message, which need not be in the buffer); these pick whichever it is.
-[[maybe_unused]] const char* strerror_r_result(int rc, const char* buf) noexcept {
-  return rc == 0 ? buf : "unknown error";
-}
-[[maybe_unused]] const char* strerror_r_result(const char* message, const char*) noexcept {
-  return message;
-}
-}  // namespace
-
-const char* error_text(int err, char* buf, std::size_t size) noexcept {
-  return strerror_r_result(strerror_r(err, buf, size), buf);
-}
 
 void relax(unsigned spins) noexcept {
   if (spins < 64) {

@@ -2,13 +2,17 @@
 //
 // The runtime's concerns that the other layers share, each written once:
 // the clock, the spin-wait policy, blocking signals, no-wait sections and
-// the work signal handlers defer from them (deferral.hpp), error texts.
+// the work signal handlers defer from them (deferral.hpp), error texts,
+// one-time jobs that survive fork().
 #pragma once
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -67,6 +71,39 @@ class signals_blocked {
  private:
   sigset_t saved_{};
 };
+
+// One-time jobs across fork(): the library's start-up and the building of
+// each process-wide registry (core/process_wide.hpp).  A word says where
+// the job stands: once_idle before it is done, (pid << 1) | 1 while a
+// thread of process `pid` does it, or its result (any even value).  A
+// C++ function-local static, or a mutex, cannot say that: fork() copies
+// its "being done" state into a child without the thread that was doing
+// it, and the child's first use then waits forever (the history in
+// core/process_wide.hpp).  Here a thread that finds the job claimed by
+// another process is in such a child, and does the job itself.
+inline constexpr std::uintptr_t once_idle = 1;
+
+// Returns the job's result (even) once there is one, waiting while another
+// thread of this process does the job; or claims the job for the calling
+// thread and returns an odd value: the caller then does the job and stores
+// its result in `word` with release (or once_idle if it failed, to be tried
+// again).  The wait yields the CPU: start-up takes milliseconds at most, a
+// registry's constructor microseconds.
+inline std::uintptr_t once_claim(std::atomic<std::uintptr_t>& word) noexcept {
+  const std::uintptr_t mine = (static_cast<std::uintptr_t>(getpid()) << 1) | 1;
+  for (;;) {
+    // Acquire: pairs with the release store of the result.
+    std::uintptr_t seen = word.load(std::memory_order_acquire);
+    if ((seen & 1) == 0) return seen;
+    if (seen == mine) {
+      sched_yield();
+      continue;
+    }
+    // Not done, or left half done by a thread of the process this one was
+    // forked from: this thread does it.
+    if (word.compare_exchange_strong(seen, mine, std::memory_order_acquire)) return mine;
+  }
+}
 
 // strerror() without its shared buffer: the message for `err`, either in
 // `buf` or in storage that stays valid.  Allocates nothing.

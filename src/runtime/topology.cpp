@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
@@ -110,19 +111,29 @@ possible_set read_possible_cpus(const std::string& sysfs_cpu_dir) {
   return result;
 }
 
+// Cached in a plain atomic rather than a function-local static: the C++
+// guard of a static whose initialiser is in a system call when another
+// thread forks stays "being initialised" in the child, which would wait for
+// it forever (the history in core/process_wide.hpp).  Threads that find
+// it unknown at once each work it out; they agree.
 unsigned kernel_cpu_range() {
-  static const unsigned range = [] {
-    // Grow until the kernel accepts the buffer (EINVAL: smaller than its mask).
-    for (unsigned cpus = 1024; cpus <= max_cpu_number; cpus *= 2) {
-      cpu_set_t* set = CPU_ALLOC(cpus);
-      if (set == nullptr) break;
-      int rc = sched_getaffinity(0, CPU_ALLOC_SIZE(cpus), set);
-      int err = errno;
-      CPU_FREE(set);
-      if (rc == 0 || err != EINVAL) return cpus;
+  static std::atomic<unsigned> known{0};
+  unsigned range = known.load(std::memory_order_relaxed);
+  if (range != 0) return range;
+  range = max_cpu_number;
+  // Grow until the kernel accepts the buffer (EINVAL: smaller than its mask).
+  for (unsigned cpus = 1024; cpus <= max_cpu_number; cpus *= 2) {
+    cpu_set_t* set = CPU_ALLOC(cpus);
+    if (set == nullptr) break;
+    int rc = sched_getaffinity(0, CPU_ALLOC_SIZE(cpus), set);
+    int err = errno;
+    CPU_FREE(set);
+    if (rc == 0 || err != EINVAL) {
+      range = cpus;
+      break;
     }
-    return max_cpu_number;
-  }();
+  }
+  known.store(range, std::memory_order_relaxed);
   return range;
 }
 
