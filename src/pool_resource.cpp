@@ -5,10 +5,12 @@
 // setting of the programs that use the resource.
 #include "percpu/pool_resource.hpp"
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
 #include "percpu/runtime/error.hpp"
+#include "runtime/runtime_internal.hpp"
 
 namespace percpu {
 
@@ -126,9 +128,15 @@ std::size_t pool_resource::release() {
 pool_resource* default_pool_resource() noexcept {
   // Built in static storage and never destroyed (see the header).  Its
   // constructor allocates nothing: the name fits the string's own buffer.
+  // Built under once_claim, not as a function-local static, whose guard a
+  // fork() could copy half done (core/process_wide.hpp's history).
   alignas(pool_resource) static unsigned char storage[sizeof(pool_resource)];
-  static pool_resource* const resource =
-      ::new (storage) pool_resource(std::pmr::new_delete_resource(), "default_pool");
+  static std::atomic<std::uintptr_t> word{detail::once_idle};
+  std::uintptr_t seen = detail::once_claim(word);
+  if ((seen & 1) == 0) return reinterpret_cast<pool_resource*>(seen);
+  auto* resource = ::new (storage) pool_resource(std::pmr::new_delete_resource(), "default_pool");
+  // Release: pairs with once_claim's acquire; the resource is whole first.
+  word.store(reinterpret_cast<std::uintptr_t>(resource), std::memory_order_release);
   return resource;
 }
 

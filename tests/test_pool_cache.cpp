@@ -128,6 +128,39 @@ TEST(PoolCache, MagazinesTakeMemoryForTheirSizeOnly) {
   EXPECT_GT(s.bytes_magazines, 0u);
 }
 
+// The mappings of this process (lines of /proc/self/maps).
+long mapping_count() {
+  std::ifstream maps("/proc/self/maps");
+  long lines = 0;
+  for (std::string line; std::getline(maps, line);) ++lines;
+  return lines;
+}
+
+// A cache's slabs share mappings.  Each slab its own mapping once brought a
+// cache of about 4 GB to the kernel's limit of 65530 mappings, after which
+// every mmap of the process fails (src/pool_cache/slab.cpp).
+TEST(PoolCache, SlabsShareMappings) {
+  if (percpu::backend().under_valgrind) GTEST_SKIP() << "valgrind places mappings itself";
+  if (percpu::backend().under_sanitizer) {
+    GTEST_SKIP() << "ThreadSanitizer maps shadow memory beside each mapping";
+  }
+  percpu::pool_options o;
+  o.size = 64;
+  o.name = "many slabs";
+  percpu::raw_pool_cache cache(o);
+  constexpr int n = 100000;
+  std::vector<void*> held;
+  held.reserve(n);
+  long before = mapping_count();
+  for (int i = 0; i < n; ++i) held.push_back(cache.get());
+  long added = mapping_count() - before;
+  std::uint64_t slabs = cache.stats().slabs;
+  for (void* p : held) cache.put(p);
+  ASSERT_GE(slabs, 64u);
+  // A few runs of merged slabs (a run ends where something else is mapped).
+  EXPECT_LE(added, static_cast<long>(slabs / 8)) << slabs << " slabs";
+}
+
 struct fails_every_third {
   static inline std::atomic<int> attempts{0};
   static inline std::atomic<int> live{0};

@@ -1,29 +1,35 @@
-// core/process_wide.cpp - the fork hooks of the process-wide registries
-// (process_wide.hpp).
+// core/process_wide.cpp - the fork hooks of the process-wide registries,
+// and the window in which no registry becomes built (process_wide.hpp).
 //
 // Problem: each registry's fork hooks must run around every fork(), but
 // registering them with pthread_atfork() when the registry is built made the
 // builder wait for any fork() in progress while its build was half done (the
 // history in process_wide.hpp), and could deadlock outright: pthread_atfork()
 // waits for a fork() whose prepare hook waits for a lock the builder's caller
-// holds.
+// holds.  And a registry whose build ends while fork() runs the hooks has
+// had no prepare hook: a thread that takes its lock at once leaves it held
+// in the child, by a thread the child does not have.
 //
 // Mechanism: the library registers one set of hooks, once, when it is loaded
 // (a constructor function, before main() or during dlopen(); it builds
 // nothing, so the order of static initialisers does not matter to it), and
 // those run the hooks of every registry built so far, from a fixed table
 // that a builder fills without waiting for anything.  As pthread_atfork()
-// does: prepare hooks newest first, the others oldest first.  A registry
-// still being built when fork() begins is skipped: nobody uses it yet, and
-// the child builds its own (process_wide.hpp).
+// does: prepare hooks newest first, the others oldest first.  The prepare
+// hook first opens the fork window (fork_window in process_wide.hpp), and
+// the parent and child hooks close it last; a builder publishes a registry
+// only while the window is closed, so every registry that is built in the
+// child had its prepare hook, and one whose build was under way is being
+// built in the child by its parent, which the child redoes.
 //
 // With a second copy of the library in the process (a plugin that links the
-// static archive), each copy registers its own set; a registry's hooks sit
-// in the table of the copy whose add_fork_hooks() its builder called, so
-// they run once per fork().
+// static archive), each copy registers its own hooks and has its own table;
+// the window and each registry's word and `hooked` flag are shared, so a
+// registry's hooks are in one table and run once per fork().
 #include "core/process_wide.hpp"
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -32,9 +38,11 @@ namespace percpu::detail {
 
 namespace {
 
+using window = fork_window<>;
+
 // More than the library has registries (three), so that a new one does not
 // have to grow this.
-constexpr unsigned max_registries = 8;
+constexpr unsigned max_registries = 16;
 
 struct entry {
   fork_hooks hooks;
@@ -43,20 +51,46 @@ struct entry {
 };
 
 entry table[max_registries];
-std::atomic<unsigned> used{0};
+std::atomic<unsigned> used{0};  // entries taken; each is read once `ready`
 
-// The registry's address, or null while it is not built.
+unsigned entries() noexcept {
+  unsigned n = used.load(std::memory_order_relaxed);
+  return n < max_registries ? n : max_registries;
+}
+
+// The registry's address, or null while it is not built.  Acquire: pairs
+// with publish_process_wide's release store (the registry is whole).
 void* built(const entry& e) noexcept {
   std::uintptr_t word = e.hooks.word->load(std::memory_order_acquire);
   return (word & 1) == 0 ? reinterpret_cast<void*>(word) : nullptr;
 }
 
-unsigned entries() noexcept {
-  unsigned n = used.load(std::memory_order_acquire);
-  return n < max_registries ? n : max_registries;
+// Waits for a publication in progress (a few instructions) to end, then
+// counts this hook run in: until close_window() no registry is published.
+void open_window() noexcept {
+  for (unsigned spins = 0;; ++spins) {
+    std::uint32_t s = window::state.load(std::memory_order_relaxed);
+    // Acquire: pairs with the publisher's release that clears its bit, so
+    // the registry it published is seen built below.
+    if ((s & window::publishing) == 0 &&
+        window::state.compare_exchange_weak(s, s + 1, std::memory_order_acquire)) {
+      break;
+    }
+    relax(spins);
+  }
+  window::forking_thread.store(gettid(), std::memory_order_relaxed);
+}
+
+void close_window() noexcept {
+  if (window::state.load(std::memory_order_relaxed) == 1) {
+    window::forking_thread.store(0, std::memory_order_relaxed);
+  }
+  // Release: the hooks' work happens before a builder publishes.
+  window::state.fetch_sub(1, std::memory_order_release);
 }
 
 void prepare_all() noexcept {
+  open_window();
   for (unsigned i = entries(); i-- > 0;) {
     entry& e = table[i];
     // Acquire: pairs with add_fork_hooks' release of `ready`.
@@ -74,6 +108,7 @@ void after_all(bool child) noexcept {
     void (*hook)(void*) noexcept = child ? e.hooks.child : e.hooks.parent;
     if (hook != nullptr) hook(built(e));
   }
+  close_window();
 }
 
 void parent_all() noexcept {
@@ -90,7 +125,9 @@ void child_all() noexcept {
 }  // namespace
 
 void add_fork_hooks(const fork_hooks& hooks) noexcept {
+  if (hooks.prepare == nullptr && hooks.parent == nullptr && hooks.child == nullptr) return;
   for (unsigned i = 0; i < entries(); ++i) {
+    // Acquire: pairs with the release of `ready` below.
     if (table[i].ready.load(std::memory_order_acquire) && table[i].hooks.word == hooks.word) return;
   }
   unsigned i = used.fetch_add(1, std::memory_order_relaxed);
@@ -102,6 +139,30 @@ void add_fork_hooks(const fork_hooks& hooks) noexcept {
   table[i].hooks = hooks;
   // Release: pairs with the acquire loads of `ready`; the hooks first.
   table[i].ready.store(true, std::memory_order_release);
+}
+
+void publish_process_wide(std::atomic<std::uintptr_t>& word, void* object) noexcept {
+  const long self = gettid();
+  for (unsigned spins = 0;; ++spins) {
+    std::uint32_t s = window::state.load(std::memory_order_relaxed);
+    if (s == 0 &&
+        window::state.compare_exchange_weak(s, window::publishing, std::memory_order_relaxed)) {
+      break;
+    }
+    // A later prepare hook of this very fork() builds it (another library's,
+    // registered before this one was loaded): the window is this thread's.
+    if (s != 0 && (s & window::publishing) == 0 &&
+        window::forking_thread.load(std::memory_order_relaxed) == self) {
+      word.store(reinterpret_cast<std::uintptr_t>(object), std::memory_order_release);
+      return;
+    }
+    relax(spins);
+  }
+  // Release: pairs with process_wide()'s and once_claim's acquire loads:
+  // the registry is whole before anyone sees its address.
+  word.store(reinterpret_cast<std::uintptr_t>(object), std::memory_order_release);
+  // Release: pairs with open_window's acquire; the address first.
+  window::state.fetch_and(~window::publishing, std::memory_order_release);
 }
 
 }  // namespace percpu::detail

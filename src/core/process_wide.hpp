@@ -12,8 +12,8 @@
 // program's objects: the README's own example (`percpu::counter requests;`
 // at namespace scope) crashed in std::map before main().  And fork() copies
 // a registry in whatever state another thread left it: a lock held by a
-// thread that does not exist in the child, service threads that are gone,
-// a registry half built.
+// thread that does not exist in the child, service threads that are gone, a
+// registry half built.
 //
 // Mechanism: process_wide<T>() builds T with `new` on first use and never
 // deletes it.  One word says where T stands (runtime_internal.hpp's
@@ -21,13 +21,19 @@
 // address.  A thread that finds T being built by its own process waits; one
 // that finds it being built by another process is in a fork() child whose
 // parent forked while a thread built T: that thread does not exist here, so
-// this one builds T afresh (the half-built copy is leaked).  Before T is built, its fork hooks join
-// the library's (process_wide.cpp): prepare_fork() before fork() in the forking thread,
-// after_fork_parent() and after_fork_child() after it, each where T has it,
-// and only for a T already built when fork() began.  A registry guarded by
-// one lock derives from held_across_fork: the lock is held across fork(), so
-// the child finds it free and the bookkeeping as the parent's last holder
-// left it.
+// this one builds T afresh (the half-built copy is leaked).
+//
+// Fork hooks: before T is built its hooks join the library's
+// (process_wide.cpp), which run prepare_fork() before fork() in the forking
+// thread, after_fork_parent() and after_fork_child() after it, each where T
+// has it, for every T built when fork() began.  A registry guarded by one
+// lock derives from held_across_fork: the lock is held across fork(), so the
+// child finds it free and the bookkeeping as the parent's last holder left
+// it.  So that no T becomes built in the middle of that, the builder
+// publishes T's address only outside the fork window (fork_window below),
+// which the library's prepare hook opens and its parent and child hooks
+// close: a builder that finishes while a fork() runs its hooks waits for
+// them to end, and the child finds T still being built, by its parent.
 //
 // History: T used to be a function-local static whose initialiser also
 // called pthread_atfork().  That call waits while another thread is inside
@@ -35,14 +41,12 @@
 // C++ guard of T "being initialised" in the child, whose first use of T
 // then waited forever: `percpu stress` saw a fork child hang in its first
 // cross-CPU call when the parent's first one ran at the same moment
-// (emulated 6.12 guest, 64 possible CPUs).  Now nothing waits for fork()
-// while T is being built, and the child notices a build it inherited.
+// (emulated 6.12 guest, 64 possible CPUs).
 //
-// Rule: T's constructor takes no lock of the library and never reaches
-// process_wide<T>() itself (that would wait for itself).  What is left: a T
-// whose build ends while fork() runs its hooks is copied without its
-// prepare_fork(); a thread of the parent that changes it in those
-// microseconds may leave it half changed in the child.
+// Rules: T's constructor never reaches process_wide<T>() itself (that would
+// wait for itself); no code of the library reaches a process_wide<T>() not
+// yet built while it holds a lock that a fork hook takes (a builder may wait
+// for a fork() whose hooks wait for that lock).
 #pragma once
 
 #include <atomic>
@@ -53,11 +57,24 @@
 
 namespace percpu::detail {
 
-// The word of each process-wide T (runtime_internal.hpp's once_claim):
-// once_idle before it is built, else T's address.
+// Shared by every copy of the library in the process (a template's static
+// member: one object however many shared objects define it, GNU unique
+// symbols): the number of fork() hook runs in progress, and the bit of a
+// builder that publishes a T's address now.  See process_wide.cpp.
+template <class = void>
+struct fork_window {
+  static constexpr std::uint32_t publishing = std::uint32_t{1} << 31;
+  static inline std::atomic<std::uint32_t> state{0};
+  static inline std::atomic<long> forking_thread{0};  // its tid while it runs the hooks
+};
+
+// Each process-wide T's state, shared like fork_window: its word
+// (once_claim: once_idle before it is built, else T's address) and whether
+// its fork hooks are in a table already (one table, not one per copy).
 template <class T>
 struct process_wide_state {
   static inline std::atomic<std::uintptr_t> word{once_idle};
+  static inline std::atomic<bool> hooked{false};
 };
 
 // One process-wide object's fork hooks; each is null where T has none.
@@ -69,9 +86,13 @@ struct fork_hooks {
   void (*child)(void* object) noexcept = nullptr;
 };
 
-// Adds the hooks of one T (once per word) to those the library runs around
-// every fork() (process_wide.cpp).
+// Adds one T's hooks to those the library runs around every fork()
+// (process_wide.cpp); a T without hooks is not added.
 void add_fork_hooks(const fork_hooks& hooks) noexcept;
+
+// Stores `object` in `word` outside any fork window: waits while one is
+// open, unless the calling thread is the forking one (process_wide.cpp).
+void publish_process_wide(std::atomic<std::uintptr_t>& word, void* object) noexcept;
 
 template <class T>
 fork_hooks fork_hooks_of() noexcept {
@@ -93,27 +114,31 @@ fork_hooks fork_hooks_of() noexcept {
 // thread of this process that does (see the file comment).
 template <class T>
 [[gnu::noinline, gnu::cold]] T& build_process_wide() {
-  std::atomic<std::uintptr_t>& word = process_wide_state<T>::word;
-  std::uintptr_t seen = once_claim(word);
+  using state = process_wide_state<T>;
+  std::uintptr_t seen = once_claim(state::word);
   if ((seen & 1) == 0) return *reinterpret_cast<T*>(seen);
-  add_fork_hooks(fork_hooks_of<T>());
+  // Acquire/release: pairs with itself across builders (a child's rebuild
+  // sees the parent's table entry through the copy; the flag only skips a
+  // second one).
+  if (!state::hooked.load(std::memory_order_acquire)) {
+    add_fork_hooks(fork_hooks_of<T>());
+    state::hooked.store(true, std::memory_order_release);
+  }
   T* made = nullptr;
   try {
     made = new T;
   } catch (...) {
-    word.store(once_idle, std::memory_order_release);
+    state::word.store(once_idle, std::memory_order_release);
     throw;
   }
-  // Release: pairs with the acquire loads of once_claim() and
-  // process_wide(): T is whole before any thread sees its address.
-  word.store(reinterpret_cast<std::uintptr_t>(made), std::memory_order_release);
+  publish_process_wide(state::word, made);
   return *made;
 }
 
 // The process's one T (see the file comment).
 template <class T>
 T& process_wide() {
-  // Acquire: pairs with build_process_wide's release store.
+  // Acquire: pairs with publish_process_wide's release store.
   std::uintptr_t seen = process_wide_state<T>::word.load(std::memory_order_acquire);
   if ((seen & 1) == 0) [[likely]]
     return *reinterpret_cast<T*>(seen);

@@ -162,6 +162,7 @@ struct pool_core {
   std::mutex slab_lock;
   slab* slabs[3] = {nullptr, nullptr, nullptr};
   std::uint64_t slab_count = 0;
+  std::uintptr_t next_slab_at = 0;  // where a new slab would extend the last (new_slab)
   magazine* unconstructed = nullptr;
 
   // Magazine memory: carved from mapped chunks, never from malloc, so that

@@ -446,29 +446,30 @@ void start_locked() {
 
 }  // namespace
 
-// Start-up runs once per process.  A thread that finds it started goes
-// on; one that finds another thread of this process starting waits; one
-// that finds a start-up left half done by the process it was forked from
-// starts afresh (runtime_internal.hpp's once_claim).
+// Start-up runs once per process (once_claim: a start-up that fork() caught
+// half done is redone by the child).
 void ensure_started() {
   if (start_state.load(std::memory_order_acquire) == start_done) [[likely]]
     return;
   std::uintptr_t state = once_claim(start_state);
   if (state == start_done) return;
   if (state == start_refused) throw error(errc::configuration, start_error());
-  // Claimed: start from nothing (a start-up abandoned by fork() left a
-  // record half filled, which is leaked).
-  new (record_storage) start_record;
-  try {
-    start_locked();
-  } catch (const refusal& r) {
-    start_error() = "percpu: " + r.why;
-    // Release: pairs with once_claim's acquire; the message first.
-    start_state.store(start_refused, std::memory_order_release);
-    throw error(errc::configuration, start_error());
-  } catch (...) {
-    start_state.store(once_idle, std::memory_order_release);
-    throw;
+  // Claimed.  One that fork() caught after it published the backend (its
+  // last step) is done: the child's threads already use it.  Else start
+  // from nothing (a record half filled by the parent is leaked).
+  if (backend_acquire() == backend_code::uninitialized) {
+    new (record_storage) start_record;
+    try {
+      start_locked();
+    } catch (const refusal& r) {
+      start_error() = "percpu: " + r.why;
+      // Release: pairs with once_claim's acquire; the message first.
+      start_state.store(start_refused, std::memory_order_release);
+      throw error(errc::configuration, start_error());
+    } catch (...) {
+      start_state.store(once_idle, std::memory_order_release);
+      throw;
+    }
   }
   // Release: pairs with the acquire loads above; every finding first.
   start_state.store(start_done, std::memory_order_release);

@@ -7,7 +7,6 @@
 #pragma once
 
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -87,16 +86,20 @@ inline constexpr std::uintptr_t once_idle = 1;
 // thread of this process does the job; or claims the job for the calling
 // thread and returns an odd value: the caller then does the job and stores
 // its result in `word` with release (or once_idle if it failed, to be tried
-// again).  The wait yields the CPU: start-up takes milliseconds at most, a
-// registry's constructor microseconds.
+// again).  The wait is relax()'s: start-up takes milliseconds at most, a
+// registry's constructor microseconds.  Limit: a process whose pid equals
+// that of the ancestor whose thread claimed the job (a pid reused after the
+// ancestor exited, or pid 1 of a new PID namespace forked by a pid 1) takes
+// the claim for its own and waits for it.
 inline std::uintptr_t once_claim(std::atomic<std::uintptr_t>& word) noexcept {
+  // Acquire, here and below: pairs with the release store of the result.
+  std::uintptr_t seen = word.load(std::memory_order_acquire);
+  if ((seen & 1) == 0) return seen;
   const std::uintptr_t mine = (static_cast<std::uintptr_t>(getpid()) << 1) | 1;
-  for (;;) {
-    // Acquire: pairs with the release store of the result.
-    std::uintptr_t seen = word.load(std::memory_order_acquire);
+  for (unsigned spins = 0;; ++spins, seen = word.load(std::memory_order_acquire)) {
     if ((seen & 1) == 0) return seen;
     if (seen == mine) {
-      sched_yield();
+      relax(spins);
       continue;
     }
     // Not done, or left half done by a thread of the process this one was

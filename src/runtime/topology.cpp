@@ -183,14 +183,12 @@ unsigned kernel_cpu_slots() {
   return slots;
 }
 
-const std::string& sysfs_cpu_dir() {
-  static const std::string dir = [] {
-    const char* override_dir = std::getenv("PERCPU_SYSFS_CPU_DIR");
-    return std::string(override_dir != nullptr && *override_dir != '\0'
-                           ? override_dir
-                           : "/sys/devices/system/cpu");
-  }();
-  return dir;
+std::string sysfs_cpu_dir() {
+  // Read on each call (a slow path's): no static to cache it, whose guard a
+  // fork() could copy half done (core/process_wide.hpp's history).
+  const char* override_dir = std::getenv("PERCPU_SYSFS_CPU_DIR");
+  return override_dir != nullptr && *override_dir != '\0' ? override_dir
+                                                          : "/sys/devices/system/cpu";
 }
 
 }  // namespace detail

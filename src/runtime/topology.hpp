@@ -26,7 +26,7 @@ unsigned kernel_cpu_slots();
 
 // /sys/devices/system/cpu, or PERCPU_SYSFS_CPU_DIR (tests point it at a
 // prepared directory, or at one that does not exist).
-const std::string& sysfs_cpu_dir();
+std::string sysfs_cpu_dir();
 
 // The CPU numbers an affinity mask must have room for: at least the
 // kernel's range (sched_getaffinity refuses a smaller buffer), found once.
