@@ -159,6 +159,13 @@ TEST(PoolCache, SlabsShareMappings) {
   ASSERT_GE(slabs, 64u);
   // A few runs of merged slabs (a run ends where something else is mapped).
   EXPECT_LE(added, static_cast<long>(slabs / 8)) << slabs << " slabs";
+  // Every slab given back, a run in one munmap each: no mapping is left
+  // split behind (magazine chunks stay until the cache goes).
+  cache.invalidate();
+  std::size_t given_back = cache.reclaim();
+  EXPECT_EQ(cache.stats().slabs, 0u);
+  EXPECT_GE(given_back, slabs * 64 * 1024);
+  EXPECT_LE(mapping_count() - before, static_cast<long>(slabs / 8));
 }
 
 struct fails_every_third {

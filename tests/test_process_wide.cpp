@@ -27,6 +27,10 @@ template <class T>
 bool built_already() {
   return percpu::detail::process_wide_state<T>::word.load() != percpu::detail::once_idle;
 }
+template <class T>
+bool built_already_published() {
+  return (percpu::detail::process_wide_state<T>::word.load() & 1) == 0;
+}
 
 // Counts of a registry's fork hooks, as the process that ran them saw them.
 struct hook_counts {
@@ -96,24 +100,21 @@ TEST(ProcessWide, ForkWhileARegistryIsBuiltLetsTheChildBuildItsOwn) {
   EXPECT_EQ(built_by_thread->parent, 0);
 }
 
-// A registry whose prepare hook holds the fork open until the late
-// registry's constructor has returned (bounded: the test cannot hang on it),
-// and a little longer, so that a builder free to publish would publish then.
+// A registry whose prepare hook holds the test's fork in its hooks until
+// the late registry is built and published (bounded: the test cannot hang
+// on it).
 std::atomic<bool> fork_in_hooks{false};
-std::atomic<bool> late_constructed{false};
-struct stretcher {
-  void prepare_fork() noexcept {
-    if (fork_in_hooks.exchange(true)) return;  // only the test's own fork
-    for (int i = 0; i < 5000 && !late_constructed.load(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-};
 struct late_registry : hook_counts {
   late_registry() {
     while (!fork_in_hooks.load()) std::this_thread::yield();
-    late_constructed = true;
+  }
+};
+struct stretcher {
+  void prepare_fork() noexcept {
+    if (fork_in_hooks.exchange(true)) return;  // only the test's own fork
+    for (int i = 0; i < 5000 && built_already_published<late_registry>() == false; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
   }
 };
 
@@ -122,18 +123,19 @@ TEST(ProcessWide, ARegistryBuiltWhileForkRunsItsHooksIsNotCopiedAsBuilt) {
   process_wide<stretcher>();
   late_registry* late = nullptr;
   std::thread builder([&late] { late = &process_wide<late_registry>(); });
-  // The stretcher's prepare hook runs inside the fork window; the late
-  // registry's constructor returns meanwhile.  Built in the child means its
-  // prepare hook ran (it did not: it was not built when the hooks began) or
-  // its parent's copy was taken whole: the child must find it being built
-  // and build its own.
+  // The stretcher's prepare hook runs after the library's has looked at the
+  // late registry (prepare hooks run newest first, and the stretcher was
+  // built first); the late registry is built and published meanwhile.  Its
+  // prepare hook has not run, so the child must not take the parent's copy
+  // (a thread of the parent may hold its lock): it builds its own.
   int status = in_child([] {
     late_registry& r = process_wide<late_registry>();
     return r.built_in == getpid() && r.child == 0 ? 0 : 1;
   });
   builder.join();
-  EXPECT_EQ(status, 0) << "1: the child took the parent's registry, published during the fork";
+  EXPECT_EQ(status, 0) << "1: the child took the parent's registry, built during the fork";
   EXPECT_EQ(late->built_in, getpid());
+  EXPECT_EQ(late->prepared, 0);
   EXPECT_EQ(late->parent, 0);
 }
 

@@ -29,11 +29,9 @@
 // has it, for every T built when fork() began.  A registry guarded by one
 // lock derives from held_across_fork: the lock is held across fork(), so the
 // child finds it free and the bookkeeping as the parent's last holder left
-// it.  So that no T becomes built in the middle of that, the builder
-// publishes T's address only outside the fork window (fork_window below),
-// which the library's prepare hook opens and its parent and child hooks
-// close: a builder that finishes while a fork() runs its hooks waits for
-// them to end, and the child finds T still being built, by its parent.
+// it.  A T whose build ended while fork() ran its hooks had no prepare
+// hook, and a thread may have held its lock when the child was copied: the
+// child's hook sets it back to "not built", and the child builds its own.
 //
 // History: T used to be a function-local static whose initialiser also
 // called pthread_atfork().  That call waits while another thread is inside
@@ -43,10 +41,9 @@
 // cross-CPU call when the parent's first one ran at the same moment
 // (emulated 6.12 guest, 64 possible CPUs).
 //
-// Rules: T's constructor never reaches process_wide<T>() itself (that would
-// wait for itself); no code of the library reaches a process_wide<T>() not
-// yet built while it holds a lock that a fork hook takes (a builder may wait
-// for a fork() whose hooks wait for that lock).
+// Rule: T's constructor never reaches process_wide<T>() itself (that would
+// wait for itself).  Nothing here waits for a fork(): a builder never holds
+// up the parent.
 #pragma once
 
 #include <atomic>
@@ -57,20 +54,11 @@
 
 namespace percpu::detail {
 
-// Shared by every copy of the library in the process (a template's static
-// member: one object however many shared objects define it, GNU unique
-// symbols): the number of fork() hook runs in progress, and the bit of a
-// builder that publishes a T's address now.  See process_wide.cpp.
-template <class = void>
-struct fork_window {
-  static constexpr std::uint32_t publishing = std::uint32_t{1} << 31;
-  static inline std::atomic<std::uint32_t> state{0};
-  static inline std::atomic<long> forking_thread{0};  // its tid while it runs the hooks
-};
-
-// Each process-wide T's state, shared like fork_window: its word
-// (once_claim: once_idle before it is built, else T's address) and whether
-// its fork hooks are in a table already (one table, not one per copy).
+// Each process-wide T's state, shared by every copy of the library in the
+// process (a template's static members: one object however many shared
+// objects define them, GNU unique symbols): its word (once_claim: once_idle
+// before it is built, else T's address) and whether its fork hooks are in a
+// table already (one table, not one per copy of the library).
 template <class T>
 struct process_wide_state {
   static inline std::atomic<std::uintptr_t> word{once_idle};
@@ -80,7 +68,7 @@ struct process_wide_state {
 // One process-wide object's fork hooks; each is null where T has none.
 // `object` is T's address.
 struct fork_hooks {
-  const std::atomic<std::uintptr_t>* word = nullptr;
+  std::atomic<std::uintptr_t>* word = nullptr;
   void (*prepare)(void* object) noexcept = nullptr;
   void (*parent)(void* object) noexcept = nullptr;
   void (*child)(void* object) noexcept = nullptr;
@@ -89,10 +77,6 @@ struct fork_hooks {
 // Adds one T's hooks to those the library runs around every fork()
 // (process_wide.cpp); a T without hooks is not added.
 void add_fork_hooks(const fork_hooks& hooks) noexcept;
-
-// Stores `object` in `word` outside any fork window: waits while one is
-// open, unless the calling thread is the forking one (process_wide.cpp).
-void publish_process_wide(std::atomic<std::uintptr_t>& word, void* object) noexcept;
 
 template <class T>
 fork_hooks fork_hooks_of() noexcept {
@@ -131,14 +115,16 @@ template <class T>
     state::word.store(once_idle, std::memory_order_release);
     throw;
   }
-  publish_process_wide(state::word, made);
+  // Release: pairs with the acquire loads of once_claim(), process_wide()
+  // and the fork hooks: T is whole before any thread sees its address.
+  state::word.store(reinterpret_cast<std::uintptr_t>(made), std::memory_order_release);
   return *made;
 }
 
 // The process's one T (see the file comment).
 template <class T>
 T& process_wide() {
-  // Acquire: pairs with publish_process_wide's release store.
+  // Acquire: pairs with build_process_wide's release store.
   std::uintptr_t seen = process_wide_state<T>::word.load(std::memory_order_acquire);
   if ((seen & 1) == 0) [[likely]]
     return *reinterpret_cast<T*>(seen);

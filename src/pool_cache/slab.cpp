@@ -8,6 +8,7 @@
 // and when the cache is destroyed.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -186,7 +187,11 @@ void pool_core::release_slot(void* object) noexcept {
   move(s, s->in_use == 0 ? unused : partially_used);
 }
 
-// Unmaps every unused slab; returns the bytes given back.
+// Unmaps every unused slab; returns the bytes given back.  Neighbouring
+// slabs go in one munmap: a slab unmapped from the middle of a run of merged
+// slabs splits its mapping in two, which the kernel refuses (ENOMEM) at the
+// process's limit of mappings; such a slab gives its memory back with
+// MADV_DONTNEED instead and stays, unused, for the next object.
 std::size_t pool_core::release_unused_slabs() noexcept {
   std::vector<slab*> victims;
   magazine* emptied = nullptr;
@@ -206,8 +211,31 @@ std::size_t pool_core::release_unused_slabs() noexcept {
     emptied = m->next;
     free_magazine(m);
   }
-  for (slab* s : victims) munmap(s, slab_bytes);
-  return victims.size() * slab_bytes;
+  std::sort(victims.begin(), victims.end());
+  std::vector<slab*> kept;
+  for (std::size_t run = 0; run < victims.size();) {
+    std::size_t end = run + 1;
+    auto* next = reinterpret_cast<char*>(victims[run]) + slab_bytes;
+    for (; end < victims.size() && reinterpret_cast<char*>(victims[end]) == next; ++end) {
+      next += slab_bytes;
+    }
+    if (munmap(victims[run], (end - run) * slab_bytes) != 0) {
+      madvise(victims[run], (end - run) * slab_bytes, MADV_DONTNEED);
+      kept.insert(kept.end(), victims.begin() + static_cast<std::ptrdiff_t>(run),
+                  victims.begin() + static_cast<std::ptrdiff_t>(end));
+    }
+    run = end;
+  }
+  if (!kept.empty()) {
+    locked(slab_lock, [&] {
+      for (slab* s : kept) {
+        *s = slab{};  // zero pages again after MADV_DONTNEED: the header anew
+        link(s, unused);
+        ++slab_count;
+      }
+    });
+  }
+  return (victims.size() - kept.size()) * slab_bytes;
 }
 
 // ---- destruction ----------------------------------------------------------
