@@ -254,7 +254,10 @@ void inject_faults(const std::vector<unsigned>& all_cpus, std::uint64_t seed, ta
                    const std::atomic<bool>& stop) {
   std::mt19937_64 frng(seed ^ 0x9e3779b97f4a7c15);
   shared_state& shared = *state;
-  auto next_fork = clock_type::now() + std::chrono::milliseconds(700);
+  // The first fork at a random moment of the start, when the workers make
+  // the process's first calls and build the library's registries: a fork
+  // in the middle of a build once hung its child (core/process_wide.hpp).
+  auto next_fork = clock_type::now() + std::chrono::milliseconds(frng() % 700);
   auto next_plugin = clock_type::now() + std::chrono::milliseconds(400);
   while (!stop.load()) {
     // A CPU goes away for a while, then comes back.
