@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <thread>
 #include <vector>
 
@@ -137,6 +138,26 @@ TEST(ProcessWide, ARegistryBuiltWhileForkRunsItsHooksIsNotCopiedAsBuilt) {
   EXPECT_EQ(late->built_in, getpid());
   EXPECT_EQ(late->prepared, 0);
   EXPECT_EQ(late->parent, 0);
+}
+
+// A claim inherited from an ancestor whose pid this process has (a pid
+// reused after the ancestor exited, or pid 1 forking a new PID namespace's
+// pid 1): the fork generation in the claim still tells it from this
+// process's own.  The child forges such a claim, its own pid with its
+// parent's generation, and must build rather than wait for it.
+struct forged_registry : hook_counts {};
+
+TEST(ProcessWide, AnInheritedClaimWithThisProcesssPidIsStillTheAncestors) {
+  if (built_already<forged_registry>()) GTEST_SKIP() << "runs once per process";
+  int status = in_child([] {
+    using percpu::detail::fork_generation;
+    std::uint32_t parents = fork_generation.load() - 1;  // the child hook added one
+    std::uintptr_t forged =
+        (std::uintptr_t{parents} << 32) | (static_cast<std::uintptr_t>(getpid()) << 1) | 1;
+    percpu::detail::process_wide_state<forged_registry>::word.store(forged);
+    return process_wide<forged_registry>().built_in == getpid() ? 0 : 1;
+  });
+  EXPECT_EQ(status, 0) << "-1: the child waited for a claim it took for its own (alarm)";
 }
 
 struct quick_registry : hook_counts {};

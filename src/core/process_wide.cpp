@@ -84,6 +84,7 @@ void parent_all() noexcept {
 }
 
 void child_all() noexcept {
+  fork_generation.fetch_add(1, std::memory_order_relaxed);  // one thread here
   for (unsigned i = 0; i < entries(); ++i) {
     entry& e = table[i];
     if (!e.ready.load(std::memory_order_acquire)) continue;

@@ -17,7 +17,7 @@
 //
 // Mechanism: process_wide<T>() builds T with `new` on first use and never
 // deletes it.  One word says where T stands (runtime_internal.hpp's
-// once_claim): not built, being built by a thread of process P, or T's
+// once_claim): not built, being built by a thread of one process, or T's
 // address.  A thread that finds T being built by its own process waits; one
 // that finds it being built by another process is in a fork() child whose
 // parent forked while a thread built T: that thread does not exist here, so

@@ -73,29 +73,37 @@ class signals_blocked {
 
 // One-time jobs across fork(): the library's start-up and the building of
 // each process-wide registry (core/process_wide.hpp).  A word says where
-// the job stands: once_idle before it is done, (pid << 1) | 1 while a
-// thread of process `pid` does it, or its result (any even value).  A
-// C++ function-local static, or a mutex, cannot say that: fork() copies
-// its "being done" state into a child without the thread that was doing
-// it, and the child's first use then waits forever (the history in
-// core/process_wide.hpp).  Here a thread that finds the job claimed by
-// another process is in such a child, and does the job itself.
+// the job stands: once_idle before it is done, odd while a thread of one
+// process does it (its pid and fork_generation), or its result (any even
+// value).  A C++ function-local static, or a mutex, cannot say that:
+// fork() copies its "being done" state into a child without the thread
+// that was doing it, and the child's first use then waits forever (the
+// history in core/process_wide.hpp).  Here a thread that finds the job
+// claimed by another process is in such a child, and does the job itself.
 inline constexpr std::uintptr_t once_idle = 1;
+
+// fork() children this process descends from, since the library was
+// loaded: the library's fork hook in the child adds one
+// (core/process_wide.cpp).  Part of each claim, so that a claim inherited
+// from an ancestor never matches this process's own, even where the pids
+// match (a pid reused after the ancestor exited; pid 1 of a new PID
+// namespace, forked by a pid 1).
+inline std::atomic<std::uint32_t> fork_generation{0};
 
 // Returns the job's result (even) once there is one, waiting while another
 // thread of this process does the job; or claims the job for the calling
 // thread and returns an odd value: the caller then does the job and stores
 // its result in `word` with release (or once_idle if it failed, to be tried
 // again).  The wait is relax()'s: start-up takes milliseconds at most, a
-// registry's constructor microseconds.  Limit: a process whose pid equals
-// that of the ancestor whose thread claimed the job (a pid reused after the
-// ancestor exited, or pid 1 of a new PID namespace forked by a pid 1) takes
-// the claim for its own and waits for it.
+// registry's constructor microseconds.
 inline std::uintptr_t once_claim(std::atomic<std::uintptr_t>& word) noexcept {
   // Acquire, here and below: pairs with the release store of the result.
   std::uintptr_t seen = word.load(std::memory_order_acquire);
   if ((seen & 1) == 0) return seen;
-  const std::uintptr_t mine = (static_cast<std::uintptr_t>(getpid()) << 1) | 1;
+  // Bits 1-31 the pid (pid_max is at most 2^22), 32 and up the generation.
+  const std::uintptr_t mine =
+      (std::uintptr_t{fork_generation.load(std::memory_order_relaxed)} << 32) |
+      (static_cast<std::uintptr_t>(getpid()) << 1) | 1;
   for (unsigned spins = 0;; ++spins, seen = word.load(std::memory_order_acquire)) {
     if ((seen & 1) == 0) return seen;
     if (seen == mine) {
