@@ -31,4 +31,8 @@ unsigned long service_threads_started() noexcept {
   return threads_started.load(std::memory_order_relaxed);
 }
 
+long service_poll_ns() noexcept {
+  return poll_ns;
+}
+
 }  // namespace percpu_test

@@ -21,4 +21,7 @@ const std::atomic<std::uint32_t>* service_sleep_word(unsigned cpu);
 // How many service threads the process has started (pthread_create calls).
 unsigned long service_threads_started() noexcept;
 
+// How long an idle service thread polls its queue before it sleeps, ns.
+long service_poll_ns() noexcept;
+
 }  // namespace percpu_test

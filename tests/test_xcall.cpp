@@ -469,27 +469,6 @@ TEST(Xcall, ThreadExitWithCallsInFlight) {
   EXPECT_EQ(done.load(), 200);
 }
 
-long thread_cpu_ns(pthread_t thread) {
-  clockid_t clock;
-  if (pthread_getcpuclockid(thread, &clock) != 0) return -1;
-  timespec ts{};
-  clock_gettime(clock, &ts);
-  return ts.tv_sec * 1000000000L + ts.tv_nsec;
-}
-
-TEST(Xcall, IdleServiceThreadSleeps) {
-  unsigned cpu = reachable_cpus().front();
-  xc::unicast_sync(cpu, [] {});
-  pthread_t thread;
-  ASSERT_TRUE(percpu_test::service_thread(cpu, thread));
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // past its polling
-  long before = thread_cpu_ns(thread);
-  std::this_thread::sleep_for(std::chrono::seconds(1));
-  long after = thread_cpu_ns(thread);
-  ASSERT_GE(before, 0);
-  EXPECT_LT(after - before, 2000000) << "ns of CPU time over an idle second";
-}
-
 // The program exits (std::exit from main's thread) while its service
 // threads are alive and calls are still queued: the exit neither hangs nor
 // crashes, and the exiting thread's calls complete first.

@@ -130,7 +130,21 @@ void serve(service& s, unsigned cpu) {
       // `sleeping`.  Sequential consistency forbids both loads seeing the old
       // values, so either this thread sees the new call and does not sleep,
       // or the caller sees `sleeping` and wakes it.
+      //
+      // The seq_cst fence between them changes nothing in C++ or on arm64
+      // hardware (a store-release then a load-acquire, STLR then LDAR, are
+      // already ordered).  It is for arm64 code run by QEMU's TCG on an
+      // x86-64 host (qemu-user containers, emulated CI machines): QEMU 7.2
+      // turns STLR into a host fence then a plain store, and LDAR into a
+      // plain load then a fence, so the x86 store buffer lets this load pass
+      // the store.  A two-thread store-buffering test saw both loads read 0
+      // once in 20,000 rounds in the 4-CPU arm64 guest, and xcall calls were
+      // lost there: the service thread slept on a queued call, whose caller
+      // had read `sleeping` as 0 (CI, stop 25: "did not complete within
+      // 10000 ms").  DMB ISH becomes a full host fence.  The caller's side
+      // needs none there: its compare-exchange is a locked host instruction.
       s.sleeping.store(1, std::memory_order_seq_cst);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
       if (s.head.load(std::memory_order_seq_cst) == nullptr) futex_wait(s.sleeping, 1);
       s.sleeping.store(0, std::memory_order_relaxed);
       continue;
