@@ -157,20 +157,31 @@ summarise() {
   # A command begun but never ended: the machine died or hung inside it.
   awk '/^@@vm begin / { open[$3] = 1 } /^@@vm end / { delete open[$3] }
        END { for (n in open) printf "  %-28s never finished\n", n }' "$log"
-  # What a failed command printed last: its failed checks, the kernel's
-  # word on a fatal signal (a hung command's thread dump stays in the log:
-  # scripts/vm/symbolize.sh reads it).
+  # What a failed command printed: each failed check of a gtest program
+  # (the "Failure" line and the 8 after it, at most 80 lines: a CI log
+  # that kept only the last lines named the failed test but not why), then
+  # its last lines, with the kernel's word on a fatal signal (a hung
+  # command's thread dump stays in the log: scripts/vm/symbolize.sh reads
+  # it).
   awk -v console="$log" '/^@@vm hang / {
          if (/still running after/) print "  " substr($0, 6) " (the threads: scripts/vm/symbolize.sh " console ")"
          next
        }
-       /^@@vm begin / { n = 0; next }
+       /^@@vm begin / { n = 0; f = 0; after = 0; next }
        /^@@vm end / && $4 != "rc=0" {
+         if (f > 0) {
+           printf "  --- %s, failed checks:\n", $3
+           for (i = 0; i < f; i++) print "    " failures[i]
+         }
          printf "  --- %s, last lines:\n", $3
          for (i = (n > 30 ? n - 30 : 0); i < n; i++) print "    " lines[i % 30]
          next
        }
-       { lines[n % 30] = $0; n++ }' "$log"
+       {
+         if (/(^|: )Failure$/) after = 9
+         if (after > 0 && f < 80) { failures[f++] = $0; after-- }
+         lines[n % 30] = $0; n++
+       }' "$log"
 }
 
 started=$(date +%s)
