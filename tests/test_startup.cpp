@@ -232,7 +232,7 @@ TEST(Startup, ThreadWhoseAreaWasUnregisteredFallsBack) {
       EXPECT_EQ(syscall(__NR_rseq, area, registered_length, rseq_flag_unregister,
                         detail::arch::rseq_signature),
                 0)
-          << std::strerror(errno);
+          << "errno " << errno;
       EXPECT_LT(detail::arch::slot_index(), 0);
     }
     ready.fetch_add(1);
