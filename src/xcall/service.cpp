@@ -144,7 +144,9 @@ void serve(service& s, unsigned cpu) {
       // 10000 ms").  DMB ISH becomes a full host fence.  The caller's side
       // needs none there: its compare-exchange is a locked host instruction.
       s.sleeping.store(1, std::memory_order_seq_cst);
+#if !defined(__SANITIZE_THREAD__)  // ThreadSanitizer models the seq_cst accesses, not fences
       std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
       if (s.head.load(std::memory_order_seq_cst) == nullptr) futex_wait(s.sleeping, 1);
       s.sleeping.store(0, std::memory_order_relaxed);
       continue;
