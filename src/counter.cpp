@@ -88,36 +88,43 @@ std::vector<std::int64_t> counter_array::exchange_all() {
   return taken;
 }
 
-counter::counter(std::int64_t batch)
-    : batch_(batch),
-      fold_bias_(static_cast<std::uint64_t>(batch) - 1),
-      fold_span_(2 * (static_cast<std::uint64_t>(batch) - 1)) {
-  if (batch < 1) {
+counter::counter(std::int64_t batch) : batch_(batch) {
+  // 2^60: -2 * batch and a residual an add past it stay far from overflow.
+  if (batch < 1 || batch > (std::int64_t{1} << 60)) {
     throw error(errc::invalid_argument,
-                "percpu::counter: batch " + std::to_string(batch) + " is not at least 1");
+                "percpu::counter: batch " + std::to_string(batch) + " is not in [1, 2^60]");
   }
 }
 
-void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
-  // Moves CPU `cpu`'s residual (which this thread's add just left at
-  // `residual`, or a later add on that CPU, seq::add_return) to the central
-  // count, and does not return before that CPU's residual has been below
-  // the batch at some moment after the add.  (A value read after the add is
-  // as good as the add's own for that: add() folds when it is at the batch,
-  // and returns at once when it is below, which is then such a moment.)  So once
-  // an add has returned, any excess on its CPU belongs to adds still in
-  // progress: that is what makes error_bound() hold.
+namespace {
+
+// Whether a residual is outside the range it rests in, [-2 * batch, 0).
+bool out_of_range(std::int64_t residual, std::int64_t batch) noexcept {
+  return residual >= 0 || residual < -2 * batch;
+}
+
+}  // namespace
+
+void counter::fold(unsigned cpu) noexcept {
+  // Brings CPU `cpu`'s residual (which this thread's add left at or above
+  // 0, or below -2 * batch) back to -batch and moves the difference to the
+  // central count, and does not return before that CPU's residual has been
+  // in its range at some moment after the add.  (A value read after the add
+  // is as good as the add's own for that: add() folds when it is out of
+  // range, and returns at once when it is in range, which is then such a
+  // moment.)  So once an add has returned, any excess on its CPU belongs to
+  // adds still in progress: that is what makes error_bound() hold.
   //
-  // Between the two steps of a fold the value is in neither place:
-  // read_approx() may be low by it, which is the residual the slot held and
-  // error_bound() already covers.
-  if (cpu >= slots_.slots_.cpus()) return;  // the add runs later (see add_return)
+  // Between the two steps of a fold the difference is in neither place:
+  // read_approx() may be off by it, which error_bound() covers.
+  if (cpu >= slots_.slots_.cpus()) return;  // the add runs later (see add_sign)
+  std::int64_t residual = slots_.slot(cpu, 0);
   for (;;) {
-    if (residual < batch_ && residual > -batch_) return;
+    if (!out_of_range(residual, batch_)) return;
     switch (detail::seq::compare_and_store(slots_.slots_.data0(), slots_.slots_.stop_words(), cpu,
-                                           residual, 0)) {
+                                           residual, -batch_)) {
       case detail::cas_result::stored:
-        central_.fetch_add(residual, std::memory_order_relaxed);
+        central_.fetch_add(residual + batch_, std::memory_order_relaxed);
         return;
       case detail::cas_result::changed:
         residual = slots_.slot(cpu, 0);  // another add changed it: look again
@@ -137,17 +144,18 @@ void counter::fold(unsigned cpu, std::int64_t residual) noexcept {
   // stop a CPU (stop.hpp): as with `busy`, the next add folds.
   if (detail::in_no_wait()) return;
   // This thread no longer runs on `cpu`: fold with that CPU stopped.  Rare
-  // (a migration right at the batch) and it keeps the bound hard.  Signals
-  // stay blocked meanwhile: a handler that added to this counter on `cpu`
-  // would otherwise wait for a stop its own thread holds.  (Two system calls,
-  // beside the stop's fence, on a path taken once in many thousand adds.)
+  // (a migration right at the end of the range) and it keeps the bound
+  // hard.  Signals stay blocked meanwhile: a handler that added to this
+  // counter on `cpu` would otherwise wait for a stop its own thread holds.
+  // (Two system calls, beside the stop's fence, on a path taken once in many
+  // thousand adds.)
   detail::signals_blocked quiet;
   slots_.stops().visit(cpu, [&] {
     std::atomic_ref<std::int64_t> slot(*slots_.slots_.on(cpu));
     std::int64_t value = slot.load(std::memory_order_relaxed);
-    if (value >= batch_ || value <= -batch_) {
-      slot.store(0, std::memory_order_relaxed);
-      central_.fetch_add(value, std::memory_order_relaxed);
+    if (out_of_range(value, batch_)) {
+      slot.store(-batch_, std::memory_order_relaxed);
+      central_.fetch_add(value + batch_, std::memory_order_relaxed);
     }
   });
 }
@@ -166,7 +174,7 @@ std::int64_t counter::error_bound(std::int64_t largest_add,
                                   unsigned adding_threads) const noexcept {
   auto cpus = static_cast<std::int64_t>(slots_.slots_.cpus());
   auto threads = static_cast<std::int64_t>(adding_threads);
-  return (cpus + threads) * (batch_ - 1 + threads * largest_add);
+  return (cpus + threads) * (2 * batch_ + threads * largest_add);
 }
 
 std::int64_t counter::exchange(std::int64_t desired) {

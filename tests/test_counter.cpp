@@ -34,12 +34,26 @@ TEST(Counter, AddsReadsAndResets) {
 
 TEST(Counter, FoldsKeepTheApproximateReadClose) {
   percpu::counter c(4);
+  EXPECT_EQ(c.error_bound(), static_cast<std::int64_t>(percpu::cpu_count()) * 8);
+  // Quiescent: every residual is in [-2 * batch, 0], so the central count is
+  // at or above the truth, by at most the bound.  Increments fold when a
+  // residual reaches 0, decrements (which read the slot back) when it goes
+  // below -2 * batch; a mix of both stays within the range without folding.
+  auto check = [&](std::int64_t expected) {
+    EXPECT_EQ(c.read(), expected);
+    EXPECT_GE(c.read_approx(), expected);
+    EXPECT_LE(c.read_approx() - expected, c.error_bound());
+  };
   for (int i = 0; i < 10000; ++i) c.inc();
-  // Quiescent: every residual is below the batch.
-  EXPECT_EQ(c.read(), 10000);
-  EXPECT_LE(c.read() - c.read_approx(), c.error_bound());
-  EXPECT_EQ(c.error_bound(), static_cast<std::int64_t>(percpu::cpu_count()) * 3);
-  EXPECT_GT(c.read_approx(), 0);
+  check(10000);
+  for (int i = 0; i < 30000; ++i) c.sub(1);
+  check(-20000);
+  for (int i = 0; i < 1000; ++i) c.add(i % 2 == 0 ? 3 : -3);
+  check(-20000);
+  c.add(1000);  // one add far beyond the batch
+  check(-19000);
+  c.add(-5000);
+  check(-24000);
 }
 
 TEST(Counter, BadInputIsAClearError) {

@@ -85,7 +85,7 @@ bool visiting[NCPU];      /* ghost: the visitor works on c (after its fence) */
   }
 
 /* A thread doing ADDS times "*slot += 1 on the current CPU" with the
- * add_return shape of include/percpu/runtime/detail/arch/x86_64/rseq.hpp: stop test,
+ * add_sign shape of include/percpu/runtime/detail/arch/aarch64/rseq.hpp: stop test,
  * read the slot, compute, commit the store; seq::add's retry loop
  * (sequences.hpp: run<>) restarts it after an abort and waits out a stop. */
 proctype adder(byte t) {

@@ -75,11 +75,9 @@ unsigned lock_any(std::uint32_t* stop0) noexcept {
 // readers), so the locked update stores atomically, with release order: what
 // the updating thread did before it happens before a reader that sees the
 // new value.
-std::int64_t add_to_slot(std::int64_t* slot, std::int64_t v) noexcept {
+void add_to_slot(std::int64_t* slot, std::int64_t v) noexcept {
   std::atomic_ref<std::int64_t> s(*slot);
-  std::int64_t value = s.load(std::memory_order_relaxed) + v;
-  s.store(value, std::memory_order_release);
-  return value;
+  s.store(s.load(std::memory_order_relaxed) + v, std::memory_order_release);
 }
 
 // Locks a slot without waiting: the preferred one or any free one.
@@ -209,20 +207,17 @@ bool try_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept
       false);
 }
 
-std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, unsigned* cpu,
-                        redo later) noexcept {
-  std::int64_t value = 0;
+unsigned add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, redo later) noexcept {
   unsigned used = runtime.slots;
   locked(stop0, false, [&](unsigned slot) {
-    value = add_to_slot(copy_on(slot0, slot), v);
+    add_to_slot(copy_on(slot0, slot), v);
     used = slot;
     return true;
   });
   // Inside a no-wait section with every slot busy: the caller's whole
   // operation runs later (a counter's add, with its fold); no slot to report.
   if (used == runtime.slots) defer_add(slot0, stop0, v, later.fn, later.object, nullptr);
-  *cpu = used;
-  return value;
+  return used;
 }
 
 cas_result compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,

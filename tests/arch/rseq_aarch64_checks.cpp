@@ -109,10 +109,16 @@ void check_adds(block& b, unsigned cpu, unsigned other) {
   CHECK(run(stop0, [&] { return rs::add_release(b.slot0(), stop0, -2); }) == status::committed);
   CHECK(slot == 3);
   unsigned where = ~0u;
-  std::int64_t value = 0;
-  CHECK(run(stop0, [&] { return rs::add_return(b.slot0(), stop0, 10, &where, &value); }) ==
+  bool negative = true;
+  CHECK(run(stop0, [&] { return rs::add_sign(b.slot0(), stop0, 10, &where, &negative); }) ==
         status::committed);
-  CHECK(slot == 13 && value == 13 && where == cpu);
+  CHECK(slot == 13 && !negative && where == cpu);
+  CHECK(run(stop0, [&] { return rs::add_sign(b.slot0(), stop0, -14, &where, &negative); }) ==
+        status::committed);
+  CHECK(slot == -1 && negative && where == cpu);
+  CHECK(run(stop0, [&] { return rs::add_sign(b.slot0(), stop0, 14, &where, &negative); }) ==
+        status::committed);
+  CHECK(slot == 13 && !negative && where == cpu);
   auto cas = [&](unsigned on, std::int64_t expected, std::int64_t desired) {
     return run(stop0,
                [&] { return rs::compare_and_store(b.slot0(), stop0, on, expected, desired); });
@@ -224,7 +230,7 @@ void check_operations() {
   check_record_words<8>(b, cpu, other);
   unpin();
   std::printf(
-      "operations: add, add_release, add_return, compare_and_store, push, pop,\n"
+      "operations: add, add_release, add_sign, compare_and_store, push, pop,\n"
       "  push_batch, pop_batch, push_record<1,2,5,8>: results and failed exits on CPU %u\n",
       cpu);
 }
@@ -238,7 +244,7 @@ struct attempt {
   const char* name;
   status (*run)(block& b, unsigned cpu);
 };
-std::int64_t scratch_value;
+bool scratch_negative;
 unsigned scratch_cpu;
 std::size_t scratch_moved;
 void* scratch_items[2];
@@ -246,9 +252,9 @@ const std::uint64_t scratch_record[2] = {1, 2};
 const attempt attempts[] = {
     {"add", [](block& b, unsigned) { return rs::add(b.slot0(), b.stop0(), 1); }},
     {"add_release", [](block& b, unsigned) { return rs::add_release(b.slot0(), b.stop0(), 1); }},
-    {"add_return",
+    {"add_sign",
      [](block& b, unsigned) {
-       return rs::add_return(b.slot0(), b.stop0(), 1, &scratch_cpu, &scratch_value);
+       return rs::add_sign(b.slot0(), b.stop0(), 1, &scratch_cpu, &scratch_negative);
      }},
     {"compare_and_store",
      [](block& b, unsigned cpu) {

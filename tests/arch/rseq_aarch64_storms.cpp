@@ -148,8 +148,8 @@ void add_one_way(unsigned w, std::uint64_t i, std::int64_t v, std::atomic<std::i
       break;
     default: {
       unsigned cpu;
-      std::int64_t value;
-      st = run(stop0, [&] { return rs::add_return(b.slot0(), stop0, v, &cpu, &value); });
+      bool negative;
+      st = run(stop0, [&] { return rs::add_sign(b.slot0(), stop0, v, &cpu, &negative); });
       break;
     }
   }

@@ -37,7 +37,7 @@
 //   slot_index()       int: the word the sequences index by (cpu_id, or
 //                      mm_cid in mm_cid mode), the same way, negative when
 //                      the area is not registered in either mode;
-//   the sequences      add, add_release, add_return, compare_and_store,
+//   the sequences      add, add_release, add_sign, compare_and_store,
 //                      push, pop, push_batch, pop_batch, push_record<Words>,
 //                      with the signatures of arch/x86_64/rseq.hpp, each
 //                      reading the slot index 4 bytes past rseq_offset

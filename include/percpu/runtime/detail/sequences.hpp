@@ -69,8 +69,8 @@ enum class cas_result : std::uint8_t {
             // handler interrupted: nothing can be done here without waiting
 };
 
-// The whole operation to run later when an add_return cannot be made now
-// without waiting: fn(object, nullptr, v) (see add_return).
+// The whole operation to run later when an add_sign cannot be made now
+// without waiting: fn(object, nullptr, v) (see add_sign).
 struct redo {
   void (*fn)(void* object, void* unused, std::int64_t v) noexcept;
   void* object;
@@ -80,8 +80,7 @@ namespace portable {
 unsigned current_cpu() noexcept;
 void add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept;
 bool try_add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v) noexcept;
-std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, unsigned* cpu,
-                        redo later) noexcept;
+unsigned add(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, redo later) noexcept;
 cas_result compare_and_store(std::int64_t* slot0, std::uint32_t* stop0, unsigned cpu,
                              std::int64_t expected, std::int64_t desired) noexcept;
 bool push(cpu_array* arr0, std::uint32_t* stop0, void* item, const std::uint64_t* guard,
@@ -217,40 +216,41 @@ inline bool try_add_release(std::int64_t* slot0, std::uint32_t* stop0, std::int6
   return portable::try_add(slot0, stop0, v);
 }
 
-// *slot += v on the current CPU; returns the slot's value right after the
-// add (see arch::add_return: a later add on the same CPU may be in it) and
-// stores in *cpu the CPU (slot) the add went to.  When the add cannot be
-// made without waiting (a signal handler that interrupted its own thread
-// inside a no-wait section, with every slot busy: portable backend only),
-// it is not made here: `later` runs instead when the interrupted section
-// ends - the caller's whole operation, so that what follows the add (a
-// counter's fold) follows it then too - and the call returns 0 with
-// *cpu == cpu_count().
-inline std::int64_t add_return(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v,
-                               unsigned* cpu, redo later) noexcept {
+// *slot += v on the current CPU and stores in *cpu the CPU (slot) the add
+// went to.  Returns true when the add left the slot negative (its own
+// result: no later add is in it); false when it did not, or when the add
+// took a slow path, which does not say (the caller reads the slot if it
+// needs to know).  Only the inline first try reports the sign: a result
+// merged from two paths would be kept in a register and tested, where the
+// first try's flag is branched on directly.  When the add cannot be made
+// without waiting (a signal handler that interrupted its own thread inside
+// a no-wait section, with every slot busy: portable backend only), it is
+// not made here: `later` runs instead when the interrupted section ends -
+// the caller's whole operation, so that what follows the add (a counter's
+// fold) follows it then too - and *cpu is cpu_count().
+inline bool add_sign(std::int64_t* slot0, std::uint32_t* stop0, std::int64_t v, unsigned* cpu,
+                     redo later) noexcept {
   if constexpr (arch::has_sequences) {
     // The first try reports into locals of its own, which retry() never
     // sees: they stay in registers (an address passed to retry() would keep
     // them in memory, with a store and a load on the fast path).
-    std::int64_t value;
+    bool negative;
     unsigned where;
-    arch::status st = arch::add_return(slot0, stop0, v, &where, &value);
+    arch::status st = arch::add_sign(slot0, stop0, v, &where, &negative);
     if (st == arch::status::committed) [[likely]] {
       *cpu = where;
-      return value;
+      return negative;
     }
-    std::int64_t retried_value = 0;
+    bool ignored = false;
     unsigned retried_cpu = 0;
-    if (retry<arch::add_return, true>(st, stop0, slot0, static_cast<const std::uint32_t*>(stop0), v,
-                                      &retried_cpu, &retried_value) != outcome::portable) {
+    if (retry<arch::add_sign, true>(st, stop0, slot0, static_cast<const std::uint32_t*>(stop0), v,
+                                    &retried_cpu, &ignored) != outcome::portable) {
       *cpu = retried_cpu;
-      return retried_value;
+      return false;
     }
   }
-  unsigned portable_cpu = 0;
-  std::int64_t value_there = portable::add_return(slot0, stop0, v, &portable_cpu, later);
-  *cpu = portable_cpu;
-  return value_there;
+  *cpu = portable::add(slot0, stop0, v, later);
+  return false;
 }
 
 // Stores `desired` in CPU `cpu`'s slot if it holds `expected` and the

@@ -275,29 +275,29 @@ inline status add_release(std::int64_t* slot0, const std::uint32_t* stop0,
 
 #undef PERCPU_RSEQ_ADD
 
-// *slot += v on the current CPU, like add(), and reports where and what:
-// *cpu_out = the CPU, *value_out = the slot's new value, written after the
-// post-commit label from the registers the commit left.
+// *slot += v on the current CPU, like add(); *cpu_out = the CPU and
+// *negative_out = the new value's sign, from the commit's registers.
 //
 //   p = slot0 + off
 //   sum = *p + v
 //   *p = sum                  (commit)
 // 2:
-//   *value_out = sum; *cpu_out = cpu
+//   *negative_out = sum < 0; *cpu_out = cpu
 //
 // Ordering as add(): the counter's fold compares and stores the slot on the
 // same CPU (compare_and_store) or under a stop.
-inline status add_return(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t v,
-                         unsigned* cpu_out, std::int64_t* value_out) noexcept {
+inline status add_sign(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t v,
+                       unsigned* cpu_out, bool* negative_out) noexcept {
   asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
            "add x12, %[slot0], x10\n\t"
            "ldr x13, [x12]\n\t"
            "add x13, x13, %[v]\n\t" PERCPU_RSEQ_INJECT "str x13, [x12]\n\t" PERCPU_RSEQ_END
-           "str x13, [%[value_out]]\n\t"
+           "lsr x13, x13, #63\n\t"
+           "strb w13, [%[negative_out]]\n\t"
            "str w9, [%[cpu_out]]\n\t"
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "r"(v), [cpu_out] "r"(cpu_out),
-             [value_out] "r"(value_out)
+             [negative_out] "r"(negative_out)
            : PERCPU_RSEQ_CLOBBERS, "x12", "x13"
            : unregistered, stopped, aborted);
   PERCPU_RSEQ_RETURNS

@@ -45,8 +45,8 @@ inline status add(std::int64_t*, const std::uint32_t*, std::int64_t) noexcept {
 inline status add_release(std::int64_t*, const std::uint32_t*, std::int64_t) noexcept {
   return status::unregistered;
 }
-inline status add_return(std::int64_t*, const std::uint32_t*, std::int64_t, unsigned*,
-                         std::int64_t*) noexcept {
+inline status add_sign(std::int64_t*, const std::uint32_t*, std::int64_t, unsigned*,
+                       bool*) noexcept {
   return status::unregistered;
 }
 inline status compare_and_store(std::int64_t*, const std::uint32_t*, unsigned, std::int64_t,
