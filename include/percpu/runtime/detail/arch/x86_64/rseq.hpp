@@ -139,7 +139,7 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 #define PERCPU_RSEQ_CHECK_STOP     \
   "shlq %[shift], %%rax\n\t"       \
   "js %l[unregistered]\n\t"        \
-  "cmpl $0, (%[stop0], %%rax)\n\t" \
+  "cmpl %[zero], (%[stop0], %%rax)\n\t" \
   "jne %l[stopped]\n\t"
 
 // The guard of push and push_batch: leaves through `failed` unless the word
@@ -196,7 +196,7 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
   return status::moved;
 
 #define PERCPU_RSEQ_COMMON_INPUTS                                                 \
-  [rseq_off] "r"(rseq_offset_now()), [shift] "i"(unit_shift), [stop0] "r"(stop0), \
+  [rseq_off] "r"(rseq_offset_now()), [shift] "i"(unit_shift), [stop0] "r"(stop0), [zero] "r"(0u), \
       [sig] "i"(rseq_signature)
 
 // *slot += v on the current CPU.  The add is the commit.
