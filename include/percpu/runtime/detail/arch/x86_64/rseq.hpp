@@ -147,9 +147,9 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 // index, the stop word, the slot) where rseq_raw makes four; in mm_cid mode
 // the registration test's load of cpu_id is a seventh (0.96 ns; without that
 // test, which must stay, 0.83).
-#define PERCPU_RSEQ_CHECK_STOP     \
-  "shlq %[shift], %%rax\n\t"       \
-  "js %l[unregistered]\n\t"        \
+#define PERCPU_RSEQ_CHECK_STOP          \
+  "shlq %[shift], %%rax\n\t"            \
+  "js %l[unregistered]\n\t"             \
   "cmpl %[zero], (%[stop0], %%rax)\n\t" \
   "jne %l[stopped]\n\t"
 
@@ -206,7 +206,7 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
   moved:                               \
   return status::moved;
 
-#define PERCPU_RSEQ_COMMON_INPUTS                                                 \
+#define PERCPU_RSEQ_COMMON_INPUTS                                                                 \
   [rseq_off] "r"(rseq_offset_now()), [shift] "i"(unit_shift), [stop0] "r"(stop0), [zero] "r"(0u), \
       [sig] "i"(rseq_signature)
 
