@@ -109,8 +109,9 @@ class counter {
     unsigned cpu;
     bool negative = detail::seq::add_sign(slots_.slots_.data0(), slots_.slots_.stop_words(), v,
                                           &cpu, {&counter::add_later, this});
-    // At or above 0: fold.  Below -2 * batch (only after a negative add,
-    // which must look at the slot): fold.
+    // At or above 0 (or a slow path that does not say): fold() looks.
+    // Below -2 * batch (only after a negative add, which must read the
+    // slot): fold.
     if (!negative || (v < 0 && residual_below_range(cpu))) [[unlikely]]
       fold(cpu);
   }
