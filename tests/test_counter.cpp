@@ -61,6 +61,10 @@ TEST(Counter, BadInputIsAClearError) {
   using percpu_test::fails_with;
   EXPECT_TRUE(fails_with(errc::invalid_argument, [] { percpu::counter c(0); }));
   EXPECT_TRUE(fails_with(errc::invalid_argument, [] { percpu::counter c(-5); }));
+  // Past 2^60, -2 * batch and a residual below it could overflow.
+  EXPECT_TRUE(
+      fails_with(errc::invalid_argument, [] { percpu::counter c((std::int64_t{1} << 60) + 1); }));
+  { percpu::counter largest(std::int64_t{1} << 60); }
   EXPECT_TRUE(fails_with(errc::invalid_argument, [] { percpu::counter_array a(0); }));
   EXPECT_TRUE(
       fails_with(errc::too_large, [] { percpu::counter_array a(percpu::max_allocation()); }));
