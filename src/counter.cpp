@@ -96,15 +96,6 @@ counter::counter(std::int64_t batch) : batch_(batch) {
   }
 }
 
-namespace {
-
-// Whether a residual is outside the range it rests in, [-2 * batch, 0).
-bool out_of_range(std::int64_t residual, std::int64_t batch) noexcept {
-  return residual >= 0 || residual < -2 * batch;
-}
-
-}  // namespace
-
 void counter::fold(unsigned cpu) noexcept {
   // Brings CPU `cpu`'s residual (which this thread's add left at or above
   // 0, or below -2 * batch) back to -batch and moves the difference to the
@@ -120,7 +111,7 @@ void counter::fold(unsigned cpu) noexcept {
   if (cpu >= slots_.slots_.cpus()) return;  // the add runs later (see add_sign)
   std::int64_t residual = slots_.slot(cpu, 0);
   for (;;) {
-    if (!out_of_range(residual, batch_)) return;
+    if (!out_of_range(residual)) return;
     switch (detail::seq::compare_and_store(slots_.slots_.data0(), slots_.slots_.stop_words(), cpu,
                                            residual, -batch_)) {
       case detail::cas_result::stored:
@@ -153,7 +144,7 @@ void counter::fold(unsigned cpu) noexcept {
   slots_.stops().visit(cpu, [&] {
     std::atomic_ref<std::int64_t> slot(*slots_.slots_.on(cpu));
     std::int64_t value = slot.load(std::memory_order_relaxed);
-    if (out_of_range(value, batch_)) {
+    if (out_of_range(value)) {
       slot.store(-batch_, std::memory_order_relaxed);
       central_.fetch_add(value + batch_, std::memory_order_relaxed);
     }

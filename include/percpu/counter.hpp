@@ -155,8 +155,14 @@ class counter {
  private:
   // Brings CPU `cpu`'s residual back into [-2 * batch, 0) if it is out.
   void fold(unsigned cpu) noexcept;
+  // The range a residual rests in, [-2 * batch, 0): its two ends, the
+  // lower one alone for the check after a negative add.
+  bool below_range(std::int64_t residual) const noexcept { return residual < -2 * batch_; }
+  bool out_of_range(std::int64_t residual) const noexcept {
+    return residual >= 0 || below_range(residual);
+  }
   bool residual_below_range(unsigned cpu) const noexcept {
-    return cpu < slots_.slots_.cpus() && slots_.slot(cpu, 0) < -2 * batch_;
+    return cpu < slots_.slots_.cpus() && below_range(slots_.slot(cpu, 0));
   }
   // add(v) again, when an add in a signal handler could not be made at once
   // (see seq::add_sign).
