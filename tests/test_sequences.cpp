@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <set>
 #include <thread>
 #include <vector>
@@ -117,6 +118,33 @@ TEST(Sequences, CompareAndStore) {
       EXPECT_EQ(*s.on(other), 0);
     }
   }).join();
+}
+
+// add() wraps modulo 2^64 like the machine's add, on every backend: the
+// portable backend once added with signed C++ arithmetic, undefined at the
+// ends of the range (UBSan's stage would stop on it) and wrong for a
+// storage<std::uint64_t> used as a wrapping sequence number.
+TEST(Sequences, AddWrapsModulo2To64) {
+  percpu::storage<std::int64_t> s;
+  percpu::storage<std::uint64_t> u;
+  unsigned cpu = percpu::allowed_cpus().front();
+  std::thread([&] {
+    ASSERT_TRUE(percpu_test::pin(cpu));
+    constexpr std::int64_t most = std::numeric_limits<std::int64_t>::max();
+    s.add(most);
+    s.add(2);
+    u.add(std::numeric_limits<std::uint64_t>::max());
+    u.add(3);
+  }).join();
+  std::int64_t sum = 0;
+  std::uint64_t usum = 0;
+  s.for_each_cpu([&](unsigned, std::int64_t& v) {
+    sum =
+        static_cast<std::int64_t>(static_cast<std::uint64_t>(sum) + static_cast<std::uint64_t>(v));
+  });
+  u.for_each_cpu([&](unsigned, std::uint64_t& v) { usum += v; });
+  EXPECT_EQ(sum, std::numeric_limits<std::int64_t>::min() + 1);
+  EXPECT_EQ(usum, 2u);
 }
 
 std::atomic<bool> handler_enabled{false};

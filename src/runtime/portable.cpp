@@ -75,9 +75,14 @@ unsigned lock_any(std::uint32_t* stop0) noexcept {
 // readers), so the locked update stores atomically, with release order: what
 // the updating thread did before it happens before a reader that sees the
 // new value.
+//
+// The sum wraps modulo 2^64, as the rseq sequence's add does: computed
+// unsigned (a signed C++ add that overflows is undefined behaviour).
 void add_to_slot(std::int64_t* slot, std::int64_t v) noexcept {
   std::atomic_ref<std::int64_t> s(*slot);
-  s.store(s.load(std::memory_order_relaxed) + v, std::memory_order_release);
+  auto sum =
+      static_cast<std::uint64_t>(s.load(std::memory_order_relaxed)) + static_cast<std::uint64_t>(v);
+  s.store(static_cast<std::int64_t>(sum), std::memory_order_release);
 }
 
 // Locks a slot without waiting: the preferred one or any free one.
