@@ -15,6 +15,9 @@
 // is the way into another CPU's part (stop.hpp).  The layout, stop words
 // then the count then CPU 0's copy, is part of the fast paths' code: a
 // counter's add loads both pointers from the structure at fixed offsets.
+// The stop words in front of the data, in the same allocation (one member
+// load instead of two), made counter.add and pool.get_put 5-10 % faster
+// and slot.add 14-47 % slower: not adopted (docs/benchmarks.md, *Floors*).
 #pragma once
 
 #include <cstddef>
