@@ -45,6 +45,11 @@ void* item(std::uintptr_t i) {
   return reinterpret_cast<void*>(i << 4);
 }
 
+// Item i of thread t in PushPopConservesObjects: distinct for every pair.
+void* thread_item(int t, int i) {
+  return item(static_cast<std::uintptr_t>(t) * 1000 + static_cast<std::uintptr_t>(i) + 1);
+}
+
 TEST(Sequences, PushPopIsLastInFirstOutPerCpu) {
   arrays a(4);
   // Pin so every operation sees the same CPU's array.
@@ -172,6 +177,7 @@ TEST(Sequences, AddsAreExactUnderContentionAndSignals) {
   std::vector<pthread_t> handles(threads);
   std::vector<std::int64_t> added(threads, 0);
   std::atomic<int> ready{0};
+  workers.reserve(threads);
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
       handles[t] = pthread_self();
@@ -255,10 +261,10 @@ TEST(Sequences, PushPopConservesObjects) {
   constexpr int rounds = 200000;
   std::vector<std::vector<void*>> held(threads);
   for (int t = 0; t < threads; ++t) {
-    for (int i = 0; i < per_thread_items; ++i)
-      held[t].push_back(item(static_cast<std::uintptr_t>(t * 1000 + i + 1)));
+    for (int i = 0; i < per_thread_items; ++i) held[t].push_back(thread_item(t, i));
   }
   std::vector<std::thread> workers;
+  workers.reserve(threads);
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
       auto& mine = held[t];
@@ -306,8 +312,7 @@ TEST(Sequences, PushPopConservesObjects) {
   ASSERT_EQ(all.size(), static_cast<std::size_t>(threads * per_thread_items));
   std::multiset<void*> expected;
   for (int t = 0; t < threads; ++t) {
-    for (int i = 0; i < per_thread_items; ++i)
-      expected.insert(item(static_cast<std::uintptr_t>(t * 1000 + i + 1)));
+    for (int i = 0; i < per_thread_items; ++i) expected.insert(thread_item(t, i));
   }
   EXPECT_EQ(all, expected);
 }
