@@ -141,14 +141,12 @@ TEST(Sequences, AddWrapsModulo2To64) {
     u.add(std::numeric_limits<std::uint64_t>::max());
     u.add(3);
   }).join();
-  std::int64_t sum = 0;
+  // Summed modulo 2^64 too: the adds may have used any slot.
+  std::uint64_t sum = 0;
   std::uint64_t usum = 0;
-  s.for_each_cpu([&](unsigned, std::int64_t& v) {
-    sum =
-        static_cast<std::int64_t>(static_cast<std::uint64_t>(sum) + static_cast<std::uint64_t>(v));
-  });
+  s.for_each_cpu([&](unsigned, std::int64_t& v) { sum += static_cast<std::uint64_t>(v); });
   u.for_each_cpu([&](unsigned, std::uint64_t& v) { usum += v; });
-  EXPECT_EQ(sum, std::numeric_limits<std::int64_t>::min() + 1);
+  EXPECT_EQ(static_cast<std::int64_t>(sum), std::numeric_limits<std::int64_t>::min() + 1);
   EXPECT_EQ(usum, 2u);
 }
 
