@@ -2,11 +2,13 @@
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/rseq.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <set>
 #include <thread>
@@ -15,6 +17,14 @@
 #include "percpu/core/storage.hpp"
 #include "percpu/runtime/detail/sequences.hpp"
 #include "storm_util.hpp"
+
+// The rseq descriptors of this program, gathered by the linker.
+extern "C" {
+extern const char __start___rseq_cs[] __attribute__((weak));
+extern const char __stop___rseq_cs[] __attribute__((weak));
+extern const char __start___rseq_failure[] __attribute__((weak));
+extern const char __stop___rseq_failure[] __attribute__((weak));
+}
 
 namespace {
 
@@ -129,6 +139,75 @@ TEST(Sequences, CompareAndStore) {
 // portable backend once added with signed C++ arithmetic, undefined at the
 // ends of the range (UBSan's stage would stop on it) and wrong for a
 // storage<std::uint64_t> used as a wrapping sequence number.
+#if defined(__x86_64__)
+// The store of rseq_cs before `start`: `movq %rax, %fs:d8(%base)`, d8 = 8
+// (CPU mode) or -12 (mm_cid mode), with or without the SIB byte that a base
+// of %rsp or %r12 needs.
+bool stores_rseq_cs_before(std::uint64_t start) {
+  const auto* at = reinterpret_cast<const unsigned char*>(start);
+  auto displacement_ok = [](unsigned char d) { return d == 0x08 || d == 0xf4; };
+  auto store = [&](int length) {  // 64 REX.W(B) 89 modrm [sib] d8
+    const unsigned char* p = at - length;
+    bool sib = length == 6;
+    return p[0] == 0x64 && (p[1] & 0xfe) == 0x48 && p[2] == 0x89 && (p[3] & 0xf8) == 0x40 &&
+           ((p[3] & 7) == 4) == sib && (!sib || p[4] == 0x24) && displacement_ok(p[length - 1]);
+  };
+  return store(5) || store(6);
+}
+#endif
+
+// The rule of PERCPU_RSEQ (the x86-64 sequences): the kernel clears
+// rseq_cs when it preempts a thread outside the range of the descriptor it
+// holds, so the instruction that stores a descriptor must be the one just
+// before its range, and nothing may jump into the range from outside: a
+// thread preempted between a store and such a jump runs the sequence with
+// no descriptor.  Every descriptor of this program: version and flags 0, an
+// abort handler outside the range behind the registered signature, the
+// rseq_cs store just before the start, and no jump (jmp or jcc with a 32-bit
+// displacement) from the out-of-line code in __rseq_failure onto a start.
+// (mm_cid mode's prologue did that until 2026-12-07: this fails on it.)
+TEST(Sequences, EveryRangeIsEnteredRightAfterItsDescriptorStore) {
+#if defined(__x86_64__)
+  std::set<std::uint64_t> starts;
+  for (const char* p = __start___rseq_cs; p != nullptr && p + sizeof(rseq_cs) <= __stop___rseq_cs;
+       p += sizeof(rseq_cs)) {
+    rseq_cs d;  // the kernel's layout of a descriptor (<linux/rseq.h>)
+    std::memcpy(&d, p, sizeof d);
+    EXPECT_EQ(d.version, 0u);
+    EXPECT_EQ(d.flags, 0u);
+    EXPECT_GT(d.post_commit_offset, 0u);
+    EXPECT_TRUE(d.abort_ip < d.start_ip || d.abort_ip >= d.start_ip + d.post_commit_offset);
+    std::uint32_t sig;
+    std::memcpy(&sig, reinterpret_cast<const void*>(d.abort_ip - 4), sizeof sig);
+    EXPECT_EQ(sig, percpu::detail::arch::rseq_signature);
+    EXPECT_TRUE(stores_rseq_cs_before(d.start_ip))
+        << "no rseq_cs store just before the range at " << reinterpret_cast<void*>(d.start_ip);
+    starts.insert(d.start_ip);
+  }
+  EXPECT_GE(starts.size(), 16u);  // both modes' copies of each sequence used here
+  const auto* code = reinterpret_cast<const unsigned char*>(__start___rseq_failure);
+  const auto* end = reinterpret_cast<const unsigned char*>(__stop___rseq_failure);
+  ASSERT_NE(code, nullptr);
+  for (const unsigned char* p = code; p + 6 <= end; ++p) {
+    std::int32_t rel;
+    std::uint64_t target;
+    if (p[0] == 0xe9) {  // jmp rel32
+      std::memcpy(&rel, p + 1, 4);
+      target = reinterpret_cast<std::uint64_t>(p + 5) + static_cast<std::uint64_t>(rel);
+    } else if (p[0] == 0x0f && (p[1] & 0xf0) == 0x80) {  // jcc rel32
+      std::memcpy(&rel, p + 2, 4);
+      target = reinterpret_cast<std::uint64_t>(p + 6) + static_cast<std::uint64_t>(rel);
+    } else {
+      continue;
+    }
+    EXPECT_EQ(starts.count(target), 0u) << "a jump at " << static_cast<const void*>(p)
+                                        << " into the range at " << reinterpret_cast<void*>(target);
+  }
+#else
+  GTEST_SKIP() << "x86-64 encodings; tests/arch checks the aarch64 sequences";
+#endif
+}
+
 TEST(Sequences, AddWrapsModulo2To64) {
   percpu::storage<std::int64_t> s;
   percpu::storage<std::uint64_t> u;

@@ -57,22 +57,36 @@ bool check_environment() {
   return __rseq_size > 0;
 }
 
+namespace {
+
+// Whether the instruction word at `pc` is a branch (b, b.cond) to `target`.
+bool branches_to(std::uint32_t insn, std::uint64_t pc, std::uint64_t target) {
+  std::int64_t offset;
+  if ((insn & 0xfc000000u) == 0x14000000u) {  // b imm26
+    offset = static_cast<std::int64_t>(static_cast<std::int32_t>(insn << 6) >> 6) * 4;
+  } else if ((insn & 0xff000010u) == 0x54000000u) {  // b.cond imm19
+    offset = static_cast<std::int64_t>(static_cast<std::int32_t>(insn << 8) >> 13) * 4;
+  } else {
+    return false;
+  }
+  return pc + static_cast<std::uint64_t>(offset) == target;
+}
+
+}  // namespace
+
 // Every descriptor the program's sequences put in __rseq_cs: version and
 // flags 0, a short critical section, and the signature in the 4 bytes
-// before an abort handler that lies outside the section.
+// before an abort handler that lies outside the section.  And the rule of
+// PERCPU_RSEQ_BEGIN: the rseq_cs store (`str x9, [x11, #8]`, 0xf9000569)
+// is the instruction just before the start, and no branch of the prologue
+// lands on the start (the kernel clears rseq_cs when it preempts a thread
+// outside the range, so a store followed by a branch into the range
+// protects nothing; mm_cid mode's prologue did that until 2026-12-07).
 void check_descriptors() {
-  struct descriptor {
-    std::uint32_t version;
-    std::uint32_t flags;
-    std::uint64_t start_ip;
-    std::uint64_t post_commit_offset;
-    std::uint64_t abort_ip;
-  };
-  static_assert(sizeof(descriptor) == 32);
   const char* p = __start___rseq_cs;
   unsigned count = 0;
-  for (; p != nullptr && p + sizeof(descriptor) <= __stop___rseq_cs; p += sizeof(descriptor)) {
-    descriptor d;
+  for (; p != nullptr && p + sizeof(rseq_cs) <= __stop___rseq_cs; p += sizeof(rseq_cs)) {
+    rseq_cs d;  // the kernel's layout of a descriptor (<linux/rseq.h>)
     std::memcpy(&d, p, sizeof d);
     std::uint32_t sig;
     std::memcpy(&sig, reinterpret_cast<const void*>(d.abort_ip - 4), sizeof sig);
@@ -80,10 +94,18 @@ void check_descriptors() {
     CHECK(d.post_commit_offset > 0 && d.post_commit_offset < 1024);
     CHECK(d.abort_ip < d.start_ip || d.abort_ip >= d.start_ip + d.post_commit_offset);
     CHECK(sig == rs::rseq_signature);
+    std::uint32_t before[16];
+    std::memcpy(before, reinterpret_cast<const void*>(d.start_ip - sizeof before), sizeof before);
+    CHECK(before[15] == 0xf9000569u);
+    for (unsigned i = 0; i < 16; ++i) {
+      CHECK(!branches_to(before[i], d.start_ip - sizeof before + 4 * i, d.start_ip));
+    }
     ++count;
   }
-  std::printf("descriptors: %u in __rseq_cs, each with signature 0x%08x before its handler\n",
-              count, rs::rseq_signature);
+  std::printf(
+      "descriptors: %u in __rseq_cs, each with signature 0x%08x before its handler,\n"
+      "  its rseq_cs store just before its start, and no branch onto the start\n",
+      count, rs::rseq_signature);
   CHECK(count >= 10);  // at least one per sequence this program uses
 }
 

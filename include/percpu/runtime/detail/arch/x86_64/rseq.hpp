@@ -22,7 +22,10 @@
 //    or template function whose duplicate copies the linker discards, the
 //    descriptors pointing into those copies are discarded with them;
 //    1: start, 2: post-commit, 3: descriptor (in __rseq_cs), 4: abort handler
-//    (in __rseq_failure, preceded by the RSEQ_SIG signature glibc registered);
+//    (in __rseq_failure, preceded by the RSEQ_SIG signature glibc registered),
+//    7: mm_cid mode's copy, 9: where that copy returns (see PERCPU_RSEQ);
+//  - stores its descriptor's address in rseq_cs with the instruction just
+//    before its start label, and is entered only through that store;
 //  - reads the slot index, cpu_id or mm_cid (runtime.hpp), and never
 //    writes any kernel-owned field (the only field it writes, rseq_cs,
 //    belongs to user space);
@@ -64,67 +67,108 @@ inline constexpr bool rmw_is_full_barrier = true;
 // the bytes never execute.  The sequences emit it from here (%c[sig]).
 inline constexpr std::uint32_t rseq_signature = 0x53053053;
 
-// Start of every sequence: the descriptor, its publication in rseq_cs, the
-// start label, and the slot index in %rax, sign-extended: negative means the
-// area is not registered (a thread not yet registered in own-registration
-// mode, or the portable backend's area, which never is).  The sign is tested
-// by PERCPU_RSEQ_CHECK_STOP, from the flags of the shift that follows (a CPU
-// id shifted by unit_shift keeps its sign), or by
-// PERCPU_RSEQ_CHECK_REGISTERED where the sequence compares the CPU id before
-// the shift.  Clobbers %rax.
+// The whole of every sequence: PERCPU_RSEQ(body) is the statement's
+// assembly.  It publishes a descriptor, reads the slot index into %rax,
+// sign-extended, runs `body`, whose last instruction commits, and places
+// the signed abort handler.  A negative index means the area is not
+// registered (a thread not yet registered in own-registration mode, or the
+// portable backend's area, which never is); the body tests the sign with
+// PERCPU_RSEQ_CHECK_STOP, from the flags of the shift (a CPU id shifted by
+// unit_shift keeps its sign), or PERCPU_RSEQ_CHECK_REGISTERED where it
+// compares the CPU id before the shift.  Clobbers %rax.
 //
 // The slot index is cpu_id, or mm_cid in mm_cid mode (runtime.hpp), and
 // runtime.rseq_offset says which: the area's offset (a multiple of 32) in
 // CPU mode, 20 more in mm_cid mode, so that 4 bytes past it is cpu_id or
-// mm_cid alike.  Only the rseq_cs store and the registration test differ,
-// and mm_cid mode does both out of line (label 7, beside the abort
-// handler): there cpu_id is 16 bytes below the offset and rseq_cs 12.
-// mm_cid mode must test cpu_id, since an area that is not registered, or
-// no longer (the kernel clears it on unregistration), holds mm_cid 0.
+// mm_cid alike; rseq_cs is then 8 bytes past it in CPU mode, 12 bytes below
+// it in mm_cid mode.  mm_cid mode must also test cpu_id, since an area that
+// is not registered holds mm_cid 0.  So the body is emitted twice: CPU mode
+// runs it in line, mm_cid mode out of line (in __rseq_failure, beside the
+// abort handlers), each copy with its own descriptor:
 //
-//   if (rseq_offset % 32 != 0) goto 7      // mm_cid mode
-//   rs->rseq_cs = &descriptor
+//   if (rseq_offset % 32 != 0) goto 7        // mm_cid mode
+//   rs->rseq_cs = &descriptor               // just before the start
 // 1:
 //   index = *(int32_t*)(tp + rseq_offset + 4)
-//   ...
+//   body
+// 2: ...                                     // the caller goes on
 // 7:
 //   if (rs->cpu_id < 0) goto unregistered
-//   rs->rseq_cs = &descriptor
-//   goto 1
+//   rs->rseq_cs = &descriptor_7             // just before the start
+// 1:
+//   index = *(int32_t*)(tp + rseq_offset + 4)
+//   body
+// 2: goto 9                                  // back where the caller goes on
 //
-// Why the shift's flags and not a separate `test`, and why one test of the
-// offset's low bits rather than a second offset loaded from memory: on the
+// Rule: the store of rseq_cs is the instruction just before the range
+// (label 1), and nothing jumps into the range.  The kernel clears rseq_cs
+// when it preempts a thread outside the range of the descriptor it holds
+// (rseq_ip_fixup), so a thread preempted between a store and a jump into
+// the range would run the sequence with no descriptor: neither a preemption
+// nor a migration would abort it.  Until 2026-12-07 mm_cid mode broke the
+// rule: its store and registration test were out of line, and it jumped to
+// the in-line label 1 afterwards.  Found by reading the prologue against
+// the kernel while looking for mm_cid mode's extra cost (the window is one
+// instruction, and no test had met it); the test
+// Sequences.EveryRangeIsEnteredRightAfterItsDescriptorStore checks the
+// rule on every descriptor of its program, and fails on the old prologue.
+//
+// What the ways out cost (slot.add, quick runs on the Sapphire Rapids VM,
+// 2026-12-07; CPU mode 1.02-1.05 ns and mm_cid 1.36-1.43 ns before):
+//  - this one: CPU mode's instructions unchanged; mm_cid mode 1.41-1.44
+//    with its copy aligned to 32 bytes, 1.85-1.95 without;
+//  - rseq_cs stored inside the range, through a copy of the offset that
+//    mm_cid mode lowers by 20 (one prologue, one body): CPU mode 2-9 %
+//    slower, mm_cid mode 1.64;
+//  - the store through the offset rounded down to 32, the registration test
+//    out of line before it: CPU mode 12-20 % slower;
+//  - rseq_cs tested rather than stored (the store only when it does not
+//    hold the descriptor already, which makes the registration test a slow
+//    path too): both modes 1.00 in a loop of one sequence, but every
+//    operation that alternates two sequences stores anyway, after a failed
+//    test and two jumps: pool.get_put and rwlock.read 1.8-2x slower.
+//
+// Why one test of the offset's low bits rather than a second offset loaded
+// from memory, and the shift's flags rather than a separate `test`: on the
 // development VM's cores the time of a sequence in a loop follows its
 // instruction count, loads above all (slot.add, AMD EPYC: 1.24 ns with a
-// separate test, 0.92 ns without; Intel Xeon: 0.85 ns at first, 0.93 ns
-// with the index's offset as a second load, 0.86 with the bit test).  The
-// minimal sequence of bench/rseq_raw.hpp (no stop word, no registration
-// test) takes 0.55-0.68 ns.  One prologue for both modes (rseq_cs stored
-// through the offset rounded down to 32, cpu_id tested there, the index read
-// at the offset: no branch on the mode) made the modes even at the cost of
-// CPU mode: slot.add 1.01 ns in both against 0.90 (CPU) and 1.04 (mm_cid)
-// with the bit test, counter.add 1.34 against 1.19, rwlock.read 1.94
-// against 1.81 (Xeon VM, the same quick runs).
-#define PERCPU_RSEQ_BEGIN                    \
-  ".pushsection __rseq_cs, \"aw?\"\n\t"      \
-  ".balign 32\n\t"                           \
-  "3:\n\t"                                   \
-  ".long 0x0, 0x0\n\t"                       \
-  ".quad 1f, (2f - 1f), 4f\n\t"              \
-  ".popsection\n\t"                          \
-  "leaq 3b(%%rip), %%rax\n\t"                \
-  "testb $31, %b[rseq_off]\n\t"              \
-  "jnz 7f\n\t"                               \
-  "movq %%rax, %%fs:8(%[rseq_off])\n\t"      \
-  "1:\n\t"                                   \
-  "movslq %%fs:4(%[rseq_off]), %%rax\n\t"    \
-  ".pushsection __rseq_failure, \"ax?\"\n\t" \
-  "7:\n\t"                                   \
-  "cmpl %[zero], %%fs:-16(%[rseq_off])\n\t"  \
-  "js %l[unregistered]\n\t"                  \
-  "movq %%rax, %%fs:-12(%[rseq_off])\n\t"    \
-  "jmp 1b\n\t"                               \
-  ".popsection\n\t"
+// separate test, 0.92 ns without; Intel Xeon: 0.93 ns with the index's
+// offset as a second load, 0.86 with the bit test).  The minimal sequence
+// of bench/rseq_raw.hpp (no stop word, no registration test) takes
+// 0.55-0.85 ns depending on the core.
+#define PERCPU_RSEQ_DESCRIPTOR          \
+  ".pushsection __rseq_cs, \"aw?\"\n\t" \
+  ".balign 32\n\t"                      \
+  "3:\n\t"                              \
+  ".long 0x0, 0x0\n\t"                  \
+  ".quad 1f, (2f - 1f), 4f\n\t"         \
+  ".popsection\n\t"                     \
+  "leaq 3b(%%rip), %%rax\n\t"
+
+#define PERCPU_RSEQ(body)                                          \
+  PERCPU_RSEQ_DESCRIPTOR                                           \
+  "testb $31, %b[rseq_off]\n\t"                                    \
+  "jnz 7f\n\t"                                                     \
+  "movq %%rax, %%fs:8(%[rseq_off])\n\t"                            \
+  "1:\n\t"                                                         \
+  "movslq %%fs:4(%[rseq_off]), %%rax\n\t" body                     \
+  "2:\n\t"                                                         \
+  ".pushsection __rseq_failure, \"ax?\"\n\t" PERCPU_RSEQ_SIGNATURE \
+  "4:\n\t"                                                         \
+  "jmp %l[aborted]\n\t"                                            \
+  ".balign 32\n\t"                                                 \
+  "7:\n\t"                                                         \
+  "cmpl %[zero], %%fs:-16(%[rseq_off])\n\t"                        \
+  "js %l[unregistered]\n\t" PERCPU_RSEQ_DESCRIPTOR                 \
+  "movq %%rax, %%fs:-12(%[rseq_off])\n\t"                          \
+  "1:\n\t"                                                         \
+  "movslq %%fs:4(%[rseq_off]), %%rax\n\t" body                     \
+  "2:\n\t"                                                         \
+  "jmp 9f\n\t" PERCPU_RSEQ_SIGNATURE                               \
+  "4:\n\t"                                                         \
+  "jmp %l[aborted]\n\t"                                            \
+  ".popsection\n\t"                                                \
+  "9:\n\t"
 
 // Leaves through `unregistered` if the CPU id in %rax is negative: for the
 // sequences that compare the CPU id with an expected one before anything
@@ -145,8 +189,9 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 // remains of the gap is mostly loads: the loop is bound by them, and percpu's
 // add makes six per iteration (the two member pointers, the rseq offset, the
 // index, the stop word, the slot) where rseq_raw makes four; in mm_cid mode
-// the registration test's load of cpu_id is a seventh (0.96 ns; without that
-// test, which must stay, 0.83).
+// the registration test's load of cpu_id is a seventh, and two taken
+// branches take the thread to the out-of-line copy and back (see
+// PERCPU_RSEQ).
 #define PERCPU_RSEQ_CHECK_STOP          \
   "shlq %[shift], %%rax\n\t"            \
   "js %l[unregistered]\n\t"             \
@@ -159,15 +204,9 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
   "cmpq %[expected], (%[guard])\n\t" \
   "jne %l[failed]\n\t"
 
-// End of every sequence: the post-commit label and the signed abort handler.
-#define PERCPU_RSEQ_END                      \
-  "2:\n\t"                                   \
-  ".pushsection __rseq_failure, \"ax?\"\n\t" \
-  ".byte 0x0f, 0xb9, 0x3d\n\t"               \
-  ".long %c[sig]\n\t"                        \
-  "4:\n\t"                                   \
-  "jmp %l[aborted]\n\t"                      \
-  ".popsection\n\t"
+// The signature before each abort handler: a `ud1` whose 4-byte
+// displacement is glibc's RSEQ_SIG (the bytes never execute).
+#define PERCPU_RSEQ_SIGNATURE ".byte 0x0f, 0xb9, 0x3d\n\t.long %c[sig]\n\t"
 
 // Fault injection (PERCPU_FAULT_INJECTION, arch.hpp): just before its
 // commit, each sequence decrements this thread's countdown (runtime.hpp)
@@ -238,9 +277,8 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 // one.  `addq %[v], (%[slot0], %%rax)`, one instruction fewer, made
 // slot.add 2.12 ns against 0.91 in a loop that adds to one slot.
 inline status add(std::int64_t* slot0, const std::uint32_t* stop0, std::int64_t v) noexcept {
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-           "leaq (%[slot0], %%rax), %%rdx\n\t" PERCPU_RSEQ_INJECT
-           "addq %[v], (%%rdx)\n\t" PERCPU_RSEQ_END
+  asm goto(PERCPU_RSEQ(PERCPU_RSEQ_CHECK_STOP "leaq (%[slot0], %%rax), %%rdx\n\t" PERCPU_RSEQ_INJECT
+                                              "addq %[v], (%%rdx)\n\t")
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "er"(v)
            : PERCPU_RSEQ_CLOBBERS, "rax", "rdx"
@@ -273,9 +311,8 @@ inline status add_sign(std::int64_t* slot0, const std::uint32_t* stop0, std::int
                        unsigned* cpu_out, bool* negative_out) noexcept {
   bool negative;
   std::uint64_t offset;
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-           "leaq (%[slot0], %%rax), %%rdx\n\t" PERCPU_RSEQ_INJECT
-           "addq %[v], (%%rdx)\n\t" PERCPU_RSEQ_END
+  asm goto(PERCPU_RSEQ(PERCPU_RSEQ_CHECK_STOP "leaq (%[slot0], %%rax), %%rdx\n\t" PERCPU_RSEQ_INJECT
+                                              "addq %[v], (%%rdx)\n\t")
            : "=@ccs"(negative), "=&a"(offset)
            : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [v] "er"(v)
            : PERCPU_RSEQ_CLOBBERS, "rdx"
@@ -289,17 +326,17 @@ inline status add_sign(std::int64_t* slot0, const std::uint32_t* stop0, std::int
 // moved: the thread is not on `cpu`; failed: the slot held another value.
 inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0, unsigned cpu,
                                 std::int64_t expected, std::int64_t desired) noexcept {
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_REGISTERED
-           "cmpl %[cpu], %%eax\n\t"
-           "jne %l[moved]\n\t" PERCPU_RSEQ_CHECK_STOP
-           "leaq (%[slot0], %%rax), %%rdx\n\t"
-           "cmpq %[expected], (%%rdx)\n\t"
-           "jne %l[failed]\n\t" PERCPU_RSEQ_INJECT "movq %[desired], (%%rdx)\n\t" PERCPU_RSEQ_END
-           :
-           : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [cpu] "r"(cpu),
-             [expected] "r"(expected), [desired] "r"(desired)
-           : PERCPU_RSEQ_CLOBBERS, "rax", "rdx"
-           : unregistered, stopped, aborted, failed, moved);
+  asm goto(
+      PERCPU_RSEQ(PERCPU_RSEQ_CHECK_REGISTERED
+                  "cmpl %[cpu], %%eax\n\t"
+                  "jne %l[moved]\n\t" PERCPU_RSEQ_CHECK_STOP "leaq (%[slot0], %%rax), %%rdx\n\t"
+                  "cmpq %[expected], (%%rdx)\n\t"
+                  "jne %l[failed]\n\t" PERCPU_RSEQ_INJECT "movq %[desired], (%%rdx)\n\t")
+      :
+      : PERCPU_RSEQ_COMMON_INPUTS, [slot0] "r"(slot0), [cpu] "r"(cpu), [expected] "r"(expected),
+        [desired] "r"(desired)
+      : PERCPU_RSEQ_CLOBBERS, "rax", "rdx"
+      : unregistered, stopped, aborted, failed, moved);
   PERCPU_RSEQ_RETURNS_WITH_MOVED
 }
 
@@ -317,15 +354,15 @@ inline status compare_and_store(std::int64_t* slot0, const std::uint32_t* stop0,
 // count store commits.
 inline status push(void* arr0, const std::uint32_t* stop0, void* item, const std::uint64_t* guard,
                    std::uint64_t expected) noexcept {
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP PERCPU_RSEQ_CHECK_GUARD
-           "addq %[arr0], %%rax\n\t"
-           "movl 8(%%rax), %%ecx\n\t"
-           "cmpl 12(%%rax), %%ecx\n\t"
-           "jae %l[failed]\n\t"
-           "movq (%%rax), %%rdx\n\t"
-           "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
-           "movq %[item], (%%rdx)\n\t"
-           "addl $1, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+  asm goto(PERCPU_RSEQ(PERCPU_RSEQ_CHECK_STOP PERCPU_RSEQ_CHECK_GUARD
+                       "addq %[arr0], %%rax\n\t"
+                       "movl 8(%%rax), %%ecx\n\t"
+                       "cmpl 12(%%rax), %%ecx\n\t"
+                       "jae %l[failed]\n\t"
+                       "movq (%%rax), %%rdx\n\t"
+                       "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
+                       "movq %[item], (%%rdx)\n\t"
+                       "addl $1, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t")
            :
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0), [item] "r"(item), [guard] "r"(guard),
              [expected] "r"(expected)
@@ -343,14 +380,14 @@ inline status push(void* arr0, const std::uint32_t* stop0, void* item, const std
 // against 2.37 (Xeon VM, 2026-12-07): the pop reads what the push wrote.
 inline status pop(void* arr0, const std::uint32_t* stop0, void** out) noexcept {
   void* item;
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-           "addq %[arr0], %%rax\n\t"
-           "movl 8(%%rax), %%ecx\n\t"
-           "subl $1, %%ecx\n\t"
-           "jb %l[failed]\n\t"  // the count was 0 (the borrow)
-           "movq (%%rax), %%rdx\n\t"
-           "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
-           "movq (%%rdx), %[item]\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+  asm goto(PERCPU_RSEQ(PERCPU_RSEQ_CHECK_STOP "addq %[arr0], %%rax\n\t"
+                                              "movl 8(%%rax), %%ecx\n\t"
+                                              "subl $1, %%ecx\n\t"
+                                              "jb %l[failed]\n\t"  // the count was 0 (the borrow)
+                                              "movq (%%rax), %%rdx\n\t"
+                                              "leaq (%%rdx, %%rcx, 8), %%rdx\n\t"
+                                              "movq (%%rdx), %[item]\n\t" PERCPU_RSEQ_INJECT
+                                              "movl %%ecx, 8(%%rax)\n\t")
            : [item] "=r"(item)
            : PERCPU_RSEQ_COMMON_INPUTS, [arr0] "r"(arr0)
            : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx"
@@ -365,24 +402,23 @@ inline status pop(void* arr0, const std::uint32_t* stop0, void** out) noexcept {
 inline status pop_batch(void* arr0, const std::uint32_t* stop0, void** out, std::size_t n,
                         std::size_t* moved) noexcept {
   asm goto(
-      PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-      "addq %[arr0], %%rax\n\t"
-      "movl 8(%%rax), %%ecx\n\t"  // count
-      "movq %[n], %%rdx\n\t"
-      "cmpq %%rcx, %%rdx\n\t"
-      "cmovaq %%rcx, %%rdx\n\t"  // k = min(n, count)
-      "movq %%rdx, (%[moved])\n\t"
-      "subl %%edx, %%ecx\n\t"  // new count
-      "movq (%%rax), %%r8\n\t"
-      "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first item to move
-      "5:\n\t"                           // copies items k-1 down to 0
-      "testq %%rdx, %%rdx\n\t"
-      "jz 6f\n\t"
-      "subq $1, %%rdx\n\t"
-      "movq (%%r8, %%rdx, 8), %%r10\n\t"
-      "movq %%r10, (%[out], %%rdx, 8)\n\t"
-      "jmp 5b\n\t"
-      "6:\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+      PERCPU_RSEQ(PERCPU_RSEQ_CHECK_STOP "addq %[arr0], %%rax\n\t"
+                                         "movl 8(%%rax), %%ecx\n\t"  // count
+                                         "movq %[n], %%rdx\n\t"
+                                         "cmpq %%rcx, %%rdx\n\t"
+                                         "cmovaq %%rcx, %%rdx\n\t"  // k = min(n, count)
+                                         "movq %%rdx, (%[moved])\n\t"
+                                         "subl %%edx, %%ecx\n\t"  // new count
+                                         "movq (%%rax), %%r8\n\t"
+                                         "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first item to move
+                                         "5:\n\t"  // copies items k-1 down to 0
+                                         "testq %%rdx, %%rdx\n\t"
+                                         "jz 6f\n\t"
+                                         "subq $1, %%rdx\n\t"
+                                         "movq (%%r8, %%rdx, 8), %%r10\n\t"
+                                         "movq %%r10, (%[out], %%rdx, 8)\n\t"
+                                         "jmp 5b\n\t"
+                                         "6:\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t")
       :
       : PERCPU_RSEQ_BATCH_INPUTS, [arr0] "r"(arr0), [out] "r"(out), [n] "rm"(n), [moved] "r"(moved)
       : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r10"
@@ -404,35 +440,35 @@ inline status push_batch(void* arr0, const std::uint32_t* stop0, void* const* in
   // available", the fuzz stage's build; GCC's debug build, "impossible
   // constraints", once the slot index's field took a register).  This is
   // not a fast path.
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_STOP
-           "movq %[expected], %%r10\n\t"
-           "cmpq %%r10, (%[guard])\n\t"
-           "jne %l[failed]\n\t"
-           "addq %[arr0], %%rax\n\t"
-           "movl 8(%%rax), %%ecx\n\t"   // count
-           "movl 12(%%rax), %%edx\n\t"  // capacity
-           "cmpl %%ecx, %%edx\n\t"
-           "jbe %l[failed]\n\t"
-           "subl %%ecx, %%edx\n\t"  // room
-           "cmpq %[n], %%rdx\n\t"
-           "cmovaq %[n], %%rdx\n\t"  // k = min(room, n)
-           "movq %%rdx, %[moved]\n\t"
-           "movq (%%rax), %%r8\n\t"
-           "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first free item
-           "addl %%edx, %%ecx\n\t"            // new count
-           "5:\n\t"                           // copies items k-1 down to 0
-           "testq %%rdx, %%rdx\n\t"
-           "jz 6f\n\t"
-           "subq $1, %%rdx\n\t"
-           "movq (%[in], %%rdx, 8), %%r10\n\t"
-           "movq %%r10, (%%r8, %%rdx, 8)\n\t"
-           "jmp 5b\n\t"
-           "6:\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
-           : [moved] "+m"(*moved)
-           : PERCPU_RSEQ_BATCH_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "rm"(n),
-             [guard] "r"(guard), [expected] "rm"(expected)
-           : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r10"
-           : unregistered, stopped, aborted, failed);
+  asm goto(
+      PERCPU_RSEQ(PERCPU_RSEQ_CHECK_STOP "movq %[expected], %%r10\n\t"
+                                         "cmpq %%r10, (%[guard])\n\t"
+                                         "jne %l[failed]\n\t"
+                                         "addq %[arr0], %%rax\n\t"
+                                         "movl 8(%%rax), %%ecx\n\t"   // count
+                                         "movl 12(%%rax), %%edx\n\t"  // capacity
+                                         "cmpl %%ecx, %%edx\n\t"
+                                         "jbe %l[failed]\n\t"
+                                         "subl %%ecx, %%edx\n\t"  // room
+                                         "cmpq %[n], %%rdx\n\t"
+                                         "cmovaq %[n], %%rdx\n\t"  // k = min(room, n)
+                                         "movq %%rdx, %[moved]\n\t"
+                                         "movq (%%rax), %%r8\n\t"
+                                         "leaq (%%r8, %%rcx, 8), %%r8\n\t"  // first free item
+                                         "addl %%edx, %%ecx\n\t"            // new count
+                                         "5:\n\t"  // copies items k-1 down to 0
+                                         "testq %%rdx, %%rdx\n\t"
+                                         "jz 6f\n\t"
+                                         "subq $1, %%rdx\n\t"
+                                         "movq (%[in], %%rdx, 8), %%r10\n\t"
+                                         "movq %%r10, (%%r8, %%rdx, 8)\n\t"
+                                         "jmp 5b\n\t"
+                                         "6:\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t")
+      : [moved] "+m"(*moved)
+      : PERCPU_RSEQ_BATCH_INPUTS, [arr0] "r"(arr0), [in] "r"(in), [n] "rm"(n), [guard] "r"(guard),
+        [expected] "rm"(expected)
+      : PERCPU_RSEQ_CLOBBERS, "rax", "rcx", "rdx", "r8", "r10"
+      : unregistered, stopped, aborted, failed);
   PERCPU_RSEQ_RETURNS_WITH_FAILED
 }
 
@@ -457,27 +493,26 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
                           const std::uint64_t* record, std::size_t scoreboard_offset,
                           std::uint64_t bit, unsigned* cpu_out) noexcept {
   static_assert(Words >= 1 && Words <= 8, "a record is 1 to 8 words");
-  asm goto(PERCPU_RSEQ_BEGIN PERCPU_RSEQ_CHECK_REGISTERED
-           "movl %%eax, (%[cpu_out])\n\t"
-           "cmpl %[cpu], %%eax\n\t"
-           "jne %l[failed]\n\t" PERCPU_RSEQ_CHECK_STOP
-           "addq %[arr0], %%rax\n\t"
-           "movl 8(%%rax), %%ecx\n\t"  // count
-           "cmpl 12(%%rax), %%ecx\n\t"
-           "jae %l[failed]\n\t"
-           "imulq %[bytes], %%rcx, %%rdx\n\t"
-           "addq (%%rax), %%rdx\n\t"  // &records[count]
-           // The copy, unrolled by the assembler: Words pairs of moves at
-           // offsets 0, 8, ... (.set may redefine the offset symbol, so
-           // every inlined copy of the statement can use it).
-           ".set .Lpercpu_record_offset, 0\n\t"
-           ".rept %c[words]\n\t"
-           "movq .Lpercpu_record_offset(%[record]), %%r8\n\t"
-           "movq %%r8, .Lpercpu_record_offset(%%rdx)\n\t"
-           ".set .Lpercpu_record_offset, .Lpercpu_record_offset + 8\n\t"
-           ".endr\n\t"
-           "orq %[bit], (%%rax, %[scoreboard_offset])\n\t"
-           "addl $1, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t" PERCPU_RSEQ_END
+  asm goto(PERCPU_RSEQ(PERCPU_RSEQ_CHECK_REGISTERED
+                       "movl %%eax, (%[cpu_out])\n\t"
+                       "cmpl %[cpu], %%eax\n\t"
+                       "jne %l[failed]\n\t" PERCPU_RSEQ_CHECK_STOP "addq %[arr0], %%rax\n\t"
+                       "movl 8(%%rax), %%ecx\n\t"  // count
+                       "cmpl 12(%%rax), %%ecx\n\t"
+                       "jae %l[failed]\n\t"
+                       "imulq %[bytes], %%rcx, %%rdx\n\t"
+                       "addq (%%rax), %%rdx\n\t"  // &records[count]
+                       // The copy, unrolled by the assembler: Words pairs of moves at
+                       // offsets 0, 8, ... (.set may redefine the offset symbol, so
+                       // every inlined copy of the statement can use it).
+                       ".set .Lpercpu_record_offset, 0\n\t"
+                       ".rept %c[words]\n\t"
+                       "movq .Lpercpu_record_offset(%[record]), %%r8\n\t"
+                       "movq %%r8, .Lpercpu_record_offset(%%rdx)\n\t"
+                       ".set .Lpercpu_record_offset, .Lpercpu_record_offset + 8\n\t"
+                       ".endr\n\t"
+                       "orq %[bit], (%%rax, %[scoreboard_offset])\n\t"
+                       "addl $1, %%ecx\n\t" PERCPU_RSEQ_INJECT "movl %%ecx, 8(%%rax)\n\t")
            :
            : PERCPU_RSEQ_BATCH_INPUTS, [arr0] "r"(arr0), [cpu] "rm"(cpu), [record] "r"(record),
              [scoreboard_offset] "r"(scoreboard_offset), [bit] "r"(bit), [cpu_out] "r"(cpu_out),
@@ -490,7 +525,7 @@ inline status push_record(void* arr0, const std::uint32_t* stop0, unsigned cpu,
 // The rseq area's cpu_id: the CPU this thread runs on, or a negative value
 // when the area is not registered.  A plain read of a field the kernel keeps
 // current on every return to user space.  (The area's own offset: the low
-// bits of runtime.rseq_offset are the index mode's, see PERCPU_RSEQ_BEGIN.)
+// bits of runtime.rseq_offset are the index mode's, see PERCPU_RSEQ.)
 //
 // The "memory" clobber makes the read a compiler barrier.  fence_cpu's
 // own-CPU rule reads cpu_id after a compare-and-swap and relies on that
@@ -519,11 +554,12 @@ inline int slot_index() noexcept {
   return cpu_id() < 0 ? -1 : index;
 }
 
-#undef PERCPU_RSEQ_BEGIN
+#undef PERCPU_RSEQ_DESCRIPTOR
+#undef PERCPU_RSEQ
 #undef PERCPU_RSEQ_CHECK_REGISTERED
 #undef PERCPU_RSEQ_CHECK_STOP
 #undef PERCPU_RSEQ_CHECK_GUARD
-#undef PERCPU_RSEQ_END
+#undef PERCPU_RSEQ_SIGNATURE
 #undef PERCPU_RSEQ_INJECT
 #undef PERCPU_RSEQ_CLOBBERS
 #undef PERCPU_RSEQ_COMMON_INPUTS
