@@ -135,10 +135,6 @@ TEST(Sequences, CompareAndStore) {
   }).join();
 }
 
-// add() wraps modulo 2^64 like the machine's add, on every backend: the
-// portable backend once added with signed C++ arithmetic, undefined at the
-// ends of the range (UBSan's stage would stop on it) and wrong for a
-// storage<std::uint64_t> used as a wrapping sequence number.
 #if defined(__x86_64__)
 // The store of rseq_cs before `start`: `movq %rax, %fs:d8(%base)`, d8 = 8
 // (CPU mode) or -12 (mm_cid mode), with or without the SIB byte that a base
@@ -208,6 +204,10 @@ TEST(Sequences, EveryRangeIsEnteredRightAfterItsDescriptorStore) {
 #endif
 }
 
+// add() wraps modulo 2^64 like the machine's add, on every backend: the
+// portable backend once added with signed C++ arithmetic, undefined at the
+// ends of the range (UBSan's stage would stop on it) and wrong for a
+// storage<std::uint64_t> used as a wrapping sequence number.
 TEST(Sequences, AddWrapsModulo2To64) {
   percpu::storage<std::int64_t> s;
   percpu::storage<std::uint64_t> u;
