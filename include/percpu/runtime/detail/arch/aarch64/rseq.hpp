@@ -59,6 +59,7 @@
 #include <cstdint>
 
 #include "percpu/runtime/detail/arch/aarch64/machine.hpp"
+#include "percpu/runtime/detail/arch/rseq_descriptor.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 
 namespace percpu::detail::arch {
@@ -106,12 +107,7 @@ static_assert(offsetof(struct rseq, cpu_id) == 4 && offsetof(struct rseq, rseq_c
 // section may be out of a conditional branch's range).  No ordering needed:
 // the kernel reads rseq_cs and writes the index in the thread's order.
 #define PERCPU_RSEQ_BEGIN                        \
-  ".pushsection __rseq_cs, \"aw?\"\n\t"          \
-  ".balign 32\n\t"                               \
-  "3:\n\t"                                       \
-  ".long 0x0, 0x0\n\t"                           \
-  ".quad 1f, (2f - 1f), 4f\n\t"                  \
-  ".popsection\n\t"                              \
+  PERCPU_RSEQ_DESCRIPTOR_TEXT                    \
   "mrs x10, tpidr_el0\n\t"                       \
   "and x11, %[rseq_off], #-32\n\t"               \
   "add x11, x10, x11\n\t" /* the area */         \
@@ -587,6 +583,7 @@ inline int slot_index() noexcept {
 }
 
 #undef PERCPU_RSEQ_BEGIN
+#undef PERCPU_RSEQ_DESCRIPTOR_TEXT
 #undef PERCPU_RSEQ_CHECK_STOP
 #undef PERCPU_RSEQ_CHECK_GUARD
 #undef PERCPU_RSEQ_END

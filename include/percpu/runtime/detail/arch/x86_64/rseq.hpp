@@ -53,6 +53,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "percpu/runtime/detail/arch/rseq_descriptor.hpp"
 #include "percpu/runtime/detail/arch/x86_64/machine.hpp"
 #include "percpu/runtime/detail/runtime.hpp"
 
@@ -136,38 +137,27 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 // offset as a second load, 0.86 with the bit test).  The minimal sequence
 // of bench/rseq_raw.hpp (no stop word, no registration test) takes
 // 0.55-0.85 ns depending on the core.
-#define PERCPU_RSEQ_DESCRIPTOR          \
-  ".pushsection __rseq_cs, \"aw?\"\n\t" \
-  ".balign 32\n\t"                      \
-  "3:\n\t"                              \
-  ".long 0x0, 0x0\n\t"                  \
-  ".quad 1f, (2f - 1f), 4f\n\t"         \
-  ".popsection\n\t"                     \
-  "leaq 3b(%%rip), %%rax\n\t"
+#define PERCPU_RSEQ_DESCRIPTOR PERCPU_RSEQ_DESCRIPTOR_TEXT "leaq 3b(%%rip), %%rax\n\t"
 
-#define PERCPU_RSEQ(body)                                          \
-  PERCPU_RSEQ_DESCRIPTOR                                           \
-  "testb $31, %b[rseq_off]\n\t"                                    \
-  "jnz 7f\n\t"                                                     \
-  "movq %%rax, %%fs:8(%[rseq_off])\n\t"                            \
-  "1:\n\t"                                                         \
-  "movslq %%fs:4(%[rseq_off]), %%rax\n\t" body                     \
-  "2:\n\t"                                                         \
-  ".pushsection __rseq_failure, \"ax?\"\n\t" PERCPU_RSEQ_SIGNATURE \
-  "4:\n\t"                                                         \
-  "jmp %l[aborted]\n\t"                                            \
-  ".balign 32\n\t"                                                 \
-  "7:\n\t"                                                         \
-  "cmpl %[zero], %%fs:-16(%[rseq_off])\n\t"                        \
-  "js %l[unregistered]\n\t" PERCPU_RSEQ_DESCRIPTOR                 \
-  "movq %%rax, %%fs:-12(%[rseq_off])\n\t"                          \
-  "1:\n\t"                                                         \
-  "movslq %%fs:4(%[rseq_off]), %%rax\n\t" body                     \
-  "2:\n\t"                                                         \
-  "jmp 9f\n\t" PERCPU_RSEQ_SIGNATURE                               \
-  "4:\n\t"                                                         \
-  "jmp %l[aborted]\n\t"                                            \
-  ".popsection\n\t"                                                \
+#define PERCPU_RSEQ(body)                                              \
+  PERCPU_RSEQ_DESCRIPTOR                                               \
+  "testb $31, %b[rseq_off]\n\t"                                        \
+  "jnz 7f\n\t"                                                         \
+  "movq %%rax, %%fs:8(%[rseq_off])\n\t"                                \
+  "1:\n\t"                                                             \
+  "movslq %%fs:4(%[rseq_off]), %%rax\n\t" body                         \
+  "2:\n\t"                                                             \
+  ".pushsection __rseq_failure, \"ax?\"\n\t" PERCPU_RSEQ_ABORT_HANDLER \
+  ".balign 32\n\t"                                                     \
+  "7:\n\t"                                                             \
+  "cmpl %[zero], %%fs:-16(%[rseq_off])\n\t"                            \
+  "js %l[unregistered]\n\t" PERCPU_RSEQ_DESCRIPTOR                     \
+  "movq %%rax, %%fs:-12(%[rseq_off])\n\t"                              \
+  "1:\n\t"                                                             \
+  "movslq %%fs:4(%[rseq_off]), %%rax\n\t" body                         \
+  "2:\n\t"                                                             \
+  "jmp 9f\n\t" PERCPU_RSEQ_ABORT_HANDLER                               \
+  ".popsection\n\t"                                                    \
   "9:\n\t"
 
 // Leaves through `unregistered` if the CPU id in %rax is negative: for the
@@ -204,9 +194,13 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
   "cmpq %[expected], (%[guard])\n\t" \
   "jne %l[failed]\n\t"
 
-// The signature before each abort handler: a `ud1` whose 4-byte
+// The abort handler (4), behind its signature: a `ud1` whose 4-byte
 // displacement is glibc's RSEQ_SIG (the bytes never execute).
-#define PERCPU_RSEQ_SIGNATURE ".byte 0x0f, 0xb9, 0x3d\n\t.long %c[sig]\n\t"
+#define PERCPU_RSEQ_ABORT_HANDLER \
+  ".byte 0x0f, 0xb9, 0x3d\n\t"    \
+  ".long %c[sig]\n\t"             \
+  "4:\n\t"                        \
+  "jmp %l[aborted]\n\t"
 
 // Fault injection (PERCPU_FAULT_INJECTION, arch.hpp): just before its
 // commit, each sequence decrements this thread's countdown (runtime.hpp)
@@ -559,7 +553,8 @@ inline int slot_index() noexcept {
 #undef PERCPU_RSEQ_CHECK_REGISTERED
 #undef PERCPU_RSEQ_CHECK_STOP
 #undef PERCPU_RSEQ_CHECK_GUARD
-#undef PERCPU_RSEQ_SIGNATURE
+#undef PERCPU_RSEQ_ABORT_HANDLER
+#undef PERCPU_RSEQ_DESCRIPTOR_TEXT
 #undef PERCPU_RSEQ_INJECT
 #undef PERCPU_RSEQ_CLOBBERS
 #undef PERCPU_RSEQ_COMMON_INPUTS
