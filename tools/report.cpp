@@ -55,16 +55,32 @@ int direction(const percpu_bench::result& r) {
   return direction(r.ratio, r.ratio_q1, r.ratio_q3);
 }
 
+namespace {
+
+// A peer is an implementation that is not one of percpu's own.
+bool is_peer(const std::string& impl) {
+  return impl.rfind("percpu", 0) != 0;
+}
+
+}  // namespace
+
+bool is_rival(const percpu_bench::result& r) {
+  return percpu_bench::is_preferred_baseline(r.baseline) && is_peer(r.impl);
+}
+
 std::string verdict(const percpu_bench::result& r) {
   if (r.baseline.empty()) return "baseline";
   char text[96];
-  if (!percpu_bench::is_preferred_baseline(r.baseline)) {
-    std::snprintf(text, sizeof text, "%.2fx the time of %s", r.ratio, r.baseline.c_str());
-  } else if (direction(r) == 0) {
+  bool rival = is_rival(r);
+  if (rival && direction(r) == 0) {
     std::snprintf(text, sizeof text, "even (%.2fx)", r.ratio);
-  } else {
+  } else if (rival) {
     std::snprintf(text, sizeof text, "percpu %.2fx %s", r.ratio >= 1 ? r.ratio : 1 / r.ratio,
                   r.ratio >= 1 ? "faster" : "slower");
+  } else if (direction(r) == 0 && !is_peer(r.impl)) {
+    std::snprintf(text, sizeof text, "even with %s (%.2fx)", r.baseline.c_str(), r.ratio);
+  } else {
+    std::snprintf(text, sizeof text, "%.2fx the time of %s", r.ratio, r.baseline.c_str());
   }
   return text;
 }
@@ -91,11 +107,6 @@ std::string quoted(const std::string& s) {
   out += json_escape(s);
   out += '"';
   return out;
-}
-
-// A peer is an implementation that is not one of percpu's own.
-bool is_peer(const std::string& impl) {
-  return impl.rfind("percpu", 0) != 0;
 }
 
 // A floor is a peer that shows the least the operation can cost (the

@@ -51,8 +51,17 @@ constexpr double even_band = 0.05;
 int direction(double ratio, double ratio_q1, double ratio_q3);
 int direction(const percpu_bench::result& r);
 
-// "percpu 3.37x faster", "percpu 1.07x slower", "even (1.03x)" for a
-// result against its baseline; "baseline" for the baseline itself.
+// Whether a result compares a peer with percpu's own line: a rival, whose
+// verdict says who wins.  Not one of percpu's variants (percpu_cpu,
+// percpu_mm_cid: the same operation in another index mode), nor a result
+// against any other baseline.
+bool is_rival(const percpu_bench::result& r);
+
+// For a rival: "percpu 3.37x faster", "percpu 1.07x slower" or "even
+// (1.03x)".  For any other comparison: "1.32x the time of percpu", or
+// "even with percpu (1.02x)" between two of percpu's own lines.  (Until
+// 2026-12-07 percpu_mm_cid's row read "percpu 1.32x faster", as if mm_cid
+// mode were the faster.)  "baseline" for the baseline itself.
 std::string verdict(const percpu_bench::result& r);
 
 // A warning when other processes interrupted more than a tenth of the

@@ -134,7 +134,7 @@ const char* colour_of(const percpu_bench::result& r, unsigned& peer_index) {
 // Green where percpu wins, orange where it loses, grey for even or for a
 // comparison between percpu's own variants.
 const char* verdict_colour(const percpu_bench::result& r) {
-  if (!percpu_bench::is_preferred_baseline(r.baseline) || direction(r) == 0) return muted;
+  if (!is_rival(r) || direction(r) == 0) return muted;
   return direction(r) > 0 ? faster_colour : slower_colour;
 }
 
