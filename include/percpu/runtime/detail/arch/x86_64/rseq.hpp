@@ -127,7 +127,12 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 //    hold the descriptor already, which makes the registration test a slow
 //    path too): both modes 1.00 in a loop of one sequence, but every
 //    operation that alternates two sequences stores anyway, after a failed
-//    test and two jumps: pool.get_put and rwlock.read 1.8-2x slower.
+//    test and two jumps: pool.get_put and rwlock.read 1.8-2x slower;
+//  - one prologue for both modes (the rseq_cs offset and the index offset
+//    loaded as two words, no mode test): mm_cid mode as fast as CPU mode,
+//    but CPU mode 1.19-1.28 against 1.03-1.08;
+//  - the copy without its registration test: no faster (the two taken
+//    branches are mm_cid mode's cost, not the load of cpu_id).
 //
 // Why one test of the offset's low bits rather than a second offset loaded
 // from memory, and the shift's flags rather than a separate `test`: on the
