@@ -117,9 +117,10 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 // What the ways out cost (slot.add, quick runs on the Sapphire Rapids VM,
 // 2026-12-07; CPU mode 1.02-1.05 ns and mm_cid 1.36-1.43 ns before):
 //  - this one: CPU mode's instructions unchanged; mm_cid mode 1.41-1.44
-//    with its copy aligned to 32 bytes, 1.85-1.95 without, 1.47-1.61
-//    aligned to 64, 1.49-1.59 with the copy beside the caller's code
-//    (`.subsection 1` of its section) rather than in __rseq_failure;
+//    with its copy aligned to 32 bytes, 1.85-1.95 without; in later runs
+//    whose 32-byte figure was 1.38-1.46: 1.47-1.61 aligned to 64, and
+//    1.49-1.59 with the copy beside the caller's code (`.subsection 1` of
+//    its section) rather than in __rseq_failure;
 //  - rseq_cs stored inside the range, through a copy of the offset that
 //    mm_cid mode lowers by 20 (one prologue, one body): CPU mode 2-9 %
 //    slower, mm_cid mode 1.64;
