@@ -138,25 +138,17 @@ long mapping_count() {
   return lines;
 }
 
-#if defined(__SANITIZE_ADDRESS__)  // GCC
-constexpr bool address_sanitizer = true;
-#elif defined(__has_feature)
-constexpr bool address_sanitizer = __has_feature(address_sanitizer);  // clang
-#else
-constexpr bool address_sanitizer = false;
-#endif
-
 // The mappings of this process that hold at least one of `objects`.
 long mappings_holding(std::vector<void*> objects) {
   std::sort(objects.begin(), objects.end());
   std::ifstream maps("/proc/self/maps");
   long count = 0;
   for (std::string line; std::getline(maps, line);) {
-    unsigned long low = 0;
-    unsigned long high = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx", &low, &high) != 2) continue;
-    auto first = std::lower_bound(objects.begin(), objects.end(), reinterpret_cast<void*>(low));
-    if (first != objects.end() && reinterpret_cast<unsigned long>(*first) < high) ++count;
+    char* dash = nullptr;
+    auto low = reinterpret_cast<void*>(std::strtoul(line.c_str(), &dash, 16));
+    auto high = reinterpret_cast<void*>(std::strtoul(dash + 1, nullptr, 16));
+    auto first = std::lower_bound(objects.begin(), objects.end(), low);
+    if (first != objects.end() && *first < high) ++count;
   }
   return count;
 }
@@ -183,14 +175,15 @@ TEST(PoolCache, SlabsShareMappings) {
   for (void* p : held) cache.put(p);
   ASSERT_GE(slabs, 64u);
   // A few runs of merged slabs (a run ends where something else is
-  // mapped).  Counted as the mappings that hold the objects, not as all the
-  // process added meanwhile: under AddressSanitizer the runtime maps its own
-  // 64 kB regions as the cache grows (16-17 mappings added for 123 slabs,
-  // against a bound of 15: the asan stage failed on it 2026-12-07, 12 runs
-  // of 20 alone), and they also land where the next slab would have
-  // extended a run: 9-13 runs there, 2-3 without it.  Each slab its own
-  // mapping, the bug this guards, is 123.
-  constexpr std::uint64_t slabs_per_run = address_sanitizer ? 4 : 8;
+  // mapped), counted as the mappings that hold the objects.  AddressSanitizer's
+  // runtime maps 64 kB regions where runs would grow (9-13 runs of 123 slabs
+  // there, 2-3 elsewhere; counting all the process added failed the asan
+  // stage, 2026-12-07); one mapping per slab, the bug guarded, is 123.
+#if defined(__SANITIZE_ADDRESS__)  // GCC (the asan stage)
+  constexpr std::uint64_t slabs_per_run = 4;
+#else
+  constexpr std::uint64_t slabs_per_run = 8;
+#endif
   EXPECT_LE(runs, static_cast<long>(slabs / slabs_per_run)) << slabs << " slabs";
   // Every slab given back, a run in one munmap each: no mapping is left
   // split behind (magazine chunks stay until the cache goes).
