@@ -135,7 +135,13 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 //    loaded as two words, no mode test): mm_cid mode as fast as CPU mode,
 //    but CPU mode 1.19-1.28 against 1.03-1.08;
 //  - the copy without its registration test: no faster (the two taken
-//    branches are mm_cid mode's cost, not the load of cpu_id).
+//    branches are mm_cid mode's cost, not the load of cpu_id);
+//  - one copy, no mode test: rseq_cs stored through the offset rounded
+//    down to 32, no test of cpu_id: mm_cid mode 0.98-1.00x CPU mode, CPU
+//    mode 3-4 % slower, and an area another component unregistered
+//    (mm_cid 0) no longer refused; with the test, through the rounded
+//    offset in both modes, CPU mode 20-30 % slower; both copies in line,
+//    either first: mm_cid mode 1.26-1.36x (docs/benchmarks.md).
 //
 // Why one test of the offset's low bits rather than a second offset loaded
 // from memory, and the shift's flags rather than a separate `test`: on the
