@@ -72,13 +72,15 @@ std::string verdict(const percpu_bench::result& r) {
   if (r.baseline.empty()) return "baseline";
   char text[96];
   bool rival = is_rival(r);
+  bool even = std::fabs(r.ratio - 1) <= even_band;
   if (rival && direction(r) == 0) {
-    std::snprintf(text, sizeof text, "even (%.2fx)", r.ratio);
+    std::snprintf(text, sizeof text, "%s (%.2fx)", even ? "even" : "undecided", r.ratio);
   } else if (rival) {
     std::snprintf(text, sizeof text, "percpu %.2fx %s", r.ratio >= 1 ? r.ratio : 1 / r.ratio,
                   r.ratio >= 1 ? "faster" : "slower");
   } else if (direction(r) == 0 && !is_peer(r.impl)) {
-    std::snprintf(text, sizeof text, "even with %s (%.2fx)", r.baseline.c_str(), r.ratio);
+    std::snprintf(text, sizeof text, "%s %s (%.2fx)", even ? "even with" : "undecided against",
+                  r.baseline.c_str(), r.ratio);
   } else {
     std::snprintf(text, sizeof text, "%.2fx the time of %s", r.ratio, r.baseline.c_str());
   }
@@ -142,7 +144,9 @@ std::string against_best_peer(const percpu_bench::result& base,
   char part[96];
   if (best != nullptr) {
     if (direction(*best) == 0) {
-      std::snprintf(part, sizeof part, "even with best peer %s", best->impl.c_str());
+      std::snprintf(part, sizeof part, "%s best peer %s",
+                    std::fabs(best->ratio - 1) <= even_band ? "even with" : "undecided against",
+                    best->impl.c_str());
     } else {
       std::snprintf(part, sizeof part, "%.2fx %s than best peer %s",
                     best->ratio >= 1 ? best->ratio : 1 / best->ratio,

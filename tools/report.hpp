@@ -57,11 +57,13 @@ int direction(const percpu_bench::result& r);
 // against any other baseline.
 bool is_rival(const percpu_bench::result& r);
 
-// For a rival: "percpu 3.37x faster", "percpu 1.07x slower" or "even
-// (1.03x)".  For any other comparison: "1.32x the time of percpu", or
-// "even with percpu (1.02x)" between two of percpu's own lines.  (Until
-// 2026-12-07 percpu_mm_cid's row read "percpu 1.32x faster", as if mm_cid
-// mode were the faster.)  "baseline" for the baseline itself.
+// For a rival: "percpu 3.37x faster", "percpu 1.07x slower", "even
+// (1.03x)" within even_band, or "undecided (0.71x)" where the quartiles
+// straddle 1 (until 2026-12-07 that read "even (0.71x)").  For any other
+// comparison: "1.32x the time of percpu", or "even with percpu (1.02x)"
+// (or "undecided against percpu") between two of percpu's own lines.
+// (Until 2026-12-07 percpu_mm_cid's row read "percpu 1.32x faster", as if
+// mm_cid mode were the faster.)  "baseline" for the baseline itself.
 std::string verdict(const percpu_bench::result& r);
 
 // A warning when other processes interrupted more than a tenth of the
