@@ -45,8 +45,12 @@ std::string facility_of(const std::string& row_name) {
   return row_name.substr(0, row_name.find('.'));
 }
 
+bool within_even_band(double ratio) {
+  return std::fabs(ratio - 1) <= even_band;
+}
+
 int direction(double ratio, double ratio_q1, double ratio_q3) {
-  if (std::fabs(ratio - 1) <= even_band) return 0;
+  if (within_even_band(ratio)) return 0;
   if (ratio > 1) return ratio_q1 > 1 ? 1 : 0;
   return ratio_q3 < 1 ? -1 : 0;
 }
@@ -72,7 +76,7 @@ std::string verdict(const percpu_bench::result& r) {
   if (r.baseline.empty()) return "baseline";
   char text[96];
   bool rival = is_rival(r);
-  bool even = std::fabs(r.ratio - 1) <= even_band;
+  bool even = within_even_band(r.ratio);
   if (rival && direction(r) == 0) {
     std::snprintf(text, sizeof text, "%s (%.2fx)", even ? "even" : "undecided", r.ratio);
   } else if (rival) {
@@ -145,7 +149,7 @@ std::string against_best_peer(const percpu_bench::result& base,
   if (best != nullptr) {
     if (direction(*best) == 0) {
       std::snprintf(part, sizeof part, "%s best peer %s",
-                    std::fabs(best->ratio - 1) <= even_band ? "even with" : "undecided against",
+                    within_even_band(best->ratio) ? "even with" : "undecided against",
                     best->impl.c_str());
     } else {
       std::snprintf(part, sizeof part, "%.2fx %s than best peer %s",

@@ -43,6 +43,9 @@ std::string facility_of(const std::string& row_name);
 // Ratios this close to 1 (either way) are reported as even rather than as
 // faster or slower: one run on a shared machine cannot tell them apart.
 constexpr double even_band = 0.05;
+// Whether a ratio is within even_band of 1: "even" rather than "undecided"
+// where a comparison has no direction.
+bool within_even_band(double ratio);
 
 // Which way a comparison points: +1 where the implementation is slower than
 // its baseline (ratio above 1), -1 where it is faster, 0 (even) where the
