@@ -114,6 +114,11 @@ class caller_ring {
   }
 
   call& reserve(unsigned cpu, std::uint64_t seq, const char* label) {
+    // Nothing in flight: take the first descriptor again, the one the last
+    // call gave back, whose line this CPU read last.  The next one in the
+    // ring was written last by a target CPU; fetching it back added a
+    // cache-line transfer to each round trip (service.cpp, on_cpu's history).
+    if (head_ == tail_) head_ = tail_ = 0;
     if (head_ - tail_ > mask_) {
       // Every descriptor is in flight: wait for the oldest.
       long deadline = now_ns() + timeout_ms.load(std::memory_order_relaxed) * 1000000;
@@ -183,7 +188,10 @@ class caller_ring {
     auto done = [&c] { return c.busy.load(std::memory_order_acquire) == idle; };
     // Spinning pays only while the target runs elsewhere; a call to the
     // waiter's own CPU needs this CPU, so the waiter sleeps at once.
-    if (sched_getcpu() != static_cast<int>(c.cpu) && poll_until(done, spin_wait_ns)) return true;
+    long clock_ns = 0;
+    if (sched_getcpu() != static_cast<int>(c.cpu) && poll_until(done, spin_wait_ns, clock_ns)) {
+      return true;
+    }
     if (done()) return true;
     for (;;) {
       std::uint32_t seen = in_flight;

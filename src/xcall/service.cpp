@@ -40,10 +40,13 @@ constexpr long mask_recheck_ns = 100000;
 
 // What a service thread knows of its own pin: its mask, when it last read
 // it, and whether something since (a call that ended on another CPU) makes
-// that reading stale.
+// that reading stale; and the thread's latest reading of the clock, taken
+// after each call it completes, while it polls and after each sleep, never
+// between a call's arrival and its completion (see on_cpu).
 struct pin_check {
   percpu::detail::cpu_mask& mask;
   long read_ns = 0;
+  long clock_ns = 0;
   bool stale = true;
 };
 
@@ -61,18 +64,28 @@ struct pin_check {
 // unicast), so it is read when the last reading is mask_recheck_ns old,
 // and whenever the thread is found on another CPU (before a call, or after
 // one: it migrated, so its mask allows that); in between, each call checks
-// the CPU it runs on (rseq's cpu_id, no system call).  A widening is
-// therefore undone within 100 us.  History: reading it before every call
-// made xcall.unicast 2-3x slower, and reading it after every sleep still
-// 1.4x (the service thread sleeps between most calls of a caller that
-// waits for each).  No check closes the window of a widening that lands
-// during a call: the kernel's cross-CPU calls run with preemption off,
-// which user space cannot do.
+// the CPU it runs on (rseq's cpu_id, no system call).  The age of the last
+// reading is judged by pin.clock_ns, which run() and serve() take where no
+// caller waits for them; it lags the true time by at most 16 polling tries
+// (poll_until, about a microsecond), so a widening is undone within about
+// 100 us.  No check closes the window of a widening that lands during a
+// call: the kernel's cross-CPU calls run with preemption off, which user
+// space cannot do.
+//
+// History: reading the mask before every call made xcall.unicast 2-3x
+// slower, and reading it after every sleep still 1.4x (the service thread
+// sleeps between most calls of a caller that waits for each).  Until
+// 2026-12-07 the clock was read here, before every call, between the
+// call's arrival and its completion; reading it after the previous call's
+// completion instead, together with the caller reusing the descriptor it
+// just got back (calls.cpp), took a back-to-back round trip from 600-690
+// ns to 300-340 on the development VM (either change alone: 500-575).
 bool on_cpu(unsigned cpu, pin_check& pin) noexcept {
   bool here = sched_getcpu() == static_cast<int>(cpu);
-  long now = now_ns();
-  if (here && !pin.stale && now - pin.read_ns < mask_recheck_ns) return true;
+  if (here && !pin.stale && pin.clock_ns - pin.read_ns < mask_recheck_ns) return true;
   percpu::detail::cpu_mask& mask = pin.mask;
+  long now = now_ns();
+  pin.clock_ns = now;
   pin.read_ns = now;
   pin.stale = true;
   if (!mask.read(0) || !mask.test(cpu)) return false;
@@ -110,9 +123,12 @@ bool run(call& c, unsigned cpu, pin_check& pin) noexcept {
   // last access to *c except the wake below: the caller may reuse the
   // descriptor at once.  (A wake on a descriptor already reused is a
   // spurious wake-up, which every futex waiter tolerates.)
-  if (c.busy.exchange(idle, std::memory_order_release) != waiter_asleep) return false;
-  futex_wake_all(c.busy);
-  return true;
+  bool woke = c.busy.exchange(idle, std::memory_order_release) == waiter_asleep;
+  if (woke) futex_wake_all(c.busy);
+  // The clock for the next call's check (on_cpu), read once the caller no
+  // longer waits for this thread.
+  pin.clock_ns = now_ns();
+  return woke;
 }
 
 void serve(service& s, unsigned cpu) {
@@ -122,7 +138,8 @@ void serve(service& s, unsigned cpu) {
     // descriptor taken is seen fully filled.
     call* list = s.head.exchange(nullptr, std::memory_order_acquire);
     if (list == nullptr) {
-      if (poll_until([&s] { return s.head.load(std::memory_order_relaxed) != nullptr; }, poll_ns)) {
+      if (poll_until([&s] { return s.head.load(std::memory_order_relaxed) != nullptr; }, poll_ns,
+                     pin.clock_ns)) {
         continue;
       }
       // Dekker with post(): seq_cst store of `sleeping`, then seq_cst load of
@@ -149,6 +166,7 @@ void serve(service& s, unsigned cpu) {
 #endif
       if (s.head.load(std::memory_order_seq_cst) == nullptr) futex_wait(s.sleeping, 1);
       s.sleeping.store(0, std::memory_order_relaxed);
+      pin.clock_ns = now_ns();  // for on_cpu: the sleep may have been long
       continue;
     }
     // The list is newest first: reverse it to run calls in enqueue order.

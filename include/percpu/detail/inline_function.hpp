@@ -83,9 +83,12 @@ class inline_function {
   }
 
  private:
-  alignas(alignment) std::byte buffer_[capacity];
+  // The two pointers first, then the buffer: a small callable's captures
+  // then share a cache line with them (and, in a call descriptor, with the
+  // words the target reads; src/xcall/internal.hpp).
   void (*invoke_)(void*, unsigned) = nullptr;
   void (*destroy_)(void*) noexcept = nullptr;
+  alignas(alignment) std::byte buffer_[capacity];
 };
 
 }  // namespace percpu::detail
