@@ -41,8 +41,8 @@ constexpr long mask_recheck_ns = 100000;
 // What a service thread knows of its own pin: its mask, when it last read
 // it, and whether something since (a call that ended on another CPU) makes
 // that reading stale; and the thread's latest reading of the clock, taken
-// after each call it completes, while it polls and after each sleep, never
-// between a call's arrival and its completion (see on_cpu).
+// after each call it completes, while it polls and after each yield or
+// sleep, never between a call's arrival and its completion (see on_cpu).
 struct pin_check {
   percpu::detail::cpu_mask& mask;
   long read_ns = 0;
@@ -66,11 +66,12 @@ struct pin_check {
 // one: it migrated, so its mask allows that); in between, each call checks
 // the CPU it runs on (rseq's cpu_id, no system call).  The age of the last
 // reading is judged by pin.clock_ns, which run() and serve() take where no
-// caller waits for them; it lags the true time by at most 16 polling tries
-// (poll_until, about a microsecond), so a widening is undone within about
-// 100 us.  No check closes the window of a widening that lands during a
-// call: the kernel's cross-CPU calls run with preemption off, which user
-// space cannot do.
+// caller waits for them (after a call, after a yield or a sleep, and before
+// each look at the queue while polling): it is never older than the few
+// instructions since then, as the reading before every call was, so a
+// widening is undone within 100 us.  No check closes the window of a
+// widening that lands during a call: the kernel's cross-CPU calls run with
+// preemption off, which user space cannot do.
 //
 // History: reading the mask before every call made xcall.unicast 2-3x
 // slower, and reading it after every sleep still 1.4x (the service thread
@@ -187,7 +188,10 @@ void serve(service& s, unsigned cpu) {
     }
     // A woken waiter may be waiting for this very CPU (a call to its own
     // CPU, a broadcast): let it run before polling.
-    if (woke) sched_yield();
+    if (woke) {
+      sched_yield();
+      pin.clock_ns = now_ns();  // for on_cpu: the yield may have lasted a time slice
+    }
   }
 }
 
