@@ -22,6 +22,7 @@
 
 #include "child_process.hpp"
 #include "cpu_mask.hpp"
+#include "percpu/core/detail/scope_exit.hpp"
 #include "percpu/runtime/cpu.hpp"
 #include "percpu/xcall.hpp"
 #include "probes.hpp"
@@ -169,6 +170,7 @@ TEST(XcallCpus, WidenedServiceThreadIsPinnedAgainAfterItsCallerHeldTheCpu) {
   std::vector<unsigned> own = percpu::allowed_cpus();
   unsigned cpu = cpus.front();
   ASSERT_TRUE(percpu_test::pin(cpu));
+  percpu::detail::scope_exit unpin([&own] { percpu_test::allow(own); });
   constexpr int rounds = 100;
   int wide = 0;
   for (int round = 0; round < rounds; ++round) {
@@ -182,7 +184,6 @@ TEST(XcallCpus, WidenedServiceThreadIsPinnedAgainAfterItsCallerHeldTheCpu) {
     xc::unicast_sync(
         cpu, [&wide, cpu] { wide += percpu::allowed_cpus() != std::vector<unsigned>{cpu}; });
   }
-  ASSERT_TRUE(percpu_test::allow(own));
   EXPECT_EQ(wide, 0) << "calls run with a mask widened 1 ms before, of " << rounds;
 }
 
