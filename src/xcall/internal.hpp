@@ -89,7 +89,10 @@ using percpu::detail::now_ns;
 // one is seen that much later.  The clock is read before every try but the
 // first, and after each yield (which may last a time slice); `clock_ns`
 // gets each reading, so on return it is as old as one try, however long
-// the poll was preempted before it.  (Read every 16 tries instead, it could
+// the poll was preempted before it, or, when pred() held at the first
+// try, what the caller passed in (the service thread's reading after its
+// last call, yield or sleep: no second reading right after that one; the
+// budget counts from the second try).  (Read every 16 tries instead, it could
 // be a preemption old: a review found that, 2026-12-07.  Reading it every
 // try cost no measurable time: a back-to-back unicast 374-421 ns a round
 // trip against 385-427 on the development VM.)
@@ -97,12 +100,12 @@ constexpr long yield_after_ns = 5000;
 
 template <class Pred>
 bool poll_until(Pred pred, long budget_ns, long& clock_ns) noexcept {
-  long start = now_ns();
-  clock_ns = start;
+  long start = 0;
   for (unsigned spins = 0;; ++spins) {
     if (pred()) return true;
     percpu::detail::arch::cpu_relax();
     clock_ns = now_ns();
+    if (spins == 0) start = clock_ns;
     long spent = clock_ns - start;
     if (spent > budget_ns) return false;
     if (spent > yield_after_ns && spins % 16 == 15) {
