@@ -141,7 +141,11 @@ inline constexpr std::uint32_t rseq_signature = 0x53053053;
 //    mode 3-4 % slower, and an area another component unregistered
 //    (mm_cid 0) no longer refused; with the test, through the rounded
 //    offset in both modes, CPU mode 20-30 % slower; both copies in line,
-//    either first: mm_cid mode 1.26-1.36x (docs/benchmarks.md).
+//    either first: mm_cid mode 1.26-1.36x; one copy whose test is
+//    branch-free (cpu_id's sign ORed into the index, so that an area not
+//    registered would index a unit of stop words that always read as set):
+//    mm_cid mode 0.97-1.00x CPU mode, CPU mode 1.56-1.63x rseq_raw against
+//    1.26-1.33 (docs/benchmarks.md).
 //
 // Why one test of the offset's low bits rather than a second offset loaded
 // from memory, and the shift's flags rather than a separate `test`: on the
