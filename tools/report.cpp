@@ -61,6 +61,15 @@ int direction(const percpu_bench::result& r) {
 
 namespace {
 
+// What a verdict calls a ratio that decides nothing (direction() == 0):
+// "even" inside the even band, "undecided" outside it, where the quartiles
+// of the pair-by-pair ratios straddle 1.  `against` gives the form that
+// names the other side: "even with" or "undecided against".
+const char* undecided_word(double ratio, bool against) {
+  if (within_even_band(ratio)) return against ? "even with" : "even";
+  return against ? "undecided against" : "undecided";
+}
+
 // A peer is an implementation that is not one of percpu's own.
 bool is_peer(const std::string& impl) {
   return impl.rfind("percpu", 0) != 0;
@@ -76,14 +85,13 @@ std::string verdict(const percpu_bench::result& r) {
   if (r.baseline.empty()) return "baseline";
   char text[96];
   bool rival = is_rival(r);
-  bool even = within_even_band(r.ratio);
   if (rival && direction(r) == 0) {
-    std::snprintf(text, sizeof text, "%s (%.2fx)", even ? "even" : "undecided", r.ratio);
+    std::snprintf(text, sizeof text, "%s (%.2fx)", undecided_word(r.ratio, false), r.ratio);
   } else if (rival) {
     std::snprintf(text, sizeof text, "percpu %.2fx %s", r.ratio >= 1 ? r.ratio : 1 / r.ratio,
                   r.ratio >= 1 ? "faster" : "slower");
   } else if (direction(r) == 0 && !is_peer(r.impl)) {
-    std::snprintf(text, sizeof text, "%s %s (%.2fx)", even ? "even with" : "undecided against",
+    std::snprintf(text, sizeof text, "%s %s (%.2fx)", undecided_word(r.ratio, true),
                   r.baseline.c_str(), r.ratio);
   } else {
     std::snprintf(text, sizeof text, "%.2fx the time of %s", r.ratio, r.baseline.c_str());
@@ -148,8 +156,7 @@ std::string against_best_peer(const percpu_bench::result& base,
   char part[96];
   if (best != nullptr) {
     if (direction(*best) == 0) {
-      std::snprintf(part, sizeof part, "%s best peer %s",
-                    within_even_band(best->ratio) ? "even with" : "undecided against",
+      std::snprintf(part, sizeof part, "%s best peer %s", undecided_word(best->ratio, true),
                     best->impl.c_str());
     } else {
       std::snprintf(part, sizeof part, "%.2fx %s than best peer %s",
