@@ -69,6 +69,7 @@ TEST(Storm, MigrationSignalsVisitsAndGrowthLoseNothing) {
   std::vector<pthread_t> handles(workers);
   std::atomic<int> ready{0};
   std::vector<std::thread> threads;
+  threads.reserve(workers);
   for (int t = 0; t < workers; ++t) {
     threads.emplace_back([&, t] {
       handles[t] = pthread_self();
