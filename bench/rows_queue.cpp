@@ -9,10 +9,13 @@
 //                                     because this update is one atomic)
 //   queue.read_Npct    a synchronous read of a uniformly random key of 256,
 //                      where the first N % of the keys are hot (N = 1, 10,
-//                      50): after each read of a hot key the program updates
-//                      every hot key once, so that N % of the keys are kept
-//                      pending.  Both implementations run this same stream
-//                      of reads and updates, timed per read:
+//                      50: 2, 25 and 128 keys): after each read of a hot key
+//                      the program updates every hot key once, which keeps
+//                      that share of the keys pending.  Both implementations
+//                      run this kind of stream (the same key distribution;
+//                      each timed pass reads its own stretch of the random
+//                      sequence), timed per read with the updates included:
+//                      on average 0.02, 2.4 and 64 updates per read.
 //                      percpu         batch_queue::read, which flushes only
 //                                     when the key's scoreboard bit is set on
 //                                     a CPU with pending operations, and
@@ -20,13 +23,19 @@
 //                                     the note gives the share of reads that
 //                                     flushed
 //                      mutex_direct   lock the table, read, unlock; each
-//                                     update: lock, add, unlock (nothing is
+//                                     update: lock, add, unlock (updates that
+//                                     come one at a time from anywhere, which
+//                                     is what the queue is for; nothing is
 //                                     ever pending)
-//                      Until 2026-12-07 only percpu's side made the updates
-//                      (its re-enqueue after a flush) and the lock's side
-//                      read alone: at 50 % that charged percpu 128 updates
-//                      per flush that the lock never paid, and the row read
-//                      "percpu 20x slower".
+//                      At 10 and 50 % the updates are most of the time, so
+//                      the ratio there is mostly queue.update's; a program
+//                      that could take the lock once for a burst of updates
+//                      would beat both, and is not a row.  Until 2026-12-07
+//                      only percpu's side made the updates (its re-enqueue
+//                      after a flush) and the lock's side read alone: at
+//                      50 % that charged percpu 128 updates per flush that
+//                      the lock never paid, and the row read "percpu 17-23x
+//                      slower".
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -140,10 +149,11 @@ class read_percpu final : public body {
   std::uint64_t hot_keys_;
   std::uint64_t rng_ = 12345;
   std::vector<std::uint64_t> table_ = std::vector<std::uint64_t>(read_keys, 0);
-  // Capacity 1024: the pending updates stay below the early-flush mark, so
-  // only reads apply them.  They are at most one round of updates (128): a
-  // read of a hot key finds its key pending from the last round, if any
-  // round is pending, and flushes it before the next round.
+  // Capacity 1024: the pending updates stay below the early-flush mark
+  // (512), so only reads apply them.  The harness pins the worker, so a read
+  // of a hot key finds every update of the last round on its CPU and
+  // flushes them all: at most one round (128) is pending; a migration in
+  // the middle of a round could leave two rounds less one (255).
   mutable percpu::batch_queue<update> queue_{[this](std::span<const update> ops) {
                                                for (const update& op : ops)
                                                  table_[op.key] += op.delta;
